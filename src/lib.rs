@@ -1,0 +1,16 @@
+//! t1-train: teach an LLM backbone to reason before it retrieves.
+//!
+//! Data flows config → data → model → rollout → index → rewards → advantage → loss → optimizer →
+//! metrics; `commands` wires them for each CLI subcommand. See `DESIGN.md` (shared) and the README.
+
+pub mod bm25;
+pub mod commands;
+pub mod config;
+pub mod data;
+pub mod datagen;
+pub mod error;
+pub mod eval;
+pub mod metrics;
+pub mod run;
+
+pub use error::{Error, Result};

@@ -1,0 +1,182 @@
+//! The `t1-train` command line. Exit codes: 0 ok, 2 bad usage/config/data, 1 runtime failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use t1_train::config::Config;
+use t1_train::{Error, commands};
+
+#[derive(Parser)]
+#[command(
+    name = "t1-train",
+    version,
+    about = "Train an LLM backbone to reason before it retrieves",
+    long_about = "Train an LLM backbone to reason before it retrieves.\n\n\
+        A query's vector is the hidden state of <emb_token> written after the model's own reasoning; \
+        documents are embedded in one pass. Training is a curriculum: stage1 (supervised reasoning), \
+        stage2 (contrastive embedding), stage3 (GRPO with rewards from the ranks of relevant documents \
+        in a live index).\n\n\
+        Exit codes: 0 ok, 2 bad usage, config or data, 1 failure while running.",
+    after_help = "Start with the embedded default:  t1-train eval --config configs/default.toml\n\
+        Validate a dataset:                t1-train data curricula/default/data"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// `--config FILE`, `--resume`, `--set key=value`.
+#[derive(Args)]
+struct StageArgs {
+    /// TOML config (see configs/ and the README's config reference). Relative paths inside it
+    /// resolve against its folder.
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+    /// Continue the run in the config's run folder from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Override a config value, e.g. `--set run.seed=7 --set stage1.lr=1e-4` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+/// `--config FILE`, `--set key=value`.
+#[derive(Args)]
+struct ConfigArgs {
+    /// TOML config. Relative paths inside it resolve against its folder.
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+    /// Override a config value, e.g. `--set eval.query_view=gold_reasoning` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stage 1, supervised reasoning: teacher-forced cross-entropy on the gold reasoning and the
+    /// closing `</think><emb_token>`, prompt masked out.
+    Stage1(StageArgs),
+    /// Stage 2, contrastive embedding: InfoNCE between `<emb_token>` states of the query view
+    /// (with gold reasoning) and document views, with in-batch and hard negatives.
+    Stage2(StageArgs),
+    /// Stage 3, GRPO: sample G reasoning rollouts per query, rank the gold documents in a live
+    /// index, turn ranks into rewards (chosen in the config), update the shared backbone.
+    Stage3(StageArgs),
+    /// Run a curriculum file: its stages in order, each from the best checkpoint of the one
+    /// before, ending with an evaluation report in the run folder.
+    Curriculum {
+        /// Curriculum TOML (see curricula/).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Override a value in every stage's config (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Evaluate retrieval on a split: nDCG@10, Recall@10/100, MRR@10 exactly as trec_eval, plus a
+    /// TREC run file and a JSON report under runs/<name>/eval/.
+    Eval(ConfigArgs),
+    /// Encode the corpus with a model's document view and save the index with the model step and
+    /// corpus hash it was built from.
+    Index(ConfigArgs),
+    /// Query a trained model and its index, interactively or from a file of queries.
+    Search {
+        /// Model folder (HF layout: config.json, model.safetensors, tokenizer.json).
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// Index file written by `t1-train index`.
+        #[arg(long, value_name = "FILE")]
+        index: PathBuf,
+        /// One query; without it, queries are read from --queries or standard input.
+        #[arg(long)]
+        query: Option<String>,
+        /// A file of queries, one per line.
+        #[arg(long, value_name = "FILE")]
+        queries: Option<PathBuf>,
+        /// Documents to show per query.
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+    },
+    /// Sample reasoning from a model for a prompt (greedy by default).
+    Generate {
+        /// Model folder (HF layout: config.json, model.safetensors, tokenizer.json).
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// The prompt text.
+        #[arg(long)]
+        prompt: String,
+        /// Maximum tokens to generate.
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// Sampling temperature; 0 means greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Seed for sampling.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Validate a BEIR dataset folder (errors name file, line and field) and print a summary:
+    /// queries, documents, judgments per split, length percentiles.
+    Data {
+        /// Dataset folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+fn not_yet(what: &str, issue: &str) -> Error {
+    Error::Runtime(format!(
+        "`t1-train {what}` is not available in this version yet; it arrives with {issue} (see the README's status table)"
+    ))
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    t1_train::run::install_interrupt_handler()?;
+    match cli.command {
+        Command::Data { dir } => {
+            let summary = commands::data(&dir)?;
+            println!("{}: ok", dir.display());
+            println!("{summary}");
+        }
+        Command::Eval(a) => {
+            let cfg = Config::load(&a.config, &a.overrides)?;
+            let report = commands::eval(&cfg)?;
+            println!(
+                "{} on {} ({} queries): {}",
+                cfg.raw.run.name,
+                cfg.eval_split(),
+                report.num_queries,
+                report.mean
+            );
+            println!(
+                "report and TREC run: {}",
+                cfg.run_dir.join("eval").display()
+            );
+        }
+        Command::Stage1(a) | Command::Stage2(a) | Command::Stage3(a) => {
+            // Validate the config now so typos surface even before the stages land.
+            Config::load(&a.config, &a.overrides)?;
+            let _ = a.resume;
+            return Err(not_yet("stage1/stage2/stage3", "the stages issues"));
+        }
+        Command::Curriculum { .. } => return Err(not_yet("curriculum", "the curriculum issue")),
+        Command::Index(a) => {
+            Config::load(&a.config, &a.overrides)?;
+            return Err(not_yet("index", "the GRPO issue (document index)"));
+        }
+        Command::Search { .. } => return Err(not_yet("search", "the GRPO issue (document index)")),
+        Command::Generate { .. } => return Err(not_yet("generate", "the backbone issue")),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // clap prints usage errors and exits with 2
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The `t1-train` binary: help, exit codes, config and data errors, and the eval run folder.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn t1(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_t1-train"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn help_explains_every_subcommand() {
+    let top = t1(&["--help"]);
+    assert!(top.status.success());
+    let text = String::from_utf8_lossy(&top.stdout);
+    let subs = [
+        "stage1",
+        "stage2",
+        "stage3",
+        "curriculum",
+        "eval",
+        "index",
+        "search",
+        "generate",
+        "data",
+    ];
+    for s in subs {
+        assert!(text.contains(s), "top-level help lacks {s}");
+        let o = t1(&[s, "--help"]);
+        assert!(o.status.success(), "{s} --help failed");
+        let h = String::from_utf8_lossy(&o.stdout);
+        assert!(h.lines().count() >= 6, "{s} --help is too thin:\n{h}");
+        assert!(h.contains("Usage: t1-train"), "{h}");
+    }
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    assert_eq!(t1(&["stage1"]).status.code(), Some(2)); // missing --config
+    assert_eq!(t1(&["no-such-command"]).status.code(), Some(2));
+}
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let data = root().join("curricula/default/data");
+    let p = dir.join("x.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[run]\nname = \"t\"\noutput_dir = \"runs\"\n\n[data]\ndataset = \"{}\"\n{body}",
+            data.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn misspelled_key_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "\n[eval]\nquery_view = \"bare\"\nbm25_kl = 1.2\n",
+    );
+    let o = t1(&["eval", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("{}:10:", cfg.display())), "{err}");
+    assert!(err.contains("unknown field 'bm25_kl'"), "{err}");
+    assert!(err.contains("expected one of"), "{err}");
+    assert!(err.contains("[eval]"), "{err}");
+}
+
+#[test]
+fn wrong_type_and_bad_values_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "\n[eval]\nbm25_b = \"high\"\n");
+    let o = t1(&["eval", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains(":9:") && err.contains("bm25_b"), "{err}");
+    let cfg = write_config(dir.path(), "\n[eval]\nbm25_b = 1.5\n");
+    let o = t1(&["eval", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("eval.bm25_b"), "{}", stderr(&o));
+    let o = t1(&[
+        "eval",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--set",
+        "eval.bm25_b=0.5",
+        "--set",
+        "eval.nope=1",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--set") && stderr(&o).contains("nope"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn corrupted_corpus_line_fails_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("curricula/default/data");
+    let dst = dir.path().join("data");
+    std::fs::create_dir_all(dst.join("qrels")).unwrap();
+    for f in [
+        "queries.jsonl",
+        "hard_negatives.jsonl",
+        "qrels/train.tsv",
+        "qrels/dev.tsv",
+        "qrels/test.tsv",
+    ] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let corpus = std::fs::read_to_string(src.join("corpus.jsonl")).unwrap();
+    let mut lines: Vec<String> = corpus.lines().map(String::from).collect();
+    let half = lines[16].len() / 2;
+    lines[16].truncate(half);
+    std::fs::write(dst.join("corpus.jsonl"), lines.join("\n")).unwrap();
+    let o = t1(&["data", dst.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("corpus.jsonl:17:"), "{err}");
+}
+
+#[test]
+fn data_summary_of_the_default() {
+    let o = t1(&["data", "curricula/default/data"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "documents:",
+        "train",
+        "dev",
+        "test",
+        "p50=",
+        "hard negatives:",
+    ] {
+        assert!(out.contains(want), "missing {want} in\n{out}");
+    }
+}
+
+#[test]
+fn eval_writes_run_folder_with_config_trec_run_and_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let o = t1(&[
+        "eval",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--set",
+        "run.name=evaltest",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = dir.path().join("runs/evaltest");
+    let resolved = std::fs::read_to_string(run.join("config.resolved.toml")).unwrap();
+    assert!(resolved.contains("name = \"evaltest\""), "{resolved}");
+    assert!(
+        resolved.contains("bm25_k1 = 0.9"),
+        "defaults are filled in: {resolved}"
+    );
+    let trec = std::fs::read_to_string(run.join("eval/test.run")).unwrap();
+    assert_eq!(trec.lines().next().unwrap().split(' ').count(), 6);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval/test.json")).unwrap())
+            .unwrap();
+    assert!(report["num_queries"].as_u64().unwrap() > 0);
+    assert!(std::fs::read_dir(run.join("tensorboard")).unwrap().count() == 1);
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("eval/test/ndcg@10"), "{metrics}");
+}
+
+#[test]
+fn stages_not_yet_built_say_so_with_exit_1_after_checking_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let o = t1(&["stage1", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not available in this version yet"),
+        "{}",
+        stderr(&o)
+    );
+    let bad = write_config(dir.path(), "\n[stage0]\n");
+    assert_eq!(
+        t1(&["stage1", "--config", bad.to_str().unwrap()])
+            .status
+            .code(),
+        Some(2)
+    );
+}
