@@ -11,6 +11,7 @@ pub mod datagen;
 pub mod error;
 pub mod eval;
 pub mod metrics;
+pub mod model;
 pub mod run;
 
 pub use error::{Error, Result};

@@ -1,0 +1,315 @@
+//! The decoder: Llama / Qwen2 / Qwen3 in burn, generic over `B: Backend`.
+//!
+//! Field names mirror Hugging Face's module tree (`model.layers.N.self_attn.q_proj`, …), so HF
+//! checkpoints map onto it with burn-store's PyTorch adapter alone (Linear weights transposed,
+//! RMSNorm `weight` ↔ `gamma`); see `weights.rs`.
+//!
+//! Shapes: `b` batch, `s` query positions in this call, `t` key positions (cache + s), `d` hidden,
+//! `h` query heads, `g` key/value heads, `r = h / g`, `k` head dim, `V` vocabulary.
+
+use burn::module::{Initializer, Module};
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor};
+
+use super::config::{DecoderConfig, Family};
+
+/// Grouped-query self-attention with HF (rotate-half) RoPE and optional per-head q/k RMSNorm.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    /// Qwen3 only: RMSNorm over each query head before RoPE.
+    pub q_norm: Option<RmsNorm<B>>,
+    /// Qwen3 only: RMSNorm over each key head before RoPE.
+    pub k_norm: Option<RmsNorm<B>>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+/// Pre-norm transformer block.
+#[derive(Module, Debug)]
+pub struct Layer<B: Backend> {
+    pub self_attn: Attention<B>,
+    pub mlp: Mlp<B>,
+    pub input_layernorm: RmsNorm<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+/// Embeddings, blocks and the final norm (HF's `model.` prefix).
+#[derive(Module, Debug)]
+pub struct Backbone<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<Layer<B>>,
+    pub norm: RmsNorm<B>,
+}
+
+/// A causal LM: the backbone plus an LM head (absent when tied to the embeddings).
+#[derive(Module, Debug)]
+pub struct Decoder<B: Backend> {
+    pub model: Backbone<B>,
+    pub lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    config: DecoderConfig,
+    /// RoPE inverse frequencies `[k / 2]` (scaling applied), kept as plain numbers.
+    #[module(skip)]
+    inv_freq: Vec<f32>,
+}
+
+fn linear<B: Backend>(
+    c: &DecoderConfig,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    device: &B::Device,
+) -> Linear<B> {
+    LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: c.initializer_range,
+        })
+        .init(device)
+}
+
+fn rms<B: Backend>(d: usize, eps: f64, device: &B::Device) -> RmsNorm<B> {
+    RmsNormConfig::new(d).with_epsilon(eps).init(device)
+}
+
+impl DecoderConfig {
+    /// A freshly initialised decoder (normal(0, `initializer_range`) weights, unit norms).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Decoder<B> {
+        let (d, k) = (self.hidden_size, self.head_dim);
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| Layer {
+                self_attn: Attention {
+                    q_proj: linear(self, d, self.num_attention_heads * k, self.qkv_bias, device),
+                    k_proj: linear(self, d, self.num_key_value_heads * k, self.qkv_bias, device),
+                    v_proj: linear(self, d, self.num_key_value_heads * k, self.qkv_bias, device),
+                    o_proj: linear(self, self.num_attention_heads * k, d, self.o_bias, device),
+                    q_norm: (self.family == Family::Qwen3)
+                        .then(|| rms(k, self.rms_norm_eps, device)),
+                    k_norm: (self.family == Family::Qwen3)
+                        .then(|| rms(k, self.rms_norm_eps, device)),
+                    n_heads: self.num_attention_heads,
+                    n_kv_heads: self.num_key_value_heads,
+                    head_dim: k,
+                },
+                mlp: Mlp {
+                    gate_proj: linear(self, d, self.intermediate_size, self.mlp_bias, device),
+                    up_proj: linear(self, d, self.intermediate_size, self.mlp_bias, device),
+                    down_proj: linear(self, self.intermediate_size, d, self.mlp_bias, device),
+                },
+                input_layernorm: rms(d, self.rms_norm_eps, device),
+                post_attention_layernorm: rms(d, self.rms_norm_eps, device),
+            })
+            .collect();
+        Decoder {
+            model: Backbone {
+                embed_tokens: EmbeddingConfig::new(self.vocab_size, d)
+                    .with_initializer(Initializer::Normal {
+                        mean: 0.0,
+                        std: self.initializer_range,
+                    })
+                    .init(device),
+                layers,
+                norm: rms(d, self.rms_norm_eps, device),
+            },
+            lm_head: (!self.tie_word_embeddings)
+                .then(|| linear(self, d, self.vocab_size, false, device)),
+            inv_freq: self.inv_freq().into_iter().map(|f| f as f32).collect(),
+            config: self.clone(),
+        }
+    }
+}
+
+/// `cat([-x2, x1])` over the last dim (HF `rotate_half`).
+fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, s, k] = x.dims();
+    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..k / 2]);
+    let x2 = x.slice([0..b, 0..h, 0..s, k / 2..k]);
+    Tensor::cat(vec![x2.neg(), x1], 3)
+}
+
+impl<B: Backend> Attention<B> {
+    /// `x` `[b, s, d]`, `cos`/`sin` `[b, 1, s, k]`, `mask` `[b, 1, 1, s, t]` (true = masked) → `[b, s, d]`.
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        mask: Tensor<B, 5, Bool>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (h, g, k) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let r = h / g;
+        let heads = |t: Tensor<B, 3>, n: usize, norm: &Option<RmsNorm<B>>| {
+            let t = t.reshape([b, s, n, k]);
+            let t = match norm {
+                Some(nrm) => nrm.forward(t),
+                None => t,
+            };
+            t.swap_dims(1, 2) // [b, n, s, k]
+        };
+        let q = heads(self.q_proj.forward(x.clone()), h, &self.q_norm);
+        let key = heads(self.k_proj.forward(x.clone()), g, &self.k_norm);
+        let v = heads(self.v_proj.forward(x), g, &None);
+        let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
+        let key = key.clone() * cos + rotate_half(key) * sin;
+        let t = key.dims()[2];
+        // Grouped attention without repeating K/V: the r query heads of group g share its keys.
+        let q = q.reshape([b, g, r * s, k]);
+        let scores = q.matmul(key.swap_dims(2, 3)) / (k as f64).sqrt(); // [b, g, r*s, t]
+        let scores = scores
+            .reshape([b, g, r, s, t])
+            .mask_fill(mask, f32::NEG_INFINITY);
+        let probs = softmax(scores, 4).reshape([b, g, r * s, t]);
+        let out = probs.matmul(v); // [b, g, r*s, k]
+        let out = out
+            .reshape([b, h, s, k])
+            .swap_dims(1, 2)
+            .reshape([b, s, h * k]);
+        self.o_proj.forward(out)
+    }
+}
+
+impl<B: Backend> Mlp<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+impl<B: Backend> Decoder<B> {
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> B::Device {
+        self.model.embed_tokens.weight.val().device()
+    }
+
+    /// `cos`, `sin` `[b, 1, s, k]` for absolute positions `[b, s]`.
+    fn rope(&self, positions: Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, s] = positions.dims();
+        let half = self.inv_freq.len();
+        let inv = Tensor::<B, 1>::from_floats(self.inv_freq.as_slice(), &positions.device())
+            .reshape([1, 1, half]);
+        let angles = positions.float().reshape([b, s, 1]) * inv; // [b, s, k/2]
+        let emb = Tensor::cat(vec![angles.clone(), angles], 2).unsqueeze_dim::<4>(1); // [b, 1, s, k]
+        (emb.clone().cos(), emb.sin())
+    }
+
+    /// Last-layer hidden states (after the final norm) `[b, s, d]`.
+    ///
+    /// `ids` `[b, s]`; `positions` `[b, s]` absolute RoPE positions (left-padded rows start later);
+    /// `key_padding` `[b, s]`, true where a token is padding: no real token attends to it.
+    /// Attention is causal over the sequence index.
+    pub fn hidden_states(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        key_padding: Option<Tensor<B, 2, Bool>>,
+    ) -> Tensor<B, 3> {
+        let [b, s] = ids.dims();
+        let device = ids.device();
+        let (cos, sin) = self.rope(positions);
+        // causal: key index j > query index i is masked
+        let qi = Tensor::<B, 1, Int>::arange(0..s as i64, &device)
+            .reshape([s, 1])
+            .expand([s, s]);
+        let kj = Tensor::<B, 1, Int>::arange(0..s as i64, &device)
+            .reshape([1, s])
+            .expand([s, s]);
+        let causal = kj
+            .clone()
+            .greater(qi.clone())
+            .reshape([1, s, s])
+            .expand([b, s, s]);
+        let mask = match key_padding {
+            // A padded key is masked, except on the diagonal: a padding query then still sees
+            // itself, so no row is fully masked (no NaN) and real rows never see padding.
+            Some(pad) => {
+                let off_diag = kj.not_equal(qi).reshape([1, s, s]).expand([b, s, s]);
+                let pad = pad.reshape([b, 1, s]).expand([b, s, s]).bool_and(off_diag);
+                causal.bool_or(pad)
+            }
+            None => causal,
+        };
+        let mask = mask.reshape([b, 1, 1, s, s]);
+        let mut x = self.model.embed_tokens.forward(ids);
+        for layer in &self.model.layers {
+            let a = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                cos.clone(),
+                sin.clone(),
+                mask.clone(),
+            );
+            let x_mid = x + a;
+            x = x_mid.clone()
+                + layer
+                    .mlp
+                    .forward(layer.post_attention_layernorm.forward(x_mid));
+        }
+        self.model.norm.forward(x)
+    }
+
+    /// Logits `[b, s, V]` from hidden states `[b, s, d]` (tied head: the embedding matrix).
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let [b, s, d] = hidden.dims();
+                let w = self.model.embed_tokens.weight.val(); // [V, d]
+                let v = w.dims()[0];
+                hidden
+                    .reshape([b * s, d])
+                    .matmul(w.transpose())
+                    .reshape([b, s, v])
+            }
+        }
+    }
+
+    /// HF-style forward of right-padded (or unpadded) rows: `attention_mask` `[b, s]` is 1 for
+    /// real tokens; positions count real tokens from 0. Returns (logits `[b, s, V]`, hidden `[b, s, d]`).
+    pub fn forward(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let [b, s] = ids.dims();
+        let device = ids.device();
+        let (positions, pad) = match attention_mask {
+            Some(m) => {
+                // positions = cumsum(mask) - 1, clamped at 0 (as transformers does for left padding)
+                let pos = (m.clone().cumsum(1) - 1).clamp_min(0);
+                (pos, Some(m.equal_elem(0)))
+            }
+            None => (
+                Tensor::<B, 1, Int>::arange(0..s as i64, &device)
+                    .reshape([1, s])
+                    .expand([b, s]),
+                None,
+            ),
+        };
+        let hidden = self.hidden_states(ids, positions, pad);
+        (self.logits(hidden.clone()), hidden)
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        Module::num_params(self)
+    }
+}

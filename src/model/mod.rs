@@ -1,0 +1,10 @@
+//! The backbone: decoder (config, attention, MLP, RoPE, norm), HF weight I/O, tokenizer views,
+//! generation. Generic over `B: Backend`; the concrete backend is named only in `main.rs`.
+
+pub mod config;
+pub mod decoder;
+pub mod weights;
+
+pub use config::{DecoderConfig, Family, RopeScaling};
+pub use decoder::Decoder;
+pub use weights::{load_hf, save_hf};

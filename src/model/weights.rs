@@ -1,0 +1,149 @@
+//! Hugging Face checkpoints in and out: `config.json` + `model.safetensors` (or shards listed in
+//! `model.safetensors.index.json`).
+//!
+//! Key map — our module tree uses HF's names, so only two rules apply: Linear weights are
+//! transposed (burn-store's `PyTorchToBurnAdapter` on load, `BurnToPyTorchAdapter` on save) and
+//! RMSNorm `weight` ↔ `gamma` (a key remapping; 0.21's adapters rename only Batch/Layer/GroupNorm):
+//!
+//! | HF key | here |
+//! |---|---|
+//! | `model.embed_tokens.weight` `[V, d]` | same, not transposed (an `Embedding`) |
+//! | `model.layers.N.self_attn.{q,k,v,o}_proj.{weight,bias}` | same; `weight` transposed `[out,in]` ↔ `[in,out]` |
+//! | `model.layers.N.self_attn.{q,k}_norm.weight` (Qwen3) | `….gamma` |
+//! | `model.layers.N.mlp.{gate,up,down}_proj.weight` | same, transposed |
+//! | `model.layers.N.{input,post_attention}_layernorm.weight` | `….gamma` |
+//! | `model.norm.weight` | `model.norm.gamma` |
+//! | `lm_head.weight` (untied only) | `lm_head.weight`, transposed; a tied checkpoint that still stores it is accepted when it equals the embeddings' shape |
+//!
+//! Any missing, unexpected or mis-shaped tensor is an error naming the key.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+
+use super::config::DecoderConfig;
+use super::decoder::Decoder;
+use crate::error::{Error, Result};
+
+/// The safetensors files of a checkpoint folder: the single file, or every shard of the index.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !index.exists() {
+        return Err(Error::Config {
+            location: dir.display().to_string(),
+            message: "no model.safetensors or model.safetensors.index.json in this folder".into(),
+        });
+    }
+    let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::data(&index, e.line(), None, format!("malformed JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::data(&index, 1, Some("weight_map"), "missing or not an object"))?;
+    let mut files: Vec<PathBuf> = map
+        .values()
+        .filter_map(|f| f.as_str())
+        .map(|f| dir.join(f))
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// Casts every float parameter to f32 (checkpoints may be bf16/f16; training runs in f32).
+struct ToF32;
+
+impl<B: Backend> ModuleMapper<B> for ToF32 {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if param.val().dtype() == DType::F32 {
+            return param;
+        }
+        param.map(|t| t.cast(DType::F32))
+    }
+}
+
+/// Loads an HF model folder (`config.json` + safetensors) as a decoder on `device`, in f32.
+pub fn load_hf<B: Backend>(dir: &Path, device: &B::Device) -> Result<Decoder<B>> {
+    let config = DecoderConfig::from_hf_file(&dir.join("config.json"))?;
+    let mut model: Decoder<B> = config.init(device);
+    let files = safetensors_files(dir)?;
+    let mut applied = std::collections::BTreeSet::new();
+    let mut unused = Vec::new();
+    for f in &files {
+        if !f.exists() {
+            return Err(Error::io(
+                f,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "shard listed in the index is missing",
+                ),
+            ));
+        }
+        let mut store = SafetensorsStore::from_file(f.clone())
+            .with_from_adapter(PyTorchToBurnAdapter)
+            // burn 0.21's adapter renames only Batch/Layer/GroupNorm weights; ours are RmsNorms
+            .with_key_remapping(r"^(.*norm)\.weight$", "$1.gamma")
+            .allow_partial(true)
+            .validate(true);
+        let result = model.load_from(&mut store).map_err(|e| {
+            Error::Runtime(format!("{}: cannot read safetensors: {e}", f.display()))
+        })?;
+        if let Some(e) = result.errors.first() {
+            return Err(Error::Runtime(format!("{}: {e}", f.display())));
+        }
+        applied.extend(result.applied);
+        unused.extend(result.unused.into_iter().map(|k| (k, f.clone())));
+    }
+    // A tied checkpoint may still store lm_head.weight (a copy of the embeddings): harmless.
+    unused.retain(|(k, _)| !(config.tie_word_embeddings && k == "lm_head.weight"));
+    if let Some((k, f)) = unused.first() {
+        return Err(Error::Runtime(format!(
+            "{}: tensor '{k}' has no place in a {:?} decoder with this config.json ({} unexpected in all)",
+            f.display(),
+            config.family,
+            unused.len()
+        )));
+    }
+    let expected: Vec<String> = model
+        .collect(None, None, false)
+        .into_iter()
+        .map(|s| s.full_path())
+        .collect();
+    let missing: Vec<&String> = expected.iter().filter(|k| !applied.contains(*k)).collect();
+    if let Some(k) = missing.first() {
+        return Err(Error::Runtime(format!(
+            "{}: tensor '{k}' is missing from the checkpoint ({} missing in all)",
+            dir.display(),
+            missing.len()
+        )));
+    }
+    Ok(model.map(&mut ToF32))
+}
+
+/// Saves `model` as an HF folder: `config.json` + `model.safetensors` (f32). Copy the tokenizer
+/// beside it separately (`Tokenizer::save`).
+pub fn save_hf<B: Backend>(model: &Decoder<B>, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let cfg = serde_json::to_string_pretty(&model.config().to_hf_json())
+        .map_err(|e| Error::Runtime(format!("cannot serialise config.json: {e}")))?;
+    crate::run::write_atomic(&dir.join("config.json"), cfg.as_bytes())?;
+    let path = dir.join("model.safetensors");
+    let tmp = dir.join(".model.safetensors.tmp");
+    let mut store = SafetensorsStore::from_file(tmp.clone())
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .with_key_remapping(r"^(.*norm)\.gamma$", "$1.weight")
+        .metadata("format", "pt")
+        .overwrite(true);
+    model.save_into(&mut store).map_err(|e| {
+        Error::Runtime(format!("{}: cannot write safetensors: {e}", path.display()))
+    })?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+}
