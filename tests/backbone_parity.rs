@@ -117,7 +117,11 @@ fn saved_model_reloads_to_identical_logits() {
     for name in ["qwen3_tied", "llama_untied_bias"] {
         let dir = fixture(name);
         let model: Decoder<B> = load_hf(&dir, &Default::default()).unwrap();
-        let out = tmp.path().join(name);
+        // `T1_ROUNDTRIP_OUT=DIR` keeps the saved folders for scripts/check_hf_roundtrip.py
+        let out = match std::env::var_os("T1_ROUNDTRIP_OUT") {
+            Some(d) => PathBuf::from(d).join(name),
+            None => tmp.path().join(name),
+        };
         save_hf(&model, &out).unwrap();
         let again: Decoder<B> = load_hf(&out, &Default::default()).unwrap();
         let e = expected(&dir);
