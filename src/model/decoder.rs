@@ -7,7 +7,7 @@
 //! Shapes: `b` batch, `s` query positions in this call, `t` key positions (cache + s), `d` hidden,
 //! `h` query heads, `g` key/value heads, `r = h / g`, `k` head dim, `V` vocabulary.
 
-use burn::module::{Initializer, Module};
+use burn::module::{Initializer, Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
@@ -311,5 +311,33 @@ impl<B: Backend> Decoder<B> {
     /// Number of parameters.
     pub fn num_params(&self) -> usize {
         Module::num_params(self)
+    }
+
+    /// Grows the vocabulary to `new_vocab` rows (for added special tokens). New embedding rows
+    /// (and new untied LM-head columns) are the mean of the existing ones, so new tokens start as
+    /// an "average" token instead of noise. Shrinking is refused (it would drop trained rows).
+    pub fn resize_vocab(mut self, new_vocab: usize) -> crate::Result<Self> {
+        let old = self.config.vocab_size;
+        if new_vocab < old {
+            return Err(crate::Error::Runtime(format!(
+                "cannot shrink the vocabulary from {old} to {new_vocab}"
+            )));
+        }
+        if new_vocab == old {
+            return Ok(self);
+        }
+        let extra = new_vocab - old;
+        let grow = |w: Tensor<B, 2>, dim: usize| -> Tensor<B, 2> {
+            let mean = w.clone().mean_dim(dim); // [1, d] or [d, 1]
+            let rows = mean.repeat_dim(dim, extra);
+            Tensor::cat(vec![w, rows], dim)
+        };
+        let emb = self.model.embed_tokens.weight.val();
+        self.model.embed_tokens.weight = Param::from_tensor(grow(emb, 0)); // [V', d]
+        if let Some(head) = &mut self.lm_head {
+            head.weight = Param::from_tensor(grow(head.weight.val(), 1)); // [d, V']
+        }
+        self.config.vocab_size = new_vocab;
+        Ok(self)
     }
 }

@@ -3,8 +3,10 @@
 
 pub mod config;
 pub mod decoder;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::{DecoderConfig, Family, RopeScaling};
 pub use decoder::Decoder;
+pub use tokenizer::T1Tokenizer;
 pub use weights::{load_hf, save_hf};

@@ -1,0 +1,132 @@
+//! T1 tokens are added when missing, the embedding grows with mean-initialised rows, and the
+//! query/document views have the layout DESIGN §1 describes.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use burn::tensor::{Int, Tensor, TensorData};
+use t1_train::model::{Decoder, DecoderConfig, T1Tokenizer, load_hf};
+
+type B = Flex;
+
+fn shipped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("curricula/default/tokenizer.json")
+}
+
+#[test]
+fn shipped_tokenizer_has_t1_tokens_as_single_ids() {
+    let t = T1Tokenizer::load(&shipped()).unwrap();
+    assert!(t.added.is_empty());
+    assert_eq!(t.encode("<think>").unwrap(), vec![t.think]);
+    assert_eq!(
+        t.encode("a</think><emb_token>").unwrap()[1..],
+        [t.end_think, t.emb]
+    );
+    assert_eq!(Some(t.pad), t.eos);
+    let text = "Volo Gryndfol belongs to the Hollow Loom guild.";
+    assert_eq!(t.decode(&t.encode(text).unwrap(), false).unwrap(), text);
+}
+
+#[test]
+fn missing_t1_tokens_are_added_and_saved() {
+    // strip the T1 tokens from the shipped tokenizer's added_tokens
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(shipped()).unwrap()).unwrap();
+    let keep: Vec<serde_json::Value> = json["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["content"] == "<|endoftext|>")
+        .cloned()
+        .collect();
+    json["added_tokens"] = keep.into();
+    for t in ["<think>", "</think>", "<emb_token>"] {
+        json["model"]["vocab"].as_object_mut().unwrap().remove(t);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tokenizer.json");
+    std::fs::write(&p, json.to_string()).unwrap();
+    let t = T1Tokenizer::load(&p).unwrap();
+    assert_eq!(t.added, vec!["<think>", "</think>", "<emb_token>"]);
+    assert_eq!(t.encode("x<emb_token>").unwrap().last(), Some(&t.emb));
+    let saved = dir.path().join("saved.json");
+    t.save(&saved).unwrap();
+    let again = T1Tokenizer::load(&saved).unwrap();
+    assert!(again.added.is_empty());
+    assert_eq!(
+        (again.think, again.end_think, again.emb),
+        (t.think, t.end_think, t.emb)
+    );
+}
+
+#[test]
+fn views_have_the_design_layout() {
+    let t = T1Tokenizer::load(&shipped()).unwrap();
+    let p = t.query_prompt("Where is X?", 64).unwrap();
+    assert_eq!(*p.last().unwrap(), t.think);
+    let (full, plen) = t
+        .query_with_reasoning("Where is X?", "X is in Y.", 64, 64)
+        .unwrap();
+    assert_eq!(&full[..plen], &p[..]);
+    assert_eq!(full[full.len() - 2..], [t.end_think, t.emb]);
+    let (short, _) = t
+        .query_with_reasoning("Where is X?", "X is in Y.", 64, 2)
+        .unwrap();
+    assert_eq!(short.len(), plen + 2 + 2);
+    let (d, cut) = t.doc_view("Title", "some text here", 128).unwrap();
+    assert!(!cut);
+    assert_eq!(*d.last().unwrap(), t.emb);
+    let (d2, cut) = t.doc_view("Title", "some text here", 2).unwrap();
+    assert!(cut);
+    assert_eq!(d2.len(), t.encode("Document: ").unwrap().len() + 3);
+}
+
+#[test]
+fn resize_vocab_appends_mean_rows_and_keeps_old_logits() {
+    let device = Default::default();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/backbone/qwen2_untied");
+    let model: Decoder<B> = load_hf(&dir, &device).unwrap();
+    let ids: Tensor<B, 2, Int> =
+        Tensor::from_data(TensorData::new(vec![5i64, 17, 33, 2], [1, 4]), &device);
+    let (before, _) = model.forward(ids.clone(), None);
+    let emb_mean: Vec<f32> = model
+        .model
+        .embed_tokens
+        .weight
+        .val()
+        .mean_dim(0)
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let grown = model.resize_vocab(99).unwrap();
+    assert_eq!(grown.config().vocab_size, 99);
+    let w = grown.model.embed_tokens.weight.val();
+    assert_eq!(w.dims(), [99, 32]);
+    let new_row: Vec<f32> = w.slice([98..99, 0..32]).into_data().to_vec().unwrap();
+    for (a, b) in new_row.iter().zip(&emb_mean) {
+        assert!((a - b).abs() < 1e-6);
+    }
+    assert_eq!(
+        grown.lm_head.as_ref().unwrap().weight.val().dims(),
+        [32, 99]
+    );
+    let (after, _) = grown.forward(ids, None);
+    let diff = (after.slice([0..1, 0..4, 0..96]) - before)
+        .abs()
+        .max()
+        .into_scalar();
+    assert!(diff < 1e-6, "old logits changed by {diff}");
+    assert!(grown.resize_vocab(10).is_err());
+    // a fresh tiny preset grows too (tied head)
+    let tiny: Decoder<B> = DecoderConfig::tiny(1020).init(&device);
+    assert_eq!(
+        tiny.resize_vocab(1024)
+            .unwrap()
+            .model
+            .embed_tokens
+            .weight
+            .val()
+            .dims(),
+        [1024, 128]
+    );
+}
