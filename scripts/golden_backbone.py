@@ -59,5 +59,31 @@ for name, cfg in variants.items():
             os.remove(p)
     print(f"{name}: {sum(p.numel() for p in model.parameters())} params, logits {tuple(logits.shape)}")
 
+# The same qwen3_tied weights, (a) saved in shards with an index, (b) saved in bf16: expected
+# logits are transformers' when it loads the bf16 folder in fp32 (what t1-train does too).
+base = os.path.join(OUT, "qwen3_tied")
+model = AutoModelForCausalLM.from_pretrained(base, attn_implementation="eager").float().eval()
+model.save_pretrained(os.path.join(OUT, "qwen3_tied_sharded"), safe_serialization=True, max_shard_size="20KB")
+with open(os.path.join(base, "expected.safetensors"), "rb") as f:
+    expected_bytes = f.read()
+with open(os.path.join(OUT, "qwen3_tied_sharded", "expected.safetensors"), "wb") as f:
+    f.write(expected_bytes)
+bf = AutoModelForCausalLM.from_pretrained(base, attn_implementation="eager").to(torch.bfloat16)
+bf.save_pretrained(os.path.join(OUT, "qwen3_tied_bf16"), safe_serialization=True)
+# transformers loading the bf16 folder in fp32 (upcasts weights, recomputes RoPE in fp32). Not
+# bf.float(): that would keep the RoPE inv_freq buffer rounded to bf16.
+bf32 = AutoModelForCausalLM.from_pretrained(os.path.join(OUT, "qwen3_tied_bf16"), dtype=torch.float32,
+                                            attn_implementation="eager").eval()
+with torch.no_grad():
+    logits = bf32(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+save_file({"input_ids": ids.to(torch.int64), "attention_mask": mask.to(torch.int64),
+           "position_ids": pos.to(torch.int64), "logits": logits.float().contiguous()},
+          os.path.join(OUT, "qwen3_tied_bf16", "expected.safetensors"))
+for d in ("qwen3_tied_sharded", "qwen3_tied_bf16"):
+    p = os.path.join(OUT, d, "generation_config.json")
+    if os.path.exists(p):
+        os.remove(p)
+print("shards:", sorted(f for f in os.listdir(os.path.join(OUT, "qwen3_tied_sharded")) if f.endswith(".safetensors")))
+
 with open(os.path.join(OUT, "VERSIONS"), "w") as f:
     f.write(f"python {sys.version.split()[0]}\ntorch {torch.__version__}\ntransformers {transformers.__version__}\n")

@@ -10,8 +10,10 @@ use t1_train::model::{Decoder, load_hf, save_hf};
 
 type B = Flex;
 
-const VARIANTS: [&str; 6] = [
+const VARIANTS: [&str; 8] = [
     "qwen3_tied",
+    "qwen3_tied_sharded", // eight shards + model.safetensors.index.json
+    "qwen3_tied_bf16",    // bf16 on disk, cast to f32 on load
     "qwen3_untied",
     "qwen2_tied",
     "qwen2_untied",
