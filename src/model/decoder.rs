@@ -143,15 +143,75 @@ fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     Tensor::cat(vec![x2.neg(), x1], 3)
 }
 
+/// Key/value buffers of one layer `[b, g, capacity, k]`.
+#[derive(Debug, Clone)]
+struct LayerKv<B: Backend> {
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+}
+
+/// Key/value cache for incremental decoding: per layer, buffers of `capacity` positions that
+/// the decode loop fills left to right (all rows share the column index; left padding is masked).
+#[derive(Debug)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<LayerKv<B>>,
+    /// Columns filled so far.
+    len: usize,
+    capacity: usize,
+    batch: usize,
+    /// `[batch * capacity]`, true where a column holds padding (never attended to by real tokens).
+    pad: Vec<bool>,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache for `batch` rows of at most `capacity` tokens each.
+    pub fn new(model: &Decoder<B>, batch: usize, capacity: usize) -> Self {
+        let c = model.config();
+        let device = model.device();
+        let shape = [batch, c.num_key_value_heads, capacity, c.head_dim];
+        let layers = (0..c.num_hidden_layers)
+            .map(|_| LayerKv {
+                k: Tensor::zeros(shape, &device),
+                v: Tensor::zeros(shape, &device),
+            })
+            .collect();
+        KvCache {
+            layers,
+            len: 0,
+            capacity,
+            batch,
+            pad: vec![false; batch * capacity],
+        }
+    }
+
+    /// Columns filled so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
 impl<B: Backend> Attention<B> {
     /// `x` `[b, s, d]`, `cos`/`sin` `[b, 1, s, k]`, `mask` `[b, 1, 1, s, t]` (true = masked) → `[b, s, d]`.
+    ///
+    /// With `cache = Some((kv, start))` the new keys/values are written to columns
+    /// `start..start + s` of the layer's buffers and attention reads columns `0..start + s`
+    /// (so `t = start + s`); without it `t = s`.
     fn forward(
         &self,
         x: Tensor<B, 3>,
         cos: Tensor<B, 4>,
         sin: Tensor<B, 4>,
         mask: Tensor<B, 5, Bool>,
-    ) -> Tensor<B, 3> {
+        cache: Option<(LayerKv<B>, usize)>,
+    ) -> (Tensor<B, 3>, Option<LayerKv<B>>) {
         let [b, s, _] = x.dims();
         let (h, g, k) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let r = h / g;
@@ -168,6 +228,19 @@ impl<B: Backend> Attention<B> {
         let v = heads(self.v_proj.forward(x), g, &None);
         let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
         let key = key.clone() * cos + rotate_half(key) * sin;
+        let (key, v, kept) = match cache {
+            Some((kv, start)) => {
+                let end = start + s;
+                // The buffers are owned here (moved out of the cache), so slice_assign can
+                // write in place instead of copying the whole buffer.
+                let kb = kv.k.slice_assign([0..b, 0..g, start..end, 0..k], key);
+                let vb = kv.v.slice_assign([0..b, 0..g, start..end, 0..k], v);
+                let key = kb.clone().slice([0..b, 0..g, 0..end, 0..k]);
+                let v = vb.clone().slice([0..b, 0..g, 0..end, 0..k]);
+                (key, v, Some(LayerKv { k: kb, v: vb }))
+            }
+            None => (key, v, None),
+        };
         let t = key.dims()[2];
         // Grouped attention without repeating K/V: the r query heads of group g share its keys.
         let q = q.reshape([b, g, r * s, k]);
@@ -181,7 +254,7 @@ impl<B: Backend> Attention<B> {
             .reshape([b, h, s, k])
             .swap_dims(1, 2)
             .reshape([b, s, h * k]);
-        self.o_proj.forward(out)
+        (self.o_proj.forward(out), kept)
     }
 }
 
@@ -249,21 +322,97 @@ impl<B: Backend> Decoder<B> {
             None => causal,
         };
         let mask = mask.reshape([b, 1, 1, s, s]);
+        self.layers(ids, cos, sin, mask, None)
+    }
+
+    /// Embedding → blocks → final norm. With a cache, each layer's keys/values are written at
+    /// column `cache.len` onwards and the cache length advances by `s`.
+    fn layers(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        mask: Tensor<B, 5, Bool>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let s = ids.dims()[1];
         let mut x = self.model.embed_tokens.forward(ids);
+        let mut kvs = cache
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.layers).into_iter());
+        let start = cache.as_ref().map_or(0, |c| c.len);
+        let mut kept = Vec::new();
         for layer in &self.model.layers {
-            let a = layer.self_attn.forward(
+            let kv = kvs.as_mut().and_then(|it| it.next()).map(|kv| (kv, start));
+            let (a, kv) = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
                 cos.clone(),
                 sin.clone(),
                 mask.clone(),
+                kv,
             );
+            kept.extend(kv);
             let x_mid = x + a;
             x = x_mid.clone()
                 + layer
                     .mlp
                     .forward(layer.post_attention_layernorm.forward(x_mid));
         }
+        if let Some(c) = cache {
+            c.layers = kept;
+            c.len += s;
+        }
         self.model.norm.forward(x)
+    }
+
+    /// Incremental forward against a KV cache: `ids`, `positions` `[b, s]` are the next `s`
+    /// tokens of every row (RoPE positions per row), `pad` `[b * s]` marks which of them are
+    /// padding. Returns last-layer hidden states `[b, s, d]` (after the final norm). Attention
+    /// is causal over cache columns; padding columns are seen by no other token.
+    ///
+    /// Errors when the cache would overflow or the batch does not match.
+    pub fn forward_cached(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        pad: &[bool],
+        cache: &mut KvCache<B>,
+    ) -> crate::Result<Tensor<B, 3>> {
+        let [b, s] = ids.dims();
+        let start = cache.len;
+        let t = start + s;
+        if b != cache.batch || t > cache.capacity || pad.len() != b * s {
+            return Err(crate::Error::Runtime(format!(
+                "KV cache misuse: batch {b} (cache {}), {t} positions (capacity {}), pad flags {} (need {})",
+                cache.batch,
+                cache.capacity,
+                pad.len(),
+                b * s
+            )));
+        }
+        for row in 0..b {
+            for i in 0..s {
+                cache.pad[row * cache.capacity + start + i] = pad[row * s + i];
+            }
+        }
+        // mask[row, i, j]: key column j is hidden from query i (column start + i) when it is in
+        // the future, or when it is padding (except a token's own column, so no row is empty).
+        let mut mask = Vec::with_capacity(b * s * t);
+        for row in 0..b {
+            let row_pad = &cache.pad[row * cache.capacity..row * cache.capacity + t];
+            for i in 0..s {
+                let me = start + i;
+                mask.extend((0..t).map(|j| j > me || (row_pad[j] && j != me)));
+            }
+        }
+        let device = ids.device();
+        let mask = Tensor::<B, 1, Bool>::from_data(
+            burn::tensor::TensorData::new(mask, [b * s * t]),
+            &device,
+        )
+        .reshape([b, 1, 1, s, t]);
+        let (cos, sin) = self.rope(positions);
+        Ok(self.layers(ids, cos, sin, mask, Some(cache)))
     }
 
     /// Logits `[b, s, V]` from hidden states `[b, s, d]` (tied head: the embedding matrix).
@@ -278,6 +427,54 @@ impl<B: Backend> Decoder<B> {
                     .reshape([b * s, d])
                     .matmul(w.transpose())
                     .reshape([b, s, v])
+            }
+        }
+    }
+
+    /// Log-probabilities of `targets` `[b, s]` under the logits of `hidden` `[b, s, d]` → `[b, s]`:
+    /// `logit[target] − logsumexp(logits)`, computed `chunk` positions at a time so only a
+    /// `[b, chunk, V]` slice of logits exists at once (never the full `[b, s, V]` in inference;
+    /// under autodiff each chunk is kept for backward, but no log-softmax copy is made).
+    pub fn token_logprobs(
+        &self,
+        hidden: Tensor<B, 3>,
+        targets: Tensor<B, 2, Int>,
+        chunk: usize,
+    ) -> Tensor<B, 2> {
+        let [b, s, d] = hidden.dims();
+        let chunk = chunk.max(1);
+        let parts: Vec<Tensor<B, 2>> = (0..s)
+            .step_by(chunk)
+            .map(|lo| {
+                let hi = (lo + chunk).min(s);
+                let logits = self.logits(hidden.clone().slice([0..b, lo..hi, 0..d])); // [b, c, V]
+                let tgt = targets.clone().slice([0..b, lo..hi]).unsqueeze_dim::<3>(2); // [b, c, 1]
+                let picked = logits.clone().gather(2, tgt); // [b, c, 1]
+                // logsumexp with a detached max shift (any constant shift gives the same value and gradient)
+                let m = logits.clone().max_dim(2).detach(); // [b, c, 1]
+                let lse = (logits - m.clone()).exp().sum_dim(2).log() + m; // [b, c, 1]
+                (picked - lse).squeeze_dim::<2>(2) // [b, c]
+            })
+            .collect();
+        Tensor::cat(parts, 1)
+    }
+
+    /// Hidden states at one position per row: `hidden` `[b, s, d]`, `positions` `[b]` → `[b, d]`
+    /// (e.g. the `<emb_token>` state of each sequence).
+    pub fn hidden_at(hidden: Tensor<B, 3>, positions: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+        let [b, _, d] = hidden.dims();
+        let idx = positions.reshape([b, 1, 1]).expand([b, 1, d]);
+        hidden.gather(1, idx).reshape([b, d])
+    }
+
+    /// The LM head as a contiguous `[d, V]` matrix (the transposed embeddings when tied), for
+    /// decode loops that apply it every step.
+    pub fn head_matrix(&self) -> Tensor<B, 2> {
+        match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None => {
+                let w = self.model.embed_tokens.weight.val().transpose();
+                Tensor::from_data(w.into_data(), &self.device())
             }
         }
     }

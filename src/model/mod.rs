@@ -3,10 +3,12 @@
 
 pub mod config;
 pub mod decoder;
+pub mod generate;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::{DecoderConfig, Family, RopeScaling};
-pub use decoder::Decoder;
+pub use decoder::{Decoder, KvCache};
+pub use generate::{Embed, GenerateOptions, Rollout, Sampler, StopReason, generate};
 pub use tokenizer::T1Tokenizer;
 pub use weights::{load_hf, save_hf};

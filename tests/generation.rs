@@ -1,0 +1,371 @@
+//! The KV-cache decode loop: cached steps equal the uncached full forward (logits per step, for
+//! left-padded rows of different lengths), sampling is seeded and reproducible, rollouts carry
+//! the right log-probs, stop reasons, forced closing tokens and `<emb_token>` states.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use t1_train::model::{
+    Decoder, Embed, GenerateOptions, KvCache, Sampler, StopReason, generate, load_hf,
+};
+
+type B = Flex;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/backbone")
+        .join(name)
+}
+
+fn model(name: &str) -> Decoder<B> {
+    load_hf::<B>(&fixture(name), &Default::default()).unwrap()
+}
+
+fn to_vec<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+fn int2(v: Vec<i64>, b: usize, s: usize) -> Tensor<B, 2, Int> {
+    Tensor::from_data(TensorData::new(v, [b, s]), &Default::default())
+}
+
+/// Random token sequences of the given lengths.
+fn sequences(lens: &[usize], vocab: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    lens.iter()
+        .map(|&l| (0..l).map(|_| rng.random_range(0..vocab as u32)).collect())
+        .collect()
+}
+
+/// Uncached HF-style forward of left-padded rows: (logits `[n, s, V]` flat, hidden flat, s).
+fn full_forward(m: &Decoder<B>, rows: &[Vec<u32>]) -> (Vec<f32>, Vec<f32>, usize) {
+    let n = rows.len();
+    let s = rows.iter().map(Vec::len).max().unwrap();
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    for r in rows {
+        let lead = s - r.len();
+        ids.extend(std::iter::repeat_n(0i64, lead));
+        ids.extend(r.iter().map(|&t| t as i64));
+        mask.extend(std::iter::repeat_n(0i64, lead));
+        mask.extend(std::iter::repeat_n(1i64, r.len()));
+    }
+    let (logits, hidden) = m.forward(int2(ids, n, s), Some(int2(mask, n, s)));
+    (to_vec(logits), to_vec(hidden), s)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Prefill left-padded prompts, then feed `chunk` tokens per call; every cached step's logits
+/// must equal the full forward's logits at the same positions.
+fn check_cached_equals_full(name: &str, chunk: usize) {
+    let m = model(name);
+    let vocab = m.config().vocab_size;
+    let d = m.config().hidden_size;
+    let prompt_lens = [5usize, 9, 2];
+    let extra = 6usize;
+    let full: Vec<Vec<u32>> = sequences(&[5 + extra, 9 + extra, 2 + extra], vocab, 7);
+    let n = full.len();
+    let p = *prompt_lens.iter().max().unwrap();
+    let mut cache = KvCache::new(&m, n, p + extra);
+
+    // prefill
+    let mut ids = Vec::new();
+    let mut pos = Vec::new();
+    let mut pad = Vec::new();
+    for (r, &l) in full.iter().zip(&prompt_lens) {
+        ids.extend(std::iter::repeat_n(0i64, p - l));
+        ids.extend(r[..l].iter().map(|&t| t as i64));
+        pos.extend(std::iter::repeat_n(0i64, p - l));
+        pos.extend(0..l as i64);
+        pad.extend(std::iter::repeat_n(true, p - l));
+        pad.extend(std::iter::repeat_n(false, l));
+    }
+    let h = m
+        .forward_cached(int2(ids, n, p), int2(pos, n, p), &pad, &mut cache)
+        .unwrap();
+    let mut cached_logits: Vec<Vec<Vec<f32>>> = vec![Vec::new(); n]; // row → step → [V]
+    let l0 = to_vec(m.logits(h.slice([0..n, p - 1..p, 0..d])));
+    for row in 0..n {
+        cached_logits[row].push(l0[row * vocab..(row + 1) * vocab].to_vec());
+    }
+    let mut done = 0;
+    while done < extra {
+        let s = chunk.min(extra - done);
+        let mut ids = Vec::new();
+        let mut pos = Vec::new();
+        for (r, &l) in full.iter().zip(&prompt_lens) {
+            ids.extend(r[l + done..l + done + s].iter().map(|&t| t as i64));
+            pos.extend((l + done) as i64..(l + done + s) as i64);
+        }
+        let h = m
+            .forward_cached(
+                int2(ids, n, s),
+                int2(pos, n, s),
+                &vec![false; n * s],
+                &mut cache,
+            )
+            .unwrap();
+        let lg = to_vec(m.logits(h));
+        for row in 0..n {
+            for i in 0..s {
+                let o = (row * s + i) * vocab;
+                cached_logits[row].push(lg[o..o + vocab].to_vec());
+            }
+        }
+        done += s;
+    }
+    assert_eq!(cache.len(), p + extra);
+
+    let (logits, _, s_full) = full_forward(&m, &full);
+    let mut worst = 0.0f32;
+    for (row, &l) in prompt_lens.iter().enumerate() {
+        let lead = s_full - full[row].len();
+        // cached step j predicts token l + j: full position lead + l - 1 + j
+        for (j, step) in cached_logits[row].iter().enumerate() {
+            let at = lead + l - 1 + j;
+            let o = (row * s_full + at) * vocab;
+            worst = worst.max(max_abs_diff(step, &logits[o..o + vocab]));
+        }
+    }
+    println!("{name} chunk {chunk}: max |cached - full| = {worst:.3e}");
+    assert!(worst <= 1e-4, "{name}: cached logits differ by {worst}");
+}
+
+#[test]
+fn cached_steps_equal_the_full_forward() {
+    for name in ["qwen3_tied", "qwen2_untied", "llama_tied_rope_llama3"] {
+        check_cached_equals_full(name, 1);
+    }
+    // several tokens per call against a partly filled cache
+    check_cached_equals_full("llama_untied_bias", 4);
+}
+
+#[test]
+fn cache_overflow_is_an_error() {
+    let m = model("qwen3_tied");
+    let mut cache = KvCache::new(&m, 1, 3);
+    let err = m
+        .forward_cached(
+            int2(vec![1, 2, 3, 4], 1, 4),
+            int2(vec![0, 1, 2, 3], 1, 4),
+            &[false; 4],
+            &mut cache,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("capacity 3"), "{err}");
+}
+
+fn opts(sampler: Sampler, seed: u64, stop: Vec<u32>, embed: Option<Embed>) -> GenerateOptions {
+    GenerateOptions {
+        sampler,
+        max_new_tokens: 12,
+        stop,
+        embed,
+        pad: 0,
+        seed,
+    }
+}
+
+fn hot() -> Sampler {
+    Sampler::Random {
+        temperature: 1.5,
+        top_k: None,
+        top_p: 1.0,
+    }
+}
+
+#[test]
+fn rollouts_match_the_uncached_forward() {
+    let m = model("qwen2_untied");
+    let vocab = m.config().vocab_size;
+    let d = m.config().hidden_size;
+    let prompts = sequences(&[4, 7, 3, 7, 1, 5, 2, 6], vocab, 11);
+    let embed = Embed {
+        end_think: (vocab - 2) as u32,
+        emb: (vocab - 1) as u32,
+    };
+    // a sixteenth of the vocabulary stops sampling, so rows end at different steps and by both reasons
+    let mut stop: Vec<u32> = (0..vocab as u32 / 16).collect();
+    stop.push(embed.end_think);
+    let o = opts(hot(), 3, stop.clone(), Some(embed));
+    let rollouts = generate(&m, &prompts, &o, |_| {}).unwrap();
+    let reasons: Vec<StopReason> = rollouts.iter().map(|r| r.stop).collect();
+    assert!(
+        reasons.iter().any(|r| matches!(r, StopReason::Token(_))),
+        "{reasons:?}"
+    );
+    assert!(reasons.contains(&StopReason::Length), "{reasons:?}");
+
+    let full: Vec<Vec<u32>> = prompts
+        .iter()
+        .zip(&rollouts)
+        .map(|(p, r)| [p.clone(), r.tokens.clone(), r.forced.clone()].concat())
+        .collect();
+    let (logits, hidden, s) = full_forward(&m, &full);
+    let t = 1.5f64;
+    let mut worst_lp = 0.0f32;
+    let mut worst_h = 0.0f32;
+    for (row, r) in rollouts.iter().enumerate() {
+        assert_eq!(r.tokens.len(), r.logprobs.len());
+        match r.stop {
+            StopReason::Token(tok) => {
+                assert_eq!(Some(&tok), r.tokens.last());
+                assert!(stop.contains(&tok));
+                assert!(!r.truncated());
+            }
+            StopReason::Length => {
+                assert_eq!(r.tokens.len(), o.max_new_tokens);
+                assert!(r.truncated());
+            }
+        }
+        // </think> is fed unless the row drew it itself; <emb_token> always closes the row
+        if r.tokens.last() == Some(&embed.end_think) {
+            assert_eq!(r.forced, vec![embed.emb]);
+        } else {
+            assert_eq!(r.forced, vec![embed.end_think, embed.emb]);
+        }
+        let lead = s - full[row].len();
+        let pl = prompts[row].len();
+        for (j, (&tok, &lp)) in r.tokens.iter().zip(&r.logprobs).enumerate() {
+            let o = (row * s + lead + pl - 1 + j) * vocab;
+            let row_logits = &logits[o..o + vocab];
+            let m = row_logits
+                .iter()
+                .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64 / t));
+            let lse = row_logits
+                .iter()
+                .map(|&x| (x as f64 / t - m).exp())
+                .sum::<f64>()
+                .ln()
+                + m;
+            let want = (row_logits[tok as usize] as f64 / t - lse) as f32;
+            worst_lp = worst_lp.max((want - lp).abs());
+        }
+        let at = (row * s + s - 1) * d; // <emb_token> is each row's last token
+        let emb = r.embedding.as_ref().expect("embedding");
+        worst_h = worst_h.max(max_abs_diff(emb, &hidden[at..at + d]));
+    }
+    println!("max |logprob - full| = {worst_lp:.3e}, max |emb - full| = {worst_h:.3e}");
+    assert!(worst_lp <= 1e-4 && worst_h <= 1e-4, "{worst_lp} {worst_h}");
+}
+
+#[test]
+fn drawing_end_think_feeds_only_emb_token() {
+    let m = model("qwen3_tied");
+    let vocab = m.config().vocab_size as u32;
+    let prompts = sequences(&[6], vocab as usize, 5);
+    let greedy = generate(
+        &m,
+        &prompts,
+        &opts(Sampler::Greedy, 0, vec![], None),
+        |_| {},
+    )
+    .unwrap();
+    let g = &greedy[0].tokens;
+    assert_eq!(g.len(), 12);
+    assert_eq!(greedy[0].stop, StopReason::Length);
+    assert!(greedy[0].embedding.is_none());
+    // Pretend the 3rd greedy token is </think>: the row stops there and feeds only <emb_token>.
+    let end = g[2];
+    let first = g.iter().position(|&t| t == end).unwrap();
+    let embed = Embed {
+        end_think: end,
+        emb: vocab - 1,
+    };
+    let r = generate(
+        &m,
+        &prompts,
+        &opts(Sampler::Greedy, 0, vec![end], Some(embed)),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(r[0].tokens, g[..=first].to_vec());
+    assert_eq!(r[0].stop, StopReason::Token(end));
+    assert_eq!(r[0].forced, vec![vocab - 1]);
+    assert!(r[0].embedding.is_some());
+}
+
+#[test]
+fn sampling_is_seeded_and_rows_are_independent() {
+    let m = model("llama_tied_rope_llama3");
+    let vocab = m.config().vocab_size;
+    let prompts = sequences(&[3, 8, 5], vocab, 1);
+    let run = |seed: u64, p: &[Vec<u32>]| {
+        generate(&m, p, &opts(hot(), seed, vec![], None), |_| {})
+            .unwrap()
+            .into_iter()
+            .map(|r| r.tokens)
+            .collect::<Vec<_>>()
+    };
+    let a = run(42, &prompts);
+    assert_eq!(a, run(42, &prompts), "same seed, same rollouts");
+    assert_ne!(a, run(43, &prompts), "another seed, other rollouts");
+    assert_ne!(a[0], a[1]);
+    // Row i uses stream i whatever else is in the batch: the first row alone draws the same tokens.
+    assert_eq!(run(42, &prompts[..1])[0], a[0]);
+}
+
+#[test]
+fn bad_generation_requests_are_errors() {
+    let m = model("qwen3_tied");
+    let vocab = m.config().vocab_size as u32;
+    let e = generate(
+        &m,
+        &[vec![vocab + 5]],
+        &opts(Sampler::Greedy, 0, vec![], None),
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("outside the model's vocabulary"),
+        "{e}"
+    );
+    let e = generate(
+        &m,
+        &[vec![]],
+        &opts(Sampler::Greedy, 0, vec![], None),
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("empty"), "{e}");
+    assert!(Sampler::from_args(1.0, None, 0.0).is_err());
+    assert!(Sampler::from_args(1.0, Some(0), 1.0).is_err());
+    assert_eq!(Sampler::from_args(0.0, None, 1.0).unwrap(), Sampler::Greedy);
+}
+
+#[test]
+fn token_logprobs_and_hidden_at_match_the_full_logits() {
+    let m = model("qwen3_untied");
+    let vocab = m.config().vocab_size;
+    let d = m.config().hidden_size;
+    let rows = sequences(&[9, 9], vocab, 3);
+    let (logits, hidden, s) = full_forward(&m, &rows);
+    let ids: Vec<i64> = rows.iter().flatten().map(|&t| t as i64).collect();
+    let targets: Vec<i64> = ids.iter().map(|&t| (t * 7 + 3) % vocab as i64).collect();
+    let (_, h) = m.forward(int2(ids, 2, s), None);
+    let lp = to_vec(m.token_logprobs(h.clone(), int2(targets.clone(), 2, s), 4));
+    let mut worst = 0.0f32;
+    for (i, &tgt) in targets.iter().enumerate() {
+        let row = &logits[i * vocab..(i + 1) * vocab];
+        let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let lse = row.iter().map(|&x| (x - mx).exp()).sum::<f32>().ln() + mx;
+        worst = worst.max((row[tgt as usize] - lse - lp[i]).abs());
+    }
+    assert!(worst <= 1e-4, "{worst}");
+    let pos =
+        Tensor::<B, 1, Int>::from_data(TensorData::new(vec![3i64, 8], [2]), &Default::default());
+    let at = to_vec(Decoder::hidden_at(h, pos));
+    assert_eq!(at.len(), 2 * d);
+    assert!(max_abs_diff(&at[..d], &hidden[3 * d..4 * d]) <= 1e-5);
+    assert!(max_abs_diff(&at[d..], &hidden[(s + 8) * d..(s + 9) * d]) <= 1e-5);
+}
