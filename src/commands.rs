@@ -5,11 +5,15 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::bm25::Bm25;
-use crate::config::{Config, QueryView, RetrieverKind};
+use crate::config::{Config, ProgressMode, QueryView, RetrieverKind};
 use crate::data::{Dataset, Summary};
-use crate::error::Result;
+use burn::tensor::backend::Backend;
+
+use crate::error::{Error, Result};
 use crate::eval::{Report, Run, evaluate, write_trec_run};
 use crate::metrics::{MetricsSink, progress_bar};
+use crate::model::generate::{self, Embed, GenerateOptions, Sampler, StopReason};
+use crate::model::{Decoder, T1Tokenizer, load_hf};
 use crate::run::RunDir;
 
 /// `t1-train data DIR`: load every file (any error names file and line) and print a summary.
@@ -80,4 +84,96 @@ pub fn eval(cfg: &Config) -> Result<Report> {
     )?;
     sinks.flush()?;
     Ok(report)
+}
+
+/// What `t1-train generate` was asked for.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// HF model folder with `tokenizer.json` (and `tokenizer_config.json` when it has a chat template).
+    pub model: std::path::PathBuf,
+    pub prompt: String,
+    /// Build the query view around `prompt` (chat template, instruction, `<think>`), stop at
+    /// `</think>` and read the `<emb_token>` state; otherwise continue the raw text.
+    pub query: bool,
+    pub sampler: Sampler,
+    pub max_new_tokens: usize,
+    pub num_samples: usize,
+    pub seed: u64,
+}
+
+/// One printed sample.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// The prompt as fed (decoded, special tokens shown).
+    pub prompt: String,
+    /// The generated text (special tokens shown), forced closing tokens included.
+    pub text: String,
+    pub tokens: usize,
+    pub stop: String,
+    /// Mean sampling log-prob of the generated tokens.
+    pub mean_logprob: f32,
+    /// L2 norm of the `<emb_token>` state (query mode).
+    pub embedding_norm: Option<f32>,
+}
+
+/// `t1-train generate`: load a model folder, sample `num_samples` continuations of one prompt.
+pub fn generate<B: Backend>(req: &GenerateRequest, device: &B::Device) -> Result<Vec<Sample>> {
+    let tok = T1Tokenizer::load(&req.model.join("tokenizer.json"))?;
+    let mut model: Decoder<B> = load_hf(&req.model, device)?;
+    let ids = if req.query {
+        tok.query_prompt(&req.prompt, usize::MAX)?
+    } else {
+        tok.encode(&req.prompt)?
+    };
+    if ids.is_empty() {
+        return Err(Error::Runtime("the prompt has no tokens".into()));
+    }
+    // A raw checkpoint lacks the T1 tokens: grow it only when they are needed, so plain
+    // continuation of a pretrained model is exactly that model's.
+    let vocab = model.config().vocab_size;
+    if tok.vocab_size() > vocab && (req.query || ids.iter().any(|&t| t as usize >= vocab)) {
+        model = model.resize_vocab(tok.vocab_size())?;
+    }
+    let mut stop: Vec<u32> = tok.eos.into_iter().collect();
+    if req.query {
+        stop.push(tok.end_think);
+    }
+    let opts = GenerateOptions {
+        sampler: req.sampler.clone(),
+        max_new_tokens: req.max_new_tokens,
+        stop,
+        embed: req.query.then_some(Embed {
+            end_think: tok.end_think,
+            emb: tok.emb,
+        }),
+        pad: tok.pad,
+        seed: req.seed,
+    };
+    let prompts = vec![ids.clone(); req.num_samples.max(1)];
+    let bar = progress_bar(prompts.len() as u64, "generate", ProgressMode::Auto);
+    let rollouts = generate::generate(&model, &prompts, &opts, |done| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    let prompt = tok.decode(&ids, true)?;
+    rollouts
+        .into_iter()
+        .map(|r| {
+            let all: Vec<u32> = r.tokens.iter().chain(&r.forced).copied().collect();
+            let stop = match r.stop {
+                StopReason::Length => "max_new_tokens".to_string(),
+                StopReason::Token(t) => format!("{:?}", tok.decode(&[t], true)?),
+            };
+            Ok(Sample {
+                prompt: prompt.clone(),
+                text: tok.decode(&all, true)?,
+                tokens: r.tokens.len(),
+                stop,
+                mean_logprob: r.logprobs.iter().sum::<f32>() / r.logprobs.len().max(1) as f32,
+                embedding_norm: r
+                    .embedding
+                    .map(|e| e.iter().map(|x| x * x).sum::<f32>().sqrt()),
+            })
+        })
+        .collect()
 }

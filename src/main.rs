@@ -5,7 +5,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use t1_train::config::Config;
+use t1_train::model::Sampler;
 use t1_train::{Error, commands};
+
+/// The compute backend: CPU (flex) by default, CUDA with `--features cuda`.
+#[cfg(not(feature = "cuda"))]
+type Compute = burn::backend::Flex;
+#[cfg(feature = "cuda")]
+type Compute = burn::backend::Cuda;
 
 #[derive(Parser)]
 #[command(
@@ -97,21 +104,36 @@ enum Command {
         #[arg(short, long, default_value_t = 10)]
         k: usize,
     },
-    /// Sample reasoning from a model for a prompt (greedy by default).
+    /// Sample from a model for a prompt (greedy by default), with the KV-cache decode loop that
+    /// stage 3 uses for rollouts. Plain text is continued as is; with `--query` the prompt is a
+    /// query put in the query view (chat template when the model has one, instruction,
+    /// `<think>`), sampling stops at `</think>`, and `<emb_token>` is fed to read the query vector.
     Generate {
-        /// Model folder (HF layout: config.json, model.safetensors, tokenizer.json).
+        /// Model folder (HF layout: config.json, model.safetensors or shards, tokenizer.json).
         #[arg(long, value_name = "DIR")]
         model: PathBuf,
-        /// The prompt text.
+        /// The prompt text (with --query: the query).
         #[arg(long)]
         prompt: String,
-        /// Maximum tokens to generate.
+        /// Treat the prompt as a query and build the query view around it.
+        #[arg(long)]
+        query: bool,
+        /// Maximum tokens to sample per sample.
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
         /// Sampling temperature; 0 means greedy.
         #[arg(long, default_value_t = 0.0)]
         temperature: f32,
-        /// Seed for sampling.
+        /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        /// Keep only the k most likely tokens before sampling.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Samples to draw (decoded together as one batch).
+        #[arg(short = 'n', long, default_value_t = 1)]
+        num_samples: usize,
+        /// Seed: sample i uses stream i of it, so results repeat exactly.
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -165,7 +187,43 @@ fn run(cli: Cli) -> Result<(), Error> {
             return Err(not_yet("index", "the GRPO issue (document index)"));
         }
         Command::Search { .. } => return Err(not_yet("search", "the GRPO issue (document index)")),
-        Command::Generate { .. } => return Err(not_yet("generate", "the backbone issue")),
+        Command::Generate {
+            model,
+            prompt,
+            query,
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            num_samples,
+            seed,
+        } => {
+            let req = commands::GenerateRequest {
+                model,
+                prompt,
+                query,
+                sampler: Sampler::from_args(temperature, top_k, top_p)?,
+                max_new_tokens,
+                num_samples,
+                seed,
+            };
+            let samples = commands::generate::<Compute>(&req, &Default::default())?;
+            let n = samples.len();
+            for (i, s) in samples.iter().enumerate() {
+                let emb = s
+                    .embedding_norm
+                    .map(|x| format!(", <emb_token> state norm {x:.3}"))
+                    .unwrap_or_default();
+                println!(
+                    "--- sample {}/{n}: {} tokens, stopped by {}, mean log-prob {:.3}{emb}",
+                    i + 1,
+                    s.tokens,
+                    s.stop,
+                    s.mean_logprob
+                );
+                println!("{}{}", s.prompt, s.text);
+            }
+        }
     }
     Ok(())
 }

@@ -202,3 +202,21 @@ fn stages_not_yet_built_say_so_with_exit_1_after_checking_the_config() {
         Some(2)
     );
 }
+
+#[test]
+fn generate_without_a_model_folder_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-model");
+    let o = t1(&[
+        "generate",
+        "--model",
+        missing.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no-model"), "{}", stderr(&o));
+    let o = t1(&["generate", "--model", ".", "--prompt", "hi", "--top-p", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("top_p"), "{}", stderr(&o));
+}

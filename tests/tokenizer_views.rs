@@ -130,3 +130,74 @@ fn resize_vocab_appends_mean_rows_and_keeps_old_logits() {
         [1024, 128]
     );
 }
+
+#[test]
+fn chat_template_renders_the_query_turn_and_query_is_cut_by_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(shipped(), dir.path().join("tokenizer.json")).unwrap();
+    // A Qwen-like template using Python string methods (pycompat) and raise_exception.
+    let template = "{%- for m in messages -%}{%- if m.role not in ['user', 'system'] -%}\
+        {{ raise_exception('bad role') }}{%- endif -%}\
+        <{{ m.role }}>{{ m.content.strip() }}{{ eos_token }}\n{%- endfor -%}\
+        {%- if add_generation_prompt %}<assistant>{% endif -%}";
+    let cfg =
+        serde_json::json!({"chat_template": template, "eos_token": {"content": "<|endoftext|>"}});
+    std::fs::write(dir.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let t = T1Tokenizer::load(&dir.path().join("tokenizer.json")).unwrap();
+    assert!(t.has_chat_template());
+    let p = t.query_prompt("  Where is X?  ", 64).unwrap();
+    let text = t.decode(&p, true).unwrap();
+    let want = format!(
+        "<user>{}Where is X?<|endoftext|><assistant><think>",
+        t1_train::model::tokenizer::QUERY_INSTRUCTION
+    );
+    assert_eq!(text.replace(' ', ""), want.replace(' ', ""), "{text}");
+    // the template travels with a saved tokenizer
+    let out = tempfile::tempdir().unwrap();
+    t.save(&out.path().join("tokenizer.json")).unwrap();
+    assert!(
+        T1Tokenizer::load(&out.path().join("tokenizer.json"))
+            .unwrap()
+            .has_chat_template()
+    );
+
+    // without a template: instruction + query cut to 3 tokens + <think>
+    let plain = T1Tokenizer::load(&shipped()).unwrap();
+    let full = plain
+        .query_prompt("Volo Gryndfol belongs to the Hollow Loom guild", 64)
+        .unwrap();
+    let cut = plain
+        .query_prompt("Volo Gryndfol belongs to the Hollow Loom guild", 3)
+        .unwrap();
+    let instr = plain
+        .encode(t1_train::model::tokenizer::QUERY_INSTRUCTION)
+        .unwrap()
+        .len();
+    assert!(cut.len() < full.len());
+    // the query text is cut after its 3rd token, then the whole prompt is tokenised at once
+    // (so a token may merge across the instruction/query boundary: allow one token of slack)
+    assert!(
+        cut.len() <= instr + 3 + 1 + 1,
+        "{:?}",
+        plain.decode(&cut, true)
+    );
+    let cut_text = plain.decode(&cut[..cut.len() - 1], true).unwrap();
+    let full_text = plain.decode(&full[..full.len() - 1], true).unwrap();
+    assert!(full_text.starts_with(&cut_text) && cut_text.len() < full_text.len());
+    assert_eq!(cut.last(), Some(&plain.think));
+
+    // a template that does not compile is an error naming the file and field
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"chat_template": "{% for %}"}"#,
+    )
+    .unwrap();
+    let e = T1Tokenizer::load(&dir.path().join("tokenizer.json"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("tokenizer_config.json") && e.contains("chat_template"),
+        "{e}"
+    );
+}

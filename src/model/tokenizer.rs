@@ -4,6 +4,11 @@
 //!   vector is the last-layer state at `<emb_token>`.
 //! - document view: `doc_instruction + title + text + <emb_token>`, embedded in one pass.
 //!
+//! When `tokenizer_config.json` sits beside `tokenizer.json` with a `chat_template` (as HF
+//! instruct models ship), the query view's user turn is rendered through it (minijinja, with
+//! Python string methods), exactly as `apply_chat_template(..., add_generation_prompt=True)`, and
+//! `<think>` follows the assistant header. Its `eos_token` is the stop token.
+//!
 //! `<think>`, `</think>` and `<emb_token>` are added as special tokens when a tokenizer lacks them;
 //! the model then grows its embedding (and untied head) with [`Decoder::resize_vocab`].
 //!
@@ -37,6 +42,48 @@ pub struct T1Tokenizer {
     pub pad: u32,
     /// T1 tokens that were missing and have been added (the model must grow to `vocab_size()`).
     pub added: Vec<String>,
+    /// `tokenizer_config.json` beside `tokenizer.json`, kept to be saved with checkpoints.
+    config: Option<serde_json::Value>,
+    /// Its `chat_template`, checked to compile at load.
+    chat_template: Option<String>,
+}
+
+/// A special token entry of `tokenizer_config.json`: `"<s>"` or `{"content": "<s>", ...}`.
+fn config_token(cfg: &serde_json::Value, key: &str) -> Option<String> {
+    match cfg.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        v => v.get("content")?.as_str().map(str::to_string),
+    }
+}
+
+/// `chat_template` renders `messages` with `add_generation_prompt`, as transformers does.
+fn render_chat(
+    template: &str,
+    cfg: Option<&serde_json::Value>,
+    user: &str,
+) -> std::result::Result<String, minijinja::Error> {
+    let mut env = minijinja::Environment::new();
+    minijinja_contrib::add_to_environment(&mut env);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_template("chat", template)?;
+    let tok = |k: &str| cfg.and_then(|c| config_token(c, k)).unwrap_or_default();
+    env.get_template("chat")?.render(minijinja::context! {
+        messages => vec![minijinja::context! { role => "user", content => user }],
+        add_generation_prompt => true,
+        // Qwen3-style templates: let the model think (we open <think> ourselves).
+        enable_thinking => true,
+        bos_token => tok("bos_token"),
+        eos_token => tok("eos_token"),
+    })
 }
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -46,6 +93,12 @@ fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
 impl T1Tokenizer {
     /// Loads `tokenizer.json`, adding whichever T1 tokens it lacks as special tokens.
     pub fn load(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::Config {
+                location: path.display().to_string(),
+                message: "no such tokenizer file (a model folder needs tokenizer.json)".into(),
+            });
+        }
         let mut inner = Tokenizer::from_file(path).map_err(|e| tok_err(path, e))?;
         let missing: Vec<String> = [THINK, END_THINK, EMB]
             .iter()
@@ -67,16 +120,53 @@ impl T1Tokenizer {
                 .ok_or_else(|| tok_err(path, format!("token {t} could not be added")))
         };
         let (think, end_think, emb) = (id(THINK)?, id(END_THINK)?, id(EMB)?);
-        let eos = [
-            "<|endoftext|>",
-            "<|im_end|>",
-            "</s>",
-            "<|end_of_text|>",
-            "<|eot_id|>",
-        ]
-        .iter()
-        .find_map(|t| inner.token_to_id(t));
-        let pad = inner.get_padding().map(|p| p.pad_id).or(eos).unwrap_or(emb);
+        let cfg_path = path.with_file_name("tokenizer_config.json");
+        let config: Option<serde_json::Value> = if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+            Some(serde_json::from_str(&text).map_err(|e| {
+                Error::data(&cfg_path, e.line(), None, format!("malformed JSON: {e}"))
+            })?)
+        } else {
+            None
+        };
+        let chat_template = config
+            .as_ref()
+            .and_then(|c| c.get("chat_template"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string);
+        if let Some(t) = &chat_template {
+            render_chat(t, config.as_ref(), "check").map_err(|e| {
+                Error::data(
+                    &cfg_path,
+                    1,
+                    Some("chat_template"),
+                    format!("does not render: {e}"),
+                )
+            })?;
+        }
+        let configured = |key: &str| {
+            config
+                .as_ref()
+                .and_then(|c| config_token(c, key))
+                .and_then(|t| inner.token_to_id(&t))
+        };
+        let eos = configured("eos_token").or_else(|| {
+            [
+                "<|endoftext|>",
+                "<|im_end|>",
+                "</s>",
+                "<|end_of_text|>",
+                "<|eot_id|>",
+            ]
+            .iter()
+            .find_map(|t| inner.token_to_id(t))
+        });
+        let pad = inner
+            .get_padding()
+            .map(|p| p.pad_id)
+            .or_else(|| configured("pad_token"))
+            .or(eos)
+            .unwrap_or(emb);
         Ok(T1Tokenizer {
             inner,
             think,
@@ -85,7 +175,34 @@ impl T1Tokenizer {
             eos,
             pad,
             added: missing,
+            config,
+            chat_template,
         })
+    }
+
+    /// Whether the query view goes through the model's chat template.
+    pub fn has_chat_template(&self) -> bool {
+        self.chat_template.is_some()
+    }
+
+    /// `text` cut to its first `max_tokens` tokens, at the end offset of the last kept token
+    /// (so the whole prompt can then be tokenised in one piece). Also says whether it was cut.
+    fn truncate_text<'a>(&self, text: &'a str, max_tokens: usize) -> Result<(&'a str, bool)> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Runtime(format!("tokenizer: {e}")))?;
+        if enc.len() <= max_tokens {
+            return Ok((text, false));
+        }
+        let mut end = match max_tokens {
+            0 => 0,
+            n => enc.get_offsets()[n - 1].1.min(text.len()),
+        };
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Ok((&text[..end], true))
     }
 
     /// Vocabulary size including added tokens: the model's embedding must have at least this many rows.
@@ -108,17 +225,33 @@ impl T1Tokenizer {
             .map_err(|e| Error::Runtime(format!("tokenizer: {e}")))
     }
 
-    /// Writes `tokenizer.json` (with the added T1 tokens) — saved beside each checkpoint.
+    /// Writes `tokenizer.json` (with the added T1 tokens), and `tokenizer_config.json` beside it
+    /// when one was loaded — saved with each checkpoint.
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.inner.save(path, true).map_err(|e| tok_err(path, e))
+        self.inner.save(path, true).map_err(|e| tok_err(path, e))?;
+        if let Some(cfg) = &self.config {
+            let text = serde_json::to_string_pretty(cfg).map_err(|e| {
+                Error::Runtime(format!("cannot serialise tokenizer_config.json: {e}"))
+            })?;
+            crate::run::write_atomic(
+                &path.with_file_name("tokenizer_config.json"),
+                text.as_bytes(),
+            )?;
+        }
+        Ok(())
     }
 
-    /// Query view prompt: `instruction + query + <think>`, truncated to `max_query_tokens` of query.
+    /// Query view prompt: the user turn `instruction + query` (query cut to `max_query_tokens`
+    /// tokens), through the chat template when the tokenizer has one, then `<think>`.
     pub fn query_prompt(&self, query: &str, max_query_tokens: usize) -> Result<Vec<u32>> {
-        let mut ids = self.encode(QUERY_INSTRUCTION)?;
-        let mut q = self.encode(query)?;
-        q.truncate(max_query_tokens);
-        ids.extend(q);
+        let (q, _) = self.truncate_text(query, max_query_tokens)?;
+        let user = format!("{QUERY_INSTRUCTION}{q}");
+        let text = match &self.chat_template {
+            Some(t) => render_chat(t, self.config.as_ref(), &user)
+                .map_err(|e| Error::Runtime(format!("chat template: {e}")))?,
+            None => user,
+        };
+        let mut ids = self.encode(&text)?;
         ids.push(self.think);
         Ok(ids)
     }
