@@ -4,14 +4,18 @@
 //! metrics; `commands` wires them for each CLI subcommand. See `DESIGN.md` (shared) and the README.
 
 pub mod bm25;
+pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod data;
 pub mod datagen;
 pub mod error;
 pub mod eval;
+pub mod index;
+pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod run;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -441,22 +441,39 @@ impl<B: Backend> Decoder<B> {
         targets: Tensor<B, 2, Int>,
         chunk: usize,
     ) -> Tensor<B, 2> {
+        self.token_logprobs_hits(hidden, targets, chunk).0
+    }
+
+    /// [`Self::token_logprobs`] plus `[b, s]` flags: whether the target is the arg-max token
+    /// (token accuracy), from the same logits chunks.
+    pub fn token_logprobs_hits(
+        &self,
+        hidden: Tensor<B, 3>,
+        targets: Tensor<B, 2, Int>,
+        chunk: usize,
+    ) -> (Tensor<B, 2>, Tensor<B, 2, Bool>) {
         let [b, s, d] = hidden.dims();
         let chunk = chunk.max(1);
-        let parts: Vec<Tensor<B, 2>> = (0..s)
+        let (lps, hits): (Vec<Tensor<B, 2>>, Vec<Tensor<B, 2, Bool>>) = (0..s)
             .step_by(chunk)
             .map(|lo| {
                 let hi = (lo + chunk).min(s);
                 let logits = self.logits(hidden.clone().slice([0..b, lo..hi, 0..d])); // [b, c, V]
                 let tgt = targets.clone().slice([0..b, lo..hi]).unsqueeze_dim::<3>(2); // [b, c, 1]
-                let picked = logits.clone().gather(2, tgt); // [b, c, 1]
+                let picked = logits.clone().gather(2, tgt.clone()); // [b, c, 1]
+                let hit = logits
+                    .clone()
+                    .detach()
+                    .argmax(2)
+                    .equal(tgt)
+                    .squeeze_dim::<2>(2); // [b, c]
                 // logsumexp with a detached max shift (any constant shift gives the same value and gradient)
                 let m = logits.clone().max_dim(2).detach(); // [b, c, 1]
                 let lse = (logits - m.clone()).exp().sum_dim(2).log() + m; // [b, c, 1]
-                (picked - lse).squeeze_dim::<2>(2) // [b, c]
+                ((picked - lse).squeeze_dim::<2>(2), hit) // [b, c]
             })
-            .collect();
-        Tensor::cat(parts, 1)
+            .unzip();
+        (Tensor::cat(lps, 1), Tensor::cat(hits, 1))
     }
 
     /// Hidden states at one position per row: `hidden` `[b, s, d]`, `positions` `[b]` → `[b, d]`

@@ -1,0 +1,228 @@
+//! Checkpoints: everything `--resume` needs to continue a run exactly, written atomically.
+//!
+//! ```text
+//! runs/<name>/checkpoints/
+//!   step-000120/            one checkpoint (written as .tmp-step-000120/, then renamed)
+//!     config.json, model.safetensors, tokenizer.json[, tokenizer_config.json]   HF folder (f32)
+//!     optimizer.mpk         AdamW moments, keyed by parameter order (not burn's random ids)
+//!     state.json            step, epoch, data position, RNG state, best dev metric, stage
+//!   latest                  name of the newest complete checkpoint (atomic write)
+//! ```
+//!
+//! The model goes to disk in HF format, so every checkpoint is also a model transformers loads.
+//! Loading gives fresh burn parameter ids, so the optimizer record is saved with ids replaced by
+//! each parameter's position in module order and mapped back to the new ids on load.
+
+use hashbrown::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{Decoder, T1Tokenizer, load_hf, save_hf};
+use crate::run::write_atomic;
+
+/// A ChaCha8 stream's exact position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    pub seed: [u8; 32],
+    pub stream: u64,
+    /// Word position as a decimal string (u128 does not fit JSON numbers).
+    pub word_pos: String,
+}
+
+impl RngState {
+    pub fn of(rng: &ChaCha8Rng) -> Self {
+        RngState {
+            seed: rng.get_seed(),
+            stream: rng.get_stream(),
+            word_pos: rng.get_word_pos().to_string(),
+        }
+    }
+
+    pub fn restore(&self) -> Result<ChaCha8Rng> {
+        use rand::SeedableRng;
+        let mut rng = ChaCha8Rng::from_seed(self.seed);
+        rng.set_stream(self.stream);
+        let pos: u128 = self
+            .word_pos
+            .parse()
+            .map_err(|_| Error::Runtime(format!("bad RNG word position {:?}", self.word_pos)))?;
+        rng.set_word_pos(pos);
+        Ok(rng)
+    }
+}
+
+/// The best periodic-eval result so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Best {
+    pub metric: String,
+    pub value: f64,
+    pub step: u64,
+    /// Checkpoint folder name holding it.
+    pub checkpoint: String,
+}
+
+/// Loop position and bookkeeping saved with each checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// `stage1`, `stage2`, `stage3`.
+    pub stage: String,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Epoch the next batch comes from (0-based).
+    pub epoch: u64,
+    /// Examples of that epoch's order already consumed.
+    pub position: usize,
+    pub rng: RngState,
+    pub best: Option<Best>,
+    /// Hash of the resolved config the run started with (a resume under another config is refused).
+    pub config_hash: String,
+}
+
+/// Parameter ids in module order.
+fn param_ids<B: Backend, M: Module<B>>(model: &M) -> Vec<ParamId> {
+    struct Ids(Vec<ParamId>);
+    impl<B: Backend> ModuleVisitor<B> for Ids {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            self.0.push(p.id);
+        }
+    }
+    let mut ids = Ids(Vec::new());
+    model.visit(&mut ids);
+    ids.0
+}
+
+/// Re-keys an optimizer record from `from[i]` to `to[i]`.
+fn rekey<V>(record: HashMap<ParamId, V>, from: &[ParamId], to: &[ParamId]) -> HashMap<ParamId, V> {
+    let index: HashMap<ParamId, ParamId> = from.iter().copied().zip(to.iter().copied()).collect();
+    record
+        .into_iter()
+        .filter_map(|(k, v)| index.get(&k).map(|n| (*n, v)))
+        .collect()
+}
+
+fn ordinal_ids(n: usize) -> Vec<ParamId> {
+    (0..n as u64).map(ParamId::from).collect()
+}
+
+fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+}
+
+/// The checkpoints folder of a run.
+pub fn root(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+/// Writes checkpoint `step-NNNNNN` atomically and points `latest` at it. Returns its folder name.
+pub fn save<B: Backend, V: Record<B>>(
+    run_dir: &Path,
+    model: &Decoder<B>,
+    tokenizer: &T1Tokenizer,
+    optimizer: HashMap<ParamId, V>,
+    state: &TrainState,
+) -> Result<String> {
+    let root = root(run_dir);
+    let name = format!("step-{:06}", state.step);
+    let tmp = root.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    save_hf(model, &tmp)?;
+    tokenizer.save(&tmp.join("tokenizer.json"))?;
+    let ids = param_ids(model);
+    let record = rekey(optimizer, &ids, &ordinal_ids(ids.len()));
+    recorder()
+        .record(record, tmp.join("optimizer"))
+        .map_err(|e| {
+            Error::Runtime(format!(
+                "{}: cannot write optimizer state: {e}",
+                tmp.display()
+            ))
+        })?;
+    let json = serde_json::to_string_pretty(state)
+        .map_err(|e| Error::Runtime(format!("cannot serialise the train state: {e}")))?;
+    write_atomic(&tmp.join("state.json"), json.as_bytes())?;
+    let dest = root.join(&name);
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest).map_err(|e| Error::io(&dest, e))?;
+    }
+    std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+    write_atomic(&root.join("latest"), name.as_bytes())?;
+    Ok(name)
+}
+
+/// The newest complete checkpoint of a run, if any.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
+    let p = root(run_dir).join("latest");
+    if !p.exists() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let dir = root(run_dir).join(name.trim());
+    if !dir.join("state.json").exists() {
+        return Err(Error::Runtime(format!(
+            "{}: names {}, which is missing or incomplete",
+            p.display(),
+            dir.display()
+        )));
+    }
+    Ok(Some(dir))
+}
+
+/// Loads a checkpoint: model (on `device`), optimizer record keyed to the new model's ids, state.
+pub fn load<B: Backend, V: Record<B>>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(Decoder<B>, HashMap<ParamId, V>, TrainState)> {
+    let model: Decoder<B> = load_hf(dir, device)?;
+    let state_path = dir.join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| {
+        Error::data(
+            &state_path,
+            e.line(),
+            None,
+            format!("malformed train state: {e}"),
+        )
+    })?;
+    let record: HashMap<ParamId, V> =
+        recorder()
+            .load(dir.join("optimizer"), device)
+            .map_err(|e| {
+                Error::Runtime(format!(
+                    "{}: cannot read optimizer state: {e}",
+                    dir.display()
+                ))
+            })?;
+    let ids = param_ids(&model);
+    let record = rekey(record, &ordinal_ids(ids.len()), &ids);
+    Ok((model, record, state))
+}
+
+/// Deletes old `step-*` checkpoints, keeping the newest `keep` and any named in `protect`.
+pub fn prune(run_dir: &Path, keep: usize, protect: &[&str]) -> Result<()> {
+    let root = root(run_dir);
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .map_err(|e| Error::io(&root, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    names.sort();
+    let cut = names.len().saturating_sub(keep);
+    for n in &names[..cut] {
+        if !protect.contains(&n.as_str()) {
+            let p = root.join(n);
+            std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! Losses: pure tensor functions with documented shapes. Nothing here reads files or logs; the
+//! stage loops in `train/` call them and log what they return.
+
+pub mod contrastive;
+pub mod sft;
+
+pub use contrastive::{InfoNce, info_nce};
+pub use sft::{Sft, sft_loss};

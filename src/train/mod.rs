@@ -1,0 +1,3 @@
+//! Training loops: one file per stage, plus the pieces they share (optimizer, checkpoints).
+
+pub mod optim;

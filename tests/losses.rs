@@ -1,0 +1,105 @@
+//! Golden values for the stage-1/2 losses against the PyTorch formulas
+//! (fixtures: `python3 scripts/golden_losses.py`, torch version recorded in each JSON).
+
+use std::path::Path;
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use t1_train::loss::{info_nce, sft_loss};
+
+type B = Autodiff<Flex>;
+
+fn fixture(name: &str) -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/losses")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn tensor2(v: Vec<f32>, shape: [usize; 2]) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(v, shape), &Default::default())
+}
+
+fn to_vec<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn sft_loss_equals_cross_entropy_with_ignore_index() {
+    let f = fixture("sft.json");
+    let [b, s, v] = [2usize, 6, 11];
+    let logits = Tensor::<B, 3>::from_data(
+        TensorData::new(floats(&f["logits"]), [b, s, v]),
+        &Default::default(),
+    );
+    let labels: Vec<i64> = f["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect();
+    let mask: Vec<bool> = labels.iter().map(|&l| l != -100).collect();
+    let targets: Vec<i64> = labels.iter().map(|&l| l.max(0)).collect();
+    let t = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [b, s]), &Default::default());
+    let lp = log_softmax(logits, 2)
+        .gather(2, t.unsqueeze_dim::<3>(2))
+        .squeeze_dim::<2>(2);
+    let m =
+        Tensor::<B, 2, Bool>::from_data(TensorData::new(mask.clone(), [b, s]), &Default::default());
+    let out = sft_loss(lp, m);
+    assert_eq!(out.tokens, mask.iter().filter(|&&x| x).count());
+    let got = to_vec(out.loss)[0];
+    let want = f["loss"].as_f64().unwrap() as f32;
+    assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+
+    // all masked: zero, not NaN
+    let lp = Tensor::<B, 2>::zeros([1, 3], &Default::default());
+    let none = Tensor::<B, 2, Bool>::from_data(
+        TensorData::new(vec![false; 3], [1, 3]),
+        &Default::default(),
+    );
+    let out = sft_loss(lp, none);
+    assert_eq!((out.tokens, to_vec(out.loss)[0]), (0, 0.0));
+}
+
+#[test]
+fn info_nce_equals_the_pytorch_formula_with_gradients() {
+    let f = fixture("info_nce.json");
+    let (n, g, d) = (4usize, 3usize, 16usize);
+    let tau = f["tau"].as_f64().unwrap();
+    for (key, symmetric) in [("one_way", false), ("symmetric", true)] {
+        let q = tensor2(floats(&f["queries"]), [n, d]).require_grad();
+        let docs = tensor2(floats(&f["docs"]), [n * g, d]).require_grad();
+        let out = info_nce(q.clone(), docs.clone(), g, tau, symmetric);
+        let got = to_vec(out.loss.clone())[0];
+        let want = f[key]["loss"].as_f64().unwrap() as f32;
+        assert!((got - want).abs() < 1e-4, "{key}: {got} vs {want}");
+        let grads = out.loss.backward();
+        let host = |t: Tensor<Flex, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        let gq = host(q.grad(&grads).unwrap());
+        let gd = host(docs.grad(&grads).unwrap());
+        let dq = max_abs(&gq, &floats(&f[key]["grad_queries"]));
+        let dd = max_abs(&gd, &floats(&f[key]["grad_docs"]));
+        assert!(dq < 1e-4 && dd < 1e-4, "{key}: grad differs by {dq} / {dd}");
+        assert!((out.accuracy - f["accuracy"].as_f64().unwrap()).abs() < 1e-9);
+        assert!((out.pos_sim - f["pos_sim"].as_f64().unwrap()).abs() < 1e-5);
+        assert!((out.neg_sim - f["neg_sim"].as_f64().unwrap()).abs() < 1e-5);
+    }
+}
