@@ -24,7 +24,7 @@ pub fn data(dir: &Path) -> Result<Summary> {
 
 /// `t1-train eval --config FILE`: retrieve for every query of the eval split, write a TREC run
 /// file and a JSON report under `runs/<name>/eval/`, log the means, return the report.
-pub fn eval(cfg: &Config) -> Result<Report> {
+pub fn eval<B: Backend>(cfg: &Config, device: &B::Device) -> Result<Report> {
     let run_dir = RunDir::create(cfg)?;
     let ds = Dataset::load(&cfg.raw.data.dataset)?;
     let split = cfg.eval_split();
@@ -38,7 +38,9 @@ pub fn eval(cfg: &Config) -> Result<Report> {
             let index = Bm25::build(&ds.corpus, e.bm25_k1, e.bm25_b);
             for q in &queries {
                 let text = match (e.query_view, &q.reasoning) {
-                    (QueryView::Bare, _) | (QueryView::GoldReasoning, None) => q.text.clone(),
+                    // validate() refuses `generated` with BM25
+                    (QueryView::Bare | QueryView::Generated, _)
+                    | (QueryView::GoldReasoning, None) => q.text.clone(),
                     (QueryView::GoldReasoning, Some(r)) => format!("{} {}", q.text, r),
                 };
                 let mut hits: Vec<(String, f64)> = index
@@ -51,6 +53,13 @@ pub fn eval(cfg: &Config) -> Result<Report> {
                 run.insert(q.id.clone(), hits);
                 bar.inc(1);
             }
+        }
+        RetrieverKind::Dense => {
+            bar.set_message("encoding documents and queries");
+            let (model, tok) = crate::train::common::load_backbone::<B>(cfg, device)?;
+            let (_, dense) = crate::train::common::dense_eval(&model, &tok, &ds, split, e.query_view, cfg)?;
+            run = dense;
+            bar.set_position(queries.len() as u64);
         }
     }
     bar.finish_and_clear();

@@ -26,6 +26,123 @@ pub struct RawConfig {
     /// Evaluation settings used by `t1-train eval` and periodic evaluation.
     #[serde(default)]
     pub eval: EvalSection,
+    /// The backbone a stage starts from and the token budgets of the views. Required by the
+    /// stages and by dense evaluation.
+    #[serde(default)]
+    pub model: Option<ModelSection>,
+    /// The optimisation loop shared by the stages (batch, optimizer, schedule, checkpoints).
+    #[serde(default)]
+    pub train: TrainSection,
+    /// Stage-2 (contrastive) settings.
+    #[serde(default)]
+    pub stage2: Stage2Section,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// HF model folder to start from (`config.json`, safetensors, `tokenizer.json`), e.g. the
+    /// previous stage's `runs/<name>/best`. Relative to the config file. Exclusive with `preset`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A named preset initialised from `run.seed` (`tiny`). Needs `tokenizer`.
+    #[serde(default)]
+    pub preset: Option<String>,
+    /// `tokenizer.json` for a preset (its vocabulary sizes the model). Relative to the config file.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+    /// Query tokens kept in the query view. Default 64.
+    #[serde(default = "default_query_tokens")]
+    pub max_query_tokens: usize,
+    /// Reasoning tokens kept when teacher forcing, and generated at most. Default 128.
+    #[serde(default = "default_reasoning_tokens")]
+    pub max_reasoning_tokens: usize,
+    /// Title + text tokens kept in the document view (longer documents are cut and counted). Default 256.
+    #[serde(default = "default_doc_tokens")]
+    pub max_doc_tokens: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Optimizer steps in the stage. Default 200.
+    #[serde(default = "default_steps")]
+    pub steps: u64,
+    /// Examples per micro-batch. Default 16.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (effective batch = batch_size × grad_accum). Default 1.
+    #[serde(default = "one_usize")]
+    pub grad_accum: usize,
+    /// Peak learning rate. Default 1e-3.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Final learning rate as a fraction of the peak (cosine/linear). Default 0.1.
+    #[serde(default = "default_min_lr_ratio")]
+    pub min_lr_ratio: f64,
+    /// Linear warm-up steps. Default 10.
+    #[serde(default = "default_warmup")]
+    pub warmup_steps: u64,
+    /// `cosine`, `linear` or `constant` after warm-up. Default `cosine`.
+    #[serde(default)]
+    pub schedule: crate::train::optim::Schedule,
+    /// AdamW decoupled weight decay. Default 0.0.
+    #[serde(default)]
+    pub weight_decay: f32,
+    /// AdamW β1. Default 0.9.
+    #[serde(default = "default_beta1")]
+    pub beta1: f32,
+    /// AdamW β2. Default 0.999.
+    #[serde(default = "default_beta2")]
+    pub beta2: f32,
+    /// AdamW ε. Default 1e-8.
+    #[serde(default = "default_eps")]
+    pub eps: f32,
+    /// Clip the global gradient norm to this (0 = no clipping; the norm is logged either way). Default 1.0.
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    /// Evaluate on the dev split every N optimizer steps (and at the end). 0 = only at the end. Default 50.
+    #[serde(default = "default_every")]
+    pub eval_every: u64,
+    /// Checkpoint every N optimizer steps (and at the end). Default 50.
+    #[serde(default = "default_every")]
+    pub save_every: u64,
+    /// `step-*` checkpoints kept (the best one is always kept). Default 2.
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+    /// Sequences per forward pass when encoding documents and queries for evaluation. Default 32.
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        toml::from_str("").expect("every train field has a default")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage2Section {
+    /// InfoNCE temperature τ. Default 0.05.
+    #[serde(default = "default_tau")]
+    pub temperature: f64,
+    /// Documents per query: the positive + (group_size − 1) hard negatives from
+    /// `hard_negatives.jsonl` (queries with fewer are topped up from random documents). Default 2.
+    #[serde(default = "default_group")]
+    pub group_size: usize,
+    /// Add the document→query term. Default false.
+    #[serde(default)]
+    pub symmetric: bool,
+    /// Weight of a joint SFT term on the gold reasoning, so generation does not decay. Default 0.1.
+    #[serde(default = "default_sft_weight")]
+    pub sft_weight: f64,
+}
+
+impl Default for Stage2Section {
+    fn default() -> Self {
+        toml::from_str("").expect("every stage2 field has a default")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -103,8 +220,9 @@ pub struct EvalSection {
     /// Retriever used by `t1-train eval`. Default `bm25` (the lexical baseline).
     #[serde(default)]
     pub retriever: RetrieverKind,
-    /// What text stands for the query: `bare` (the query alone) or `gold_reasoning`
-    /// (query + its gold reasoning from `queries.jsonl`). Default `bare`.
+    /// What stands for the query: `bare` (the query alone), `gold_reasoning` (query + its gold
+    /// reasoning from `queries.jsonl`) or `generated` (dense only: the model writes its own
+    /// reasoning, greedy). Default `bare`.
     #[serde(default)]
     pub query_view: QueryView,
     /// BM25 k1 (term-frequency saturation). Default 0.9 (Pyserini's default).
@@ -137,6 +255,8 @@ pub enum RetrieverKind {
     /// Okapi BM25 over whitespace/punctuation tokens (lower-cased).
     #[default]
     Bm25,
+    /// The `[model]`: cosine between `<emb_token>` states of the query and document views.
+    Dense,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -147,6 +267,8 @@ pub enum QueryView {
     Bare,
     /// The query followed by its gold reasoning (an upper bound for what reasoning can add).
     GoldReasoning,
+    /// The model's own greedy reasoning (dense retrieval only): how T1 is used at query time.
+    Generated,
 }
 
 fn default_seed() -> u64 {
@@ -175,6 +297,63 @@ fn default_b() -> f32 {
 }
 fn default_depth() -> usize {
     1000
+}
+fn default_query_tokens() -> usize {
+    64
+}
+fn default_reasoning_tokens() -> usize {
+    128
+}
+fn default_doc_tokens() -> usize {
+    256
+}
+fn default_steps() -> u64 {
+    200
+}
+fn default_batch() -> usize {
+    16
+}
+fn one_usize() -> usize {
+    1
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_min_lr_ratio() -> f64 {
+    0.1
+}
+fn default_warmup() -> u64 {
+    10
+}
+fn default_beta1() -> f32 {
+    0.9
+}
+fn default_beta2() -> f32 {
+    0.999
+}
+fn default_eps() -> f32 {
+    1e-8
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_every() -> u64 {
+    50
+}
+fn default_keep() -> usize {
+    2
+}
+fn default_eval_batch() -> usize {
+    32
+}
+fn default_tau() -> f64 {
+    0.05
+}
+fn default_group() -> usize {
+    2
+}
+fn default_sft_weight() -> f64 {
+    0.1
 }
 
 /// The validated configuration with absolute paths.
@@ -282,6 +461,112 @@ impl RawConfig {
                 "eval.depth",
                 format!("must be ≥ 100 so Recall@100 is exact, got {}", e.depth),
             ));
+        }
+        if e.retriever == RetrieverKind::Bm25 && e.query_view == QueryView::Generated {
+            return Err(err(
+                "eval.query_view",
+                "`generated` needs a model: use it with retriever = \"dense\"".into(),
+            ));
+        }
+        if e.retriever == RetrieverKind::Dense && self.model.is_none() {
+            return Err(err(
+                "eval.retriever",
+                "dense retrieval needs a [model] section".into(),
+            ));
+        }
+        if let Some(m) = &mut self.model {
+            match (&m.path, &m.preset) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(err(
+                        "model.path",
+                        "set exactly one of model.path (an HF folder) and model.preset".into(),
+                    ));
+                }
+                (Some(p), None) => {
+                    let p = resolve(base, p);
+                    if !p.join("config.json").exists() {
+                        return Err(err(
+                            "model.path",
+                            format!("{} has no config.json (an HF model folder is expected)", p.display()),
+                        ));
+                    }
+                    m.path = Some(p);
+                }
+                (None, Some(name)) => {
+                    crate::model::DecoderConfig::preset(name, 2)
+                        .map_err(|msg| err("model.preset", msg))?;
+                    let Some(t) = &m.tokenizer else {
+                        return Err(err(
+                            "model.tokenizer",
+                            "a preset needs a tokenizer.json (its vocabulary sizes the model)".into(),
+                        ));
+                    };
+                    let t = resolve(base, t);
+                    if !t.is_file() {
+                        return Err(err(
+                            "model.tokenizer",
+                            format!("{} does not exist", t.display()),
+                        ));
+                    }
+                    m.tokenizer = Some(t);
+                }
+            }
+            for (key, v) in [
+                ("model.max_query_tokens", m.max_query_tokens),
+                ("model.max_reasoning_tokens", m.max_reasoning_tokens),
+                ("model.max_doc_tokens", m.max_doc_tokens),
+            ] {
+                if v == 0 {
+                    return Err(err(key, "must be at least 1".into()));
+                }
+            }
+        }
+        let t = &self.train;
+        let positive = [
+            ("train.steps", t.steps as f64),
+            ("train.batch_size", t.batch_size as f64),
+            ("train.grad_accum", t.grad_accum as f64),
+            ("train.save_every", t.save_every as f64),
+            ("train.keep_checkpoints", t.keep_checkpoints as f64),
+            ("train.eval_batch_size", t.eval_batch_size as f64),
+        ];
+        for (key, v) in positive {
+            if v < 1.0 {
+                return Err(err(key, "must be at least 1".into()));
+            }
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(err("train.lr", format!("must be > 0, got {}", t.lr)));
+        }
+        if !(0.0..=1.0).contains(&t.min_lr_ratio) {
+            return Err(err("train.min_lr_ratio", format!("must be in [0, 1], got {}", t.min_lr_ratio)));
+        }
+        if t.warmup_steps > t.steps {
+            return Err(err(
+                "train.warmup_steps",
+                format!("{} warm-up steps exceed train.steps = {}", t.warmup_steps, t.steps),
+            ));
+        }
+        for (key, b) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(err(key, format!("must be in [0, 1), got {b}")));
+            }
+        }
+        if !(t.eps > 0.0) || t.weight_decay < 0.0 || t.max_grad_norm < 0.0 {
+            return Err(err(
+                "train.eps",
+                "eps must be > 0, weight_decay and max_grad_norm ≥ 0".into(),
+            ));
+        }
+        let s2 = &self.stage2;
+        if !(s2.temperature > 0.0 && s2.temperature.is_finite()) {
+            return Err(err("stage2.temperature", format!("must be > 0, got {}", s2.temperature)));
+        }
+        if s2.group_size == 0 {
+            return Err(err("stage2.group_size", "must be at least 1 (the positive)".into()));
+        }
+        if s2.sft_weight < 0.0 {
+            return Err(err("stage2.sft_weight", "must be ≥ 0".into()));
         }
         let run_dir = output_dir.join(&self.run.name);
         Ok(Config {

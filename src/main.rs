@@ -13,6 +13,19 @@ use t1_train::{Error, commands};
 type Compute = burn::backend::Flex;
 #[cfg(feature = "cuda")]
 type Compute = burn::backend::Cuda;
+/// The compute backend with autodiff, for the training stages.
+type Train = burn::backend::Autodiff<Compute>;
+
+fn report_stage(stage: &str, s: &t1_train::train::stage1::StageSummary) {
+    let dev: Vec<String> = s.last_dev.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+    println!("{stage}: {} steps; last dev: {}", s.steps, dev.join(", "));
+    if let Some((metric, value, step)) = &s.best {
+        println!(
+            "best dev {metric} {value:.4} at step {step}: {}",
+            s.best_dir.display()
+        );
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -162,7 +175,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Eval(a) => {
             let cfg = Config::load(&a.config, &a.overrides)?;
-            let report = commands::eval(&cfg)?;
+            let report = commands::eval::<Compute>(&cfg, &Default::default())?;
             println!(
                 "{} on {} ({} queries): {}",
                 cfg.raw.run.name,
@@ -175,11 +188,16 @@ fn run(cli: Cli) -> Result<(), Error> {
                 cfg.run_dir.join("eval").display()
             );
         }
-        Command::Stage1(a) | Command::Stage2(a) | Command::Stage3(a) => {
+        Command::Stage1(a) => {
+            let cfg = Config::load(&a.config, &a.overrides)?;
+            let s = t1_train::train::stage1::run::<Train>(&cfg, a.resume, &Default::default())?;
+            report_stage("stage1", &s);
+        }
+        Command::Stage2(a) | Command::Stage3(a) => {
             // Validate the config now so typos surface even before the stages land.
             Config::load(&a.config, &a.overrides)?;
             let _ = a.resume;
-            return Err(not_yet("stage1/stage2/stage3", "the stages issues"));
+            return Err(not_yet("stage2/stage3", "the stages issues"));
         }
         Command::Curriculum { .. } => return Err(not_yet("curriculum", "the curriculum issue")),
         Command::Index(a) => {

@@ -168,7 +168,8 @@ impl MetricsSink for ConsoleSink {
         let msg = values
             .iter()
             .take(self.shown)
-            .map(|(k, v)| format!("{}={}", k.rsplit('/').next().unwrap_or(k), fmt_num(*v)))
+            // drop the stage prefix: `stage1/dev/loss` shows as `dev/loss`
+            .map(|(k, v)| format!("{}={}", k.split_once('/').map_or(*k, |(_, r)| r), fmt_num(*v)))
             .collect::<Vec<_>>()
             .join(" ");
         if self.bar.is_hidden() {

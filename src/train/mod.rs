@@ -1,3 +1,5 @@
 //! Training loops: one file per stage, plus the pieces they share (optimizer, checkpoints).
 
+pub mod common;
 pub mod optim;
+pub mod stage1;

@@ -1,0 +1,441 @@
+//! What every stage loop shares: loading the starting backbone, the epoch order of training
+//! examples, dense evaluation, and the optimizer-step bookkeeping ([`Trainer`]: accumulation,
+//! global-norm clipping, LR schedule, logging, periodic eval, best tracking, checkpoints,
+//! resume, Ctrl-C).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use indicatif::ProgressBar;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+
+use crate::checkpoint::{self, Best, RngState, TrainState};
+use crate::config::{Config, ModelSection, QueryView};
+use crate::data::{Dataset, Query};
+use crate::error::{Error, Result};
+use crate::eval::{Report, Run, evaluate, trec_order};
+use crate::index::{DocIndex, embed_last};
+use crate::metrics::{MetricsSink, progress_bar};
+use crate::model::generate::{Embed, GenerateOptions, Sampler, generate};
+use crate::model::{Decoder, DecoderConfig, T1Tokenizer, load_hf, save_hf};
+use crate::run::RunDir;
+use crate::train::optim::{adamw, clip_global_norm, lr_at};
+
+/// The `[model]` section, or an error saying the stage needs it.
+pub fn model_section(cfg: &Config) -> Result<&ModelSection> {
+    cfg.raw.model.as_ref().ok_or_else(|| Error::Config {
+        location: cfg.source.display().to_string(),
+        message: "this command needs a [model] section (model.path or model.preset)".into(),
+    })
+}
+
+/// The backbone a stage starts from: an HF folder, or a preset initialised from `run.seed`;
+/// grown to the tokenizer's vocabulary when T1 tokens were added.
+pub fn load_backbone<B: Backend>(cfg: &Config, device: &B::Device) -> Result<(Decoder<B>, T1Tokenizer)> {
+    let m = model_section(cfg)?;
+    let (model, tok) = match (&m.path, &m.preset) {
+        (Some(dir), _) => {
+            let tok = T1Tokenizer::load(&dir.join("tokenizer.json"))?;
+            (load_hf::<B>(dir, device)?, tok)
+        }
+        (None, Some(name)) => {
+            let tok_path = m.tokenizer.as_ref().ok_or_else(|| Error::Config {
+                location: cfg.source.display().to_string(),
+                message: "model.preset needs model.tokenizer".into(),
+            })?;
+            let tok = T1Tokenizer::load(tok_path)?;
+            let c = DecoderConfig::preset(name, tok.vocab_size()).map_err(|message| Error::Config {
+                location: cfg.source.display().to_string(),
+                message,
+            })?;
+            B::seed(device, cfg.raw.run.seed);
+            (c.init::<B>(device), tok)
+        }
+        (None, None) => unreachable!("validate() requires model.path or model.preset"),
+    };
+    let model = if tok.vocab_size() > model.config().vocab_size {
+        model.resize_vocab(tok.vocab_size())?
+    } else {
+        model
+    };
+    Ok((model, tok))
+}
+
+/// Example order of an epoch: a permutation of `0..n` from (seed, epoch) alone, so a resumed
+/// run sees the same order.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(epoch + 1);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng);
+    order
+}
+
+/// Query-view token ids for `view` (not `Generated`): prompt + reasoning (gold or empty) +
+/// `</think><emb_token>`.
+pub fn query_view_ids(tok: &T1Tokenizer, q: &Query, view: QueryView, m: &ModelSection) -> Result<Vec<u32>> {
+    let reasoning = match view {
+        QueryView::GoldReasoning => q.reasoning.as_deref().unwrap_or(""),
+        _ => "",
+    };
+    Ok(tok
+        .query_with_reasoning(&q.text, reasoning, m.max_query_tokens, m.max_reasoning_tokens)?
+        .0)
+}
+
+/// Query vectors `[q, d]` (not normalised) for `queries` under `view`; `Generated` decodes
+/// greedily with the KV cache and reads `<emb_token>` in the same loop.
+pub fn query_vectors<B: Backend>(
+    model: &Decoder<B>,
+    tok: &T1Tokenizer,
+    queries: &[&Query],
+    view: QueryView,
+    m: &ModelSection,
+    batch_size: usize,
+) -> Result<Tensor<B, 2>> {
+    let device = model.device();
+    if view != QueryView::Generated {
+        let seqs = queries
+            .iter()
+            .map(|q| query_view_ids(tok, q, view, m))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(embed_last(model, &seqs, batch_size, tok.pad, |_| {}));
+    }
+    let opts = GenerateOptions {
+        sampler: Sampler::Greedy,
+        max_new_tokens: m.max_reasoning_tokens,
+        stop: tok.eos.into_iter().chain([tok.end_think]).collect(),
+        embed: Some(Embed {
+            end_think: tok.end_think,
+            emb: tok.emb,
+        }),
+        pad: tok.pad,
+        seed: 0,
+    };
+    let d = model.config().hidden_size;
+    let mut flat = Vec::with_capacity(queries.len() * d);
+    for chunk in queries.chunks(batch_size.max(1)) {
+        let prompts = chunk
+            .iter()
+            .map(|q| tok.query_prompt(&q.text, m.max_query_tokens))
+            .collect::<Result<Vec<_>>>()?;
+        for r in generate(model, &prompts, &opts, |_| {})? {
+            flat.extend(r.embedding.ok_or_else(|| Error::Runtime("rollout without embedding".into()))?);
+        }
+    }
+    Ok(Tensor::from_data(
+        burn::tensor::TensorData::new(flat, [queries.len(), d]),
+        &device,
+    ))
+}
+
+/// Dense retrieval on `split`: documents through the document view, queries through `view`,
+/// cosine scores, `excluded_ids` removed, trec_eval-exact metrics. Returns the report and run.
+pub fn dense_eval<B: Backend>(
+    model: &Decoder<B>,
+    tok: &T1Tokenizer,
+    ds: &Dataset,
+    split: &str,
+    view: QueryView,
+    cfg: &Config,
+) -> Result<(Report, Run)> {
+    let m = model_section(cfg)?;
+    let batch = cfg.raw.train.eval_batch_size;
+    let index = DocIndex::build(model, tok, &ds.corpus, m.max_doc_tokens, batch, |_| {})?;
+    let queries = ds.split_queries(split)?;
+    let qv = query_vectors(model, tok, &queries, view, m, batch)?;
+    let scores = index.scores(qv)?;
+    let mut run = Run::new();
+    let depth = cfg.raw.eval.depth.min(ds.corpus.len());
+    for (q, row) in queries.iter().zip(scores) {
+        let mut hits: Vec<(String, f64)> = row
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| (ds.corpus.ids[i].clone(), s as f64))
+            .collect();
+        trec_order(&mut hits);
+        hits.truncate(depth);
+        run.insert(q.id.clone(), hits);
+    }
+    let excluded: HashMap<String, Vec<String>> = queries
+        .iter()
+        .filter(|q| !q.excluded_ids.is_empty())
+        .map(|q| (q.id.clone(), q.excluded_ids.clone()))
+        .collect();
+    Ok((evaluate(ds.split(split)?, &run, &excluded), run))
+}
+
+/// SHA-256 of the resolved config, minus what may change on resume (`train.steps` can grow).
+pub fn config_hash(cfg: &Config) -> Result<String> {
+    let mut raw = cfg.raw.clone();
+    raw.train.steps = 0;
+    raw.logging = Default::default();
+    let text = toml::to_string(&raw).map_err(|e| Error::Runtime(format!("cannot hash config: {e}")))?;
+    Ok(format!("{:x}", Sha256::digest(text.as_bytes())))
+}
+
+/// Direction of the metric that picks the best checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    Minimize,
+    Maximize,
+}
+
+type Optim<B> = OptimizerAdaptor<AdamW, Decoder<B>, B>;
+
+/// The optimizer-step machinery shared by the stages. A stage owns its data and loss; per step
+/// it calls [`Trainer::backward`] for each micro-batch and then [`Trainer::step`].
+pub struct Trainer<B: AutodiffBackend> {
+    pub cfg: Config,
+    pub stage: &'static str,
+    pub run_dir: RunDir,
+    pub sinks: Box<dyn MetricsSink>,
+    pub bar: ProgressBar,
+    pub model: Decoder<B>,
+    pub tok: T1Tokenizer,
+    optim: Optim<B>,
+    accum: GradientsAccumulator<Decoder<B>>,
+    pub state: TrainState,
+    /// RNG for anything random in the stage (negatives top-up, sampling), saved in checkpoints.
+    pub rng: ChaCha8Rng,
+    goal: Goal,
+    metric: String,
+    step_started: Instant,
+    /// Tokens processed since the last logged step (for tokens/s).
+    pub tokens: usize,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// Starts a stage: fresh from `[model]`, or from the run's latest checkpoint with `resume`.
+    pub fn start(
+        cfg: &Config,
+        stage: &'static str,
+        resume: bool,
+        goal: Goal,
+        metric: &str,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let run_dir = RunDir::create(cfg)?;
+        let hash = config_hash(cfg)?;
+        let t = &cfg.raw.train;
+        let mut optim = adamw((t.beta1, t.beta2), t.eps, t.weight_decay).init::<B, Decoder<B>>();
+        let latest = checkpoint::latest(run_dir.root())?;
+        let (model, tok, state) = match (resume, latest) {
+            (true, Some(dir)) => {
+                let (model, record, state) = checkpoint::load::<B, _>(&dir, device)?;
+                if state.stage != stage {
+                    return Err(Error::Runtime(format!(
+                        "{}: checkpoint of {}, cannot resume it as {stage}",
+                        dir.display(),
+                        state.stage
+                    )));
+                }
+                if state.config_hash != hash {
+                    return Err(Error::Config {
+                        location: cfg.source.display().to_string(),
+                        message: format!(
+                            "the config differs from the one {} was trained with (only train.steps and [logging] may change on resume)",
+                            dir.display()
+                        ),
+                    });
+                }
+                optim = optim.load_record(record);
+                let tok = T1Tokenizer::load(&dir.join("tokenizer.json"))?;
+                (model, tok, state)
+            }
+            (true, None) => {
+                return Err(Error::Runtime(format!(
+                    "--resume: no checkpoint in {}",
+                    checkpoint::root(run_dir.root()).display()
+                )));
+            }
+            (false, Some(dir)) => {
+                return Err(Error::Runtime(format!(
+                    "{} already has checkpoints ({}): pass --resume to continue, or pick another run.name",
+                    run_dir.root().display(),
+                    dir.display()
+                )));
+            }
+            (false, None) => {
+                let (model, tok) = load_backbone::<B>(cfg, device)?;
+                let mut rng = ChaCha8Rng::seed_from_u64(cfg.raw.run.seed);
+                rng.set_stream(0xC0FFEE);
+                let state = TrainState {
+                    stage: stage.to_string(),
+                    step: 0,
+                    epoch: 0,
+                    position: 0,
+                    rng: RngState::of(&rng),
+                    best: None,
+                    config_hash: hash,
+                };
+                (model, tok, state)
+            }
+        };
+        let rng = state.rng.restore()?;
+        let bar = progress_bar(t.steps, stage, cfg.raw.logging.progress);
+        bar.set_position(state.step);
+        let sinks = Box::new(run_dir.sinks(&cfg.raw.logging, bar.clone())?);
+        Ok(Trainer {
+            cfg: cfg.clone(),
+            stage,
+            run_dir,
+            sinks,
+            bar,
+            model,
+            tok,
+            optim,
+            accum: GradientsAccumulator::new(),
+            state,
+            rng,
+            goal,
+            metric: metric.to_string(),
+            step_started: Instant::now(),
+            tokens: 0,
+        })
+    }
+
+    /// Whether the stage has steps left.
+    pub fn running(&self) -> bool {
+        self.state.step < self.cfg.raw.train.steps
+    }
+
+    /// The next `n` example indices of the epoch order (crossing into the next epoch as needed).
+    pub fn next_examples(&mut self, n_examples: usize, n: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(n);
+        let seed = self.cfg.raw.run.seed;
+        let mut order = epoch_order(n_examples, seed, self.state.epoch);
+        while out.len() < n {
+            if self.state.position >= n_examples {
+                self.state.epoch += 1;
+                self.state.position = 0;
+                order = epoch_order(n_examples, seed, self.state.epoch);
+            }
+            out.push(order[self.state.position]);
+            self.state.position += 1;
+        }
+        out
+    }
+
+    /// Backward of one micro-batch's loss (already divided by `grad_accum` by the caller's
+    /// scale), accumulated until [`Self::step`].
+    pub fn backward(&mut self, loss: Tensor<B, 1>) {
+        let scaled = loss / self.cfg.raw.train.grad_accum as f64;
+        let grads = GradientsParams::from_grads(scaled.backward(), &self.model);
+        self.accum.accumulate(&self.model, grads);
+    }
+
+    /// Clip, schedule, AdamW step; logs `stage/{lr, grad_norm, tokens_per_s}` plus `scalars`.
+    pub fn step(&mut self, scalars: &[(&str, f64)]) -> Result<()> {
+        let t = &self.cfg.raw.train;
+        let grads = self.accum.grads();
+        let max = (t.max_grad_norm > 0.0).then_some(t.max_grad_norm);
+        let (grads, norm) = clip_global_norm(&self.model, grads, max);
+        let lr = lr_at(self.state.step, t.steps, t.warmup_steps, t.lr, t.min_lr_ratio, t.schedule);
+        self.model = self.optim.step(lr, self.model.clone(), grads);
+        self.state.step += 1;
+        let secs = self.step_started.elapsed().as_secs_f64().max(1e-9);
+        let mut all: Vec<(String, f64)> = scalars
+            .iter()
+            .map(|(k, v)| (format!("{}/{k}", self.stage), *v))
+            .collect();
+        all.push((format!("{}/lr", self.stage), lr));
+        all.push((format!("{}/grad_norm", self.stage), norm));
+        all.push((format!("{}/tokens_per_s", self.stage), self.tokens as f64 / secs));
+        if self.state.step % self.cfg.raw.logging.log_every == 0 || !self.running() {
+            let pairs: Vec<(&str, f64)> = all.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            self.sinks.scalars(self.state.step, &pairs)?;
+        }
+        if let Some((_, loss)) = scalars.iter().find(|(k, _)| *k == "loss") {
+            self.bar.set_message(format!("loss {loss:.4} lr {lr:.2e} |g| {norm:.2}"));
+        }
+        self.bar.set_position(self.state.step);
+        self.tokens = 0;
+        self.step_started = Instant::now();
+        Ok(())
+    }
+
+    /// Whether periodic eval / checkpoint is due after this step.
+    pub fn eval_due(&self) -> bool {
+        let e = self.cfg.raw.train.eval_every;
+        !self.running() || (e > 0 && self.state.step % e == 0)
+    }
+
+    pub fn save_due(&self) -> bool {
+        !self.running() || self.state.step % self.cfg.raw.train.save_every == 0
+    }
+
+    /// Records a dev metric: logs it, and when it beats the best so far saves the model to
+    /// `runs/<name>/best/` (an HF folder the next stage can start from).
+    pub fn record_eval(&mut self, metrics: &[(&str, f64)]) -> Result<()> {
+        let tagged: Vec<(String, f64)> = metrics
+            .iter()
+            .map(|(k, v)| (format!("{}/dev/{k}", self.stage), *v))
+            .collect();
+        let pairs: Vec<(&str, f64)> = tagged.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        self.sinks.scalars(self.state.step, &pairs)?;
+        let Some(&(_, value)) = metrics.iter().find(|(k, _)| *k == self.metric) else {
+            return Ok(());
+        };
+        let better = match &self.state.best {
+            None => true,
+            Some(b) => match self.goal {
+                Goal::Minimize => value < b.value,
+                Goal::Maximize => value > b.value,
+            },
+        };
+        if better {
+            let dir = self.best_dir();
+            let tmp = self.run_dir.root().join(".best.tmp");
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            }
+            save_hf(&self.model.valid(), &tmp)?;
+            self.tok.save(&tmp.join("tokenizer.json"))?;
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            }
+            std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+            self.state.best = Some(Best {
+                metric: self.metric.clone(),
+                value,
+                step: self.state.step,
+                checkpoint: format!("step-{:06}", self.state.step),
+            });
+        }
+        Ok(())
+    }
+
+    /// `runs/<name>/best/`.
+    pub fn best_dir(&self) -> PathBuf {
+        self.run_dir.root().join("best")
+    }
+
+    /// Writes a checkpoint and prunes old ones.
+    pub fn save(&mut self) -> Result<String> {
+        self.state.rng = RngState::of(&self.rng);
+        let name = checkpoint::save(
+            self.run_dir.root(),
+            &self.model,
+            &self.tok,
+            self.optim.to_record(),
+            &self.state,
+        )?;
+        checkpoint::prune(self.run_dir.root(), self.cfg.raw.train.keep_checkpoints, &[])?;
+        self.sinks.flush()?;
+        Ok(name)
+    }
+
+    pub fn run_root(&self) -> &Path {
+        self.run_dir.root()
+    }
+}
