@@ -57,7 +57,8 @@ pub fn eval<B: Backend>(cfg: &Config, device: &B::Device) -> Result<Report> {
         RetrieverKind::Dense => {
             bar.set_message("encoding documents and queries");
             let (model, tok) = crate::train::common::load_backbone::<B>(cfg, device)?;
-            let (_, dense) = crate::train::common::dense_eval(&model, &tok, &ds, split, e.query_view, cfg)?;
+            let (_, dense) =
+                crate::train::common::dense_eval(&model, &tok, &ds, split, e.query_view, cfg)?;
             run = dense;
             bar.set_position(queries.len() as u64);
         }

@@ -137,6 +137,16 @@ pub struct Stage2Section {
     /// Weight of a joint SFT term on the gold reasoning, so generation does not decay. Default 0.1.
     #[serde(default = "default_sft_weight")]
     pub sft_weight: f64,
+    /// Mine hard negatives with the current model at step 0 and every N steps (0 = use
+    /// `hard_negatives.jsonl` only). Default 0.
+    #[serde(default)]
+    pub mine_every: u64,
+    /// Mined negatives kept per query. Default 20.
+    #[serde(default = "default_mine_depth")]
+    pub mine_depth: usize,
+    /// Best-ranked non-relevant documents skipped when mining (likely unjudged positives). Default 0.
+    #[serde(default)]
+    pub mine_skip: usize,
 }
 
 impl Default for Stage2Section {
@@ -355,6 +365,9 @@ fn default_group() -> usize {
 fn default_sft_weight() -> f64 {
     0.1
 }
+fn default_mine_depth() -> usize {
+    20
+}
 
 /// The validated configuration with absolute paths.
 #[derive(Debug, Clone, Serialize)]
@@ -487,7 +500,10 @@ impl RawConfig {
                     if !p.join("config.json").exists() {
                         return Err(err(
                             "model.path",
-                            format!("{} has no config.json (an HF model folder is expected)", p.display()),
+                            format!(
+                                "{} has no config.json (an HF model folder is expected)",
+                                p.display()
+                            ),
                         ));
                     }
                     m.path = Some(p);
@@ -498,7 +514,8 @@ impl RawConfig {
                     let Some(t) = &m.tokenizer else {
                         return Err(err(
                             "model.tokenizer",
-                            "a preset needs a tokenizer.json (its vocabulary sizes the model)".into(),
+                            "a preset needs a tokenizer.json (its vocabulary sizes the model)"
+                                .into(),
                         ));
                     };
                     let t = resolve(base, t);
@@ -539,12 +556,18 @@ impl RawConfig {
             return Err(err("train.lr", format!("must be > 0, got {}", t.lr)));
         }
         if !(0.0..=1.0).contains(&t.min_lr_ratio) {
-            return Err(err("train.min_lr_ratio", format!("must be in [0, 1], got {}", t.min_lr_ratio)));
+            return Err(err(
+                "train.min_lr_ratio",
+                format!("must be in [0, 1], got {}", t.min_lr_ratio),
+            ));
         }
         if t.warmup_steps > t.steps {
             return Err(err(
                 "train.warmup_steps",
-                format!("{} warm-up steps exceed train.steps = {}", t.warmup_steps, t.steps),
+                format!(
+                    "{} warm-up steps exceed train.steps = {}",
+                    t.warmup_steps, t.steps
+                ),
             ));
         }
         for (key, b) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
@@ -560,10 +583,16 @@ impl RawConfig {
         }
         let s2 = &self.stage2;
         if !(s2.temperature > 0.0 && s2.temperature.is_finite()) {
-            return Err(err("stage2.temperature", format!("must be > 0, got {}", s2.temperature)));
+            return Err(err(
+                "stage2.temperature",
+                format!("must be > 0, got {}", s2.temperature),
+            ));
         }
         if s2.group_size == 0 {
-            return Err(err("stage2.group_size", "must be at least 1 (the positive)".into()));
+            return Err(err(
+                "stage2.group_size",
+                "must be at least 1 (the positive)".into(),
+            ));
         }
         if s2.sft_weight < 0.0 {
             return Err(err("stage2.sft_weight", "must be ≥ 0".into()));

@@ -17,7 +17,11 @@ type Compute = burn::backend::Cuda;
 type Train = burn::backend::Autodiff<Compute>;
 
 fn report_stage(stage: &str, s: &t1_train::train::stage1::StageSummary) {
-    let dev: Vec<String> = s.last_dev.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+    let dev: Vec<String> = s
+        .last_dev
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect();
     println!("{stage}: {} steps; last dev: {}", s.steps, dev.join(", "));
     if let Some((metric, value, step)) = &s.best {
         println!(
@@ -193,11 +197,16 @@ fn run(cli: Cli) -> Result<(), Error> {
             let s = t1_train::train::stage1::run::<Train>(&cfg, a.resume, &Default::default())?;
             report_stage("stage1", &s);
         }
-        Command::Stage2(a) | Command::Stage3(a) => {
-            // Validate the config now so typos surface even before the stages land.
+        Command::Stage2(a) => {
+            let cfg = Config::load(&a.config, &a.overrides)?;
+            let s = t1_train::train::stage2::run::<Train>(&cfg, a.resume, &Default::default())?;
+            report_stage("stage2", &s);
+        }
+        Command::Stage3(a) => {
+            // Validate the config now so typos surface even before the stage lands.
             Config::load(&a.config, &a.overrides)?;
             let _ = a.resume;
-            return Err(not_yet("stage2/stage3", "the stages issues"));
+            return Err(not_yet("stage3", "the GRPO issue"));
         }
         Command::Curriculum { .. } => return Err(not_yet("curriculum", "the curriculum issue")),
         Command::Index(a) => {

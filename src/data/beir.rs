@@ -137,6 +137,11 @@ impl Dataset {
         })
     }
 
+    /// Reads another hard-negatives file (e.g. mined negatives) against this dataset's ids.
+    pub fn read_hard_negatives(&self, path: &Path) -> Result<HashMap<String, Vec<String>>> {
+        load_hard_negatives(path, &self.corpus, &self.query_index)
+    }
+
     pub fn query(&self, id: &str) -> Option<&Query> {
         self.query_index.get(id).map(|&i| &self.queries[i])
     }
@@ -437,7 +442,7 @@ pub fn load_qrels(path: &Path, corpus: &Corpus, queries: &HashMap<String, usize>
     Ok(qrels)
 }
 
-fn load_hard_negatives(
+pub fn load_hard_negatives(
     path: &Path,
     corpus: &Corpus,
     queries: &HashMap<String, usize>,

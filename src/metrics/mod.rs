@@ -169,7 +169,13 @@ impl MetricsSink for ConsoleSink {
             .iter()
             .take(self.shown)
             // drop the stage prefix: `stage1/dev/loss` shows as `dev/loss`
-            .map(|(k, v)| format!("{}={}", k.split_once('/').map_or(*k, |(_, r)| r), fmt_num(*v)))
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    k.split_once('/').map_or(*k, |(_, r)| r),
+                    fmt_num(*v)
+                )
+            })
             .collect::<Vec<_>>()
             .join(" ");
         if self.bar.is_hidden() {

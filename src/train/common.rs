@@ -40,7 +40,10 @@ pub fn model_section(cfg: &Config) -> Result<&ModelSection> {
 
 /// The backbone a stage starts from: an HF folder, or a preset initialised from `run.seed`;
 /// grown to the tokenizer's vocabulary when T1 tokens were added.
-pub fn load_backbone<B: Backend>(cfg: &Config, device: &B::Device) -> Result<(Decoder<B>, T1Tokenizer)> {
+pub fn load_backbone<B: Backend>(
+    cfg: &Config,
+    device: &B::Device,
+) -> Result<(Decoder<B>, T1Tokenizer)> {
     let m = model_section(cfg)?;
     let (model, tok) = match (&m.path, &m.preset) {
         (Some(dir), _) => {
@@ -53,10 +56,11 @@ pub fn load_backbone<B: Backend>(cfg: &Config, device: &B::Device) -> Result<(De
                 message: "model.preset needs model.tokenizer".into(),
             })?;
             let tok = T1Tokenizer::load(tok_path)?;
-            let c = DecoderConfig::preset(name, tok.vocab_size()).map_err(|message| Error::Config {
-                location: cfg.source.display().to_string(),
-                message,
-            })?;
+            let c =
+                DecoderConfig::preset(name, tok.vocab_size()).map_err(|message| Error::Config {
+                    location: cfg.source.display().to_string(),
+                    message,
+                })?;
             B::seed(device, cfg.raw.run.seed);
             (c.init::<B>(device), tok)
         }
@@ -82,13 +86,23 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 
 /// Query-view token ids for `view` (not `Generated`): prompt + reasoning (gold or empty) +
 /// `</think><emb_token>`.
-pub fn query_view_ids(tok: &T1Tokenizer, q: &Query, view: QueryView, m: &ModelSection) -> Result<Vec<u32>> {
+pub fn query_view_ids(
+    tok: &T1Tokenizer,
+    q: &Query,
+    view: QueryView,
+    m: &ModelSection,
+) -> Result<Vec<u32>> {
     let reasoning = match view {
         QueryView::GoldReasoning => q.reasoning.as_deref().unwrap_or(""),
         _ => "",
     };
     Ok(tok
-        .query_with_reasoning(&q.text, reasoning, m.max_query_tokens, m.max_reasoning_tokens)?
+        .query_with_reasoning(
+            &q.text,
+            reasoning,
+            m.max_query_tokens,
+            m.max_reasoning_tokens,
+        )?
         .0)
 }
 
@@ -129,7 +143,10 @@ pub fn query_vectors<B: Backend>(
             .map(|q| tok.query_prompt(&q.text, m.max_query_tokens))
             .collect::<Result<Vec<_>>>()?;
         for r in generate(model, &prompts, &opts, |_| {})? {
-            flat.extend(r.embedding.ok_or_else(|| Error::Runtime("rollout without embedding".into()))?);
+            flat.extend(
+                r.embedding
+                    .ok_or_else(|| Error::Runtime("rollout without embedding".into()))?,
+            );
         }
     }
     Ok(Tensor::from_data(
@@ -179,7 +196,8 @@ pub fn config_hash(cfg: &Config) -> Result<String> {
     let mut raw = cfg.raw.clone();
     raw.train.steps = 0;
     raw.logging = Default::default();
-    let text = toml::to_string(&raw).map_err(|e| Error::Runtime(format!("cannot hash config: {e}")))?;
+    let text =
+        toml::to_string(&raw).map_err(|e| Error::Runtime(format!("cannot hash config: {e}")))?;
     Ok(format!("{:x}", Sha256::digest(text.as_bytes())))
 }
 
@@ -340,7 +358,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         let grads = self.accum.grads();
         let max = (t.max_grad_norm > 0.0).then_some(t.max_grad_norm);
         let (grads, norm) = clip_global_norm(&self.model, grads, max);
-        let lr = lr_at(self.state.step, t.steps, t.warmup_steps, t.lr, t.min_lr_ratio, t.schedule);
+        let lr = lr_at(
+            self.state.step,
+            t.steps,
+            t.warmup_steps,
+            t.lr,
+            t.min_lr_ratio,
+            t.schedule,
+        );
         self.model = self.optim.step(lr, self.model.clone(), grads);
         self.state.step += 1;
         let secs = self.step_started.elapsed().as_secs_f64().max(1e-9);
@@ -350,13 +375,17 @@ impl<B: AutodiffBackend> Trainer<B> {
             .collect();
         all.push((format!("{}/lr", self.stage), lr));
         all.push((format!("{}/grad_norm", self.stage), norm));
-        all.push((format!("{}/tokens_per_s", self.stage), self.tokens as f64 / secs));
+        all.push((
+            format!("{}/tokens_per_s", self.stage),
+            self.tokens as f64 / secs,
+        ));
         if self.state.step % self.cfg.raw.logging.log_every == 0 || !self.running() {
             let pairs: Vec<(&str, f64)> = all.iter().map(|(k, v)| (k.as_str(), *v)).collect();
             self.sinks.scalars(self.state.step, &pairs)?;
         }
         if let Some((_, loss)) = scalars.iter().find(|(k, _)| *k == "loss") {
-            self.bar.set_message(format!("loss {loss:.4} lr {lr:.2e} |g| {norm:.2}"));
+            self.bar
+                .set_message(format!("loss {loss:.4} lr {lr:.2e} |g| {norm:.2}"));
         }
         self.bar.set_position(self.state.step);
         self.tokens = 0;
@@ -430,7 +459,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.optim.to_record(),
             &self.state,
         )?;
-        checkpoint::prune(self.run_dir.root(), self.cfg.raw.train.keep_checkpoints, &[])?;
+        checkpoint::prune(
+            self.run_dir.root(),
+            self.cfg.raw.train.keep_checkpoints,
+            &[],
+        )?;
         self.sinks.flush()?;
         Ok(name)
     }

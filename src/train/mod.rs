@@ -3,3 +3,4 @@
 pub mod common;
 pub mod optim;
 pub mod stage1;
+pub mod stage2;

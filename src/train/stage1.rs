@@ -43,8 +43,12 @@ pub fn examples(
     for q in ds.split_queries(split)? {
         match &q.reasoning {
             Some(r) if !r.trim().is_empty() => {
-                let (ids, prompt_len) =
-                    tok.query_with_reasoning(&q.text, r, m.max_query_tokens, m.max_reasoning_tokens)?;
+                let (ids, prompt_len) = tok.query_with_reasoning(
+                    &q.text,
+                    r,
+                    m.max_query_tokens,
+                    m.max_reasoning_tokens,
+                )?;
                 out.push(Example { ids, prompt_len });
             }
             _ => skipped.push(q.id.clone()),
@@ -64,7 +68,12 @@ pub struct Batch<B: Backend> {
 
 pub fn batch<B: Backend>(examples: &[&Example], pad: u32, device: &B::Device) -> Batch<B> {
     let b = examples.len();
-    let s = examples.iter().map(|e| e.ids.len() - 1).max().unwrap_or(1).max(1);
+    let s = examples
+        .iter()
+        .map(|e| e.ids.len() - 1)
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let (mut inputs, mut attention, mut targets, mut trained) = (
         Vec::with_capacity(b * s),
         Vec::with_capacity(b * s),
@@ -138,7 +147,11 @@ pub struct StageSummary {
 }
 
 /// Runs stage 1 to `train.steps` (or resumes it).
-pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -> Result<StageSummary> {
+pub fn run<B: AutodiffBackend>(
+    cfg: &Config,
+    resume: bool,
+    device: &B::Device,
+) -> Result<StageSummary> {
     let mut tr = Trainer::<B>::start(cfg, "stage1", resume, Goal::Minimize, "loss", device)?;
     let ds = Dataset::load(&cfg.raw.data.dataset)?;
     let (train, skipped) = examples(&tr.tok, &ds, &cfg.raw.data.train_split, cfg)?;
@@ -201,7 +214,10 @@ pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -
         ])?;
         if tr.eval_due() && !dev.is_empty() {
             let (dev_loss, dev_acc) = evaluate_sft(&tr.model.valid(), &dev, pad, t.eval_batch_size);
-            last_dev = vec![("loss".to_string(), dev_loss), ("token_accuracy".to_string(), dev_acc)];
+            last_dev = vec![
+                ("loss".to_string(), dev_loss),
+                ("token_accuracy".to_string(), dev_acc),
+            ];
             tr.record_eval(&[("loss", dev_loss), ("token_accuracy", dev_acc)])?;
         }
         if tr.save_due() {
@@ -212,7 +228,11 @@ pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -
     tr.sinks.flush()?;
     Ok(StageSummary {
         steps: tr.state.step,
-        best: tr.state.best.as_ref().map(|b| (b.metric.clone(), b.value, b.step)),
+        best: tr
+            .state
+            .best
+            .as_ref()
+            .map(|b| (b.metric.clone(), b.value, b.step)),
         best_dir: tr.best_dir(),
         last_dev,
     })

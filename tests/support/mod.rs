@@ -1,0 +1,139 @@
+//! Helpers shared by the stage tests: configs on the shipped data, running the binary,
+//! reading metrics.jsonl, comparing parameters, interrupting a run with Ctrl-C.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use burn::backend::Flex;
+use burn_store::ModuleSnapshot;
+use t1_train::model::Decoder;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A stage config on the shipped data: the tiny preset, small views, `[train]` from `steps`,
+/// checkpoints every 4 steps, then `extra` TOML (more sections) appended.
+pub fn config(dir: &Path, out: &Path, name: &str, steps: u64, extra: &str) -> PathBuf {
+    let r = root();
+    let text = format!(
+        r#"
+[run]
+name = "{name}"
+output_dir = "{out}"
+seed = 7
+
+[data]
+dataset = "{data}"
+
+[model]
+preset = "tiny"
+tokenizer = "{tok}"
+max_query_tokens = 32
+max_reasoning_tokens = 48
+max_doc_tokens = 48
+
+[train]
+steps = {steps}
+batch_size = 8
+lr = 3e-3
+warmup_steps = 3
+eval_every = 0
+save_every = 4
+keep_checkpoints = 50
+eval_batch_size = 64
+
+[logging]
+progress = "never"
+tensorboard = false
+{extra}
+"#,
+        out = out.display(),
+        data = r.join("curricula/default/data").display(),
+        tok = r.join("curricula/default/tokenizer.json").display(),
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+pub fn t1(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_t1-train"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `(step, value)` of scalar `tag` in a run's metrics.jsonl, in file order.
+pub fn scalar(run: &Path, tag: &str) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["step"].as_u64()?, v["values"][tag].as_f64()?)))
+        .collect()
+}
+
+pub fn params(m: &Decoder<Flex>) -> Vec<(String, Vec<f32>)> {
+    m.collect(None, None, false)
+        .into_iter()
+        .map(|s| {
+            let data = s
+                .to_data()
+                .unwrap()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap();
+            (s.full_path(), data)
+        })
+        .collect()
+}
+
+/// Largest absolute difference between two parameter lists (same module tree).
+pub fn max_param_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0.0f32, f32::max)
+}
+
+/// Starts `args`, sends Ctrl-C once `wait_for` exists, returns the child's stderr after it exits
+/// with code 1 (interrupted, state saved).
+pub fn interrupt_when(args: &[&str], wait_for: &Path) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_t1-train"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !wait_for.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "{} never appeared",
+            wait_for.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected an interrupted run: {err}"
+    );
+    assert!(
+        err.contains("interrupted") && err.contains("--resume"),
+        "{err}"
+    );
+    err
+}
