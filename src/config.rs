@@ -495,19 +495,9 @@ impl RawConfig {
                         "set exactly one of model.path (an HF folder) and model.preset".into(),
                     ));
                 }
-                (Some(p), None) => {
-                    let p = resolve(base, p);
-                    if !p.join("config.json").exists() {
-                        return Err(err(
-                            "model.path",
-                            format!(
-                                "{} has no config.json (an HF model folder is expected)",
-                                p.display()
-                            ),
-                        ));
-                    }
-                    m.path = Some(p);
-                }
+                // Existence is checked when the model is loaded: a curriculum's later stage
+                // names a folder that an earlier stage has not written yet.
+                (Some(p), None) => m.path = Some(resolve(base, p)),
                 (None, Some(name)) => {
                     crate::model::DecoderConfig::preset(name, 2)
                         .map_err(|msg| err("model.preset", msg))?;
@@ -575,7 +565,7 @@ impl RawConfig {
                 return Err(err(key, format!("must be in [0, 1), got {b}")));
             }
         }
-        if !(t.eps > 0.0) || t.weight_decay < 0.0 || t.max_grad_norm < 0.0 {
+        if t.eps <= 0.0 || t.eps.is_nan() || t.weight_decay < 0.0 || t.max_grad_norm < 0.0 {
             return Err(err(
                 "train.eps",
                 "eps must be > 0, weight_decay and max_grad_norm ≥ 0".into(),

@@ -187,7 +187,7 @@ fn eval_writes_run_folder_with_config_trec_run_and_events() {
 fn stages_not_yet_built_say_so_with_exit_1_after_checking_the_config() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "");
-    let o = t1(&["stage1", "--config", cfg.to_str().unwrap()]);
+    let o = t1(&["stage3", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("not available in this version yet"),
@@ -196,11 +196,34 @@ fn stages_not_yet_built_say_so_with_exit_1_after_checking_the_config() {
     );
     let bad = write_config(dir.path(), "\n[stage0]\n");
     assert_eq!(
-        t1(&["stage1", "--config", bad.to_str().unwrap()])
+        t1(&["stage3", "--config", bad.to_str().unwrap()])
             .status
             .code(),
         Some(2)
     );
+}
+
+#[test]
+fn stages_without_a_usable_model_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // no [model] section
+    let cfg = write_config(dir.path(), "");
+    let o = t1(&["stage1", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("[model]"), "{}", stderr(&o));
+    // a model folder that does not exist (yet): named with the key
+    let cfg = write_config(dir.path(), "\n[model]\npath = \"nowhere/best\"\n");
+    let o = t1(&["stage2", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("model.path") && stderr(&o).contains("nowhere/best"), "{}", stderr(&o));
+    // path and preset together
+    let cfg = write_config(
+        dir.path(),
+        "\n[model]\npath = \"x\"\npreset = \"tiny\"\ntokenizer = \"t.json\"\n",
+    );
+    let o = t1(&["stage1", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("exactly one of"), "{}", stderr(&o));
 }
 
 #[test]
@@ -219,4 +242,19 @@ fn generate_without_a_model_folder_is_a_usage_error() {
     let o = t1(&["generate", "--model", ".", "--prompt", "hi", "--top-p", "0"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("top_p"), "{}", stderr(&o));
+}
+
+#[test]
+fn every_shipped_config_validates() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(root().join("configs")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            if let Err(e) = t1_train::config::Config::load(&p, &[]) {
+                panic!("{}: {e}", p.display());
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "only {n} configs found");
 }

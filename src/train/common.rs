@@ -47,6 +47,15 @@ pub fn load_backbone<B: Backend>(
     let m = model_section(cfg)?;
     let (model, tok) = match (&m.path, &m.preset) {
         (Some(dir), _) => {
+            if !dir.join("config.json").exists() {
+                return Err(Error::Config {
+                    location: format!("{} (key 'model.path')", cfg.source.display()),
+                    message: format!(
+                        "{} has no config.json (an HF model folder is expected; for a previous stage's runs/<name>/best, run that stage first)",
+                        dir.display()
+                    ),
+                });
+            }
             let tok = T1Tokenizer::load(&dir.join("tokenizer.json"))?;
             (load_hf::<B>(dir, device)?, tok)
         }

@@ -104,7 +104,7 @@ pub fn max_param_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32
 /// Starts `args`, sends Ctrl-C once `wait_for` exists, returns the child's stderr after it exits
 /// with code 1 (interrupted, state saved).
 pub fn interrupt_when(args: &[&str], wait_for: &Path) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_t1-train"))
+    let child = Command::new(env!("CARGO_BIN_EXE_t1-train"))
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
