@@ -215,7 +215,11 @@ fn stages_without_a_usable_model_are_config_errors() {
     let cfg = write_config(dir.path(), "\n[model]\npath = \"nowhere/best\"\n");
     let o = t1(&["stage2", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("model.path") && stderr(&o).contains("nowhere/best"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("model.path") && stderr(&o).contains("nowhere/best"),
+        "{}",
+        stderr(&o)
+    );
     // path and preset together
     let cfg = write_config(
         dir.path(),

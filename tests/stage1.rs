@@ -4,7 +4,7 @@
 mod support;
 
 use burn::backend::Flex;
-use support::{config, interrupt_when, max_param_diff, params, scalar, t1};
+use support::{config, interrupt_when, max_param_diff, params, scalar, signal_when, t1};
 use t1_train::model::load_hf;
 
 type B = Flex;
@@ -104,4 +104,40 @@ fn interrupted_and_resumed_equals_uninterrupted() {
     let wb = params(&load_hf::<B>(&b_out.join(&last), &Default::default()).unwrap());
     let worst = max_param_diff(&wa, &wb);
     assert!(worst <= 1e-5, "final weights differ by {worst}");
+}
+
+#[test]
+fn killed_with_sigkill_resumes_from_the_last_checkpoint_to_the_same_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = 40;
+    let a_out = dir.path().join("a");
+    let cfg_a = config(&dir.path().join("a-cfg"), &a_out, "s1", steps, "");
+    assert!(
+        t1(&["stage1", "--config", cfg_a.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let b_out = dir.path().join("b");
+    let cfg_b = config(&dir.path().join("b-cfg"), &b_out, "s1", steps, "");
+    let (code, err) = signal_when(
+        &["stage1", "--config", cfg_b.to_str().unwrap()],
+        &b_out.join("s1/checkpoints/step-000004/state.json"),
+        "-KILL",
+    );
+    assert_eq!(code, None, "killed by the signal: {err}");
+    let o = t1(&["stage1", "--config", cfg_b.to_str().unwrap(), "--resume"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let last = format!("s1/checkpoints/step-{steps:06}");
+    let wa = params(&load_hf::<B>(&a_out.join(&last), &Default::default()).unwrap());
+    let wb = params(&load_hf::<B>(&b_out.join(&last), &Default::default()).unwrap());
+    let worst = max_param_diff(&wa, &wb);
+    assert!(worst <= 1e-5, "final weights differ by {worst}");
+    let la = losses(&a_out.join("s1"));
+    let lb = losses(&b_out.join("s1"));
+    let (ea, eb) = (la.last().unwrap(), lb.last().unwrap());
+    assert_eq!(ea.0, eb.0);
+    assert!(
+        (ea.1 - eb.1).abs() <= 1e-5 * ea.1.abs().max(1.0),
+        "{ea:?} vs {eb:?}"
+    );
 }

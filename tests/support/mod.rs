@@ -104,6 +104,18 @@ pub fn max_param_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32
 /// Starts `args`, sends Ctrl-C once `wait_for` exists, returns the child's stderr after it exits
 /// with code 1 (interrupted, state saved).
 pub fn interrupt_when(args: &[&str], wait_for: &Path) -> String {
+    let (code, err) = signal_when(args, wait_for, "-INT");
+    assert_eq!(code, Some(1), "expected an interrupted run: {err}");
+    assert!(
+        err.contains("interrupted") && err.contains("--resume"),
+        "{err}"
+    );
+    err
+}
+
+/// Starts `args`, sends `signal` (`-INT`, `-KILL`) once `wait_for` exists; returns the exit code
+/// (None when killed by the signal) and stderr.
+pub fn signal_when(args: &[&str], wait_for: &Path, signal: &str) -> (Option<i32>, String) {
     let child = Command::new(env!("CARGO_BIN_EXE_t1-train"))
         .args(args)
         .stdout(Stdio::null())
@@ -120,20 +132,13 @@ pub fn interrupt_when(args: &[&str], wait_for: &Path) -> String {
         std::thread::sleep(Duration::from_millis(5));
     }
     let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
     let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(
+    (
         out.status.code(),
-        Some(1),
-        "expected an interrupted run: {err}"
-    );
-    assert!(
-        err.contains("interrupted") && err.contains("--resume"),
-        "{err}"
-    );
-    err
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
