@@ -201,3 +201,34 @@ fn chat_template_renders_the_query_turn_and_query_is_cut_by_tokens() {
         "{e}"
     );
 }
+
+#[test]
+fn grown_and_cast_models_train_under_autodiff() {
+    use burn::backend::Autodiff;
+    type AD = Autodiff<Flex>;
+    // vocabulary growth on a trainable model yields leaf parameters that get gradients
+    let m: Decoder<AD> = DecoderConfig::tiny(1021).init(&Default::default());
+    let m = m.resize_vocab(1024).unwrap();
+    let ids = Tensor::<AD, 2, Int>::from_data(
+        TensorData::new(vec![1i64, 1022, 5], [1, 3]),
+        &Default::default(),
+    );
+    let (logits, _) = m.forward(ids.clone(), None);
+    let grads = logits.sum().backward();
+    let g = m
+        .model
+        .embed_tokens
+        .weight
+        .grad(&grads)
+        .expect("embedding gradient");
+    assert_eq!(g.dims(), [1024, 128]);
+    // a bf16 checkpoint cast to f32 on load, under autodiff
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/backbone/qwen3_tied_bf16");
+    let m = load_hf::<AD>(&dir, &Default::default()).unwrap();
+    let ids = Tensor::<AD, 2, Int>::from_data(
+        TensorData::new(vec![1i64, 2, 3], [1, 3]),
+        &Default::default(),
+    );
+    let grads = m.forward(ids, None).0.sum().backward();
+    assert!(m.model.norm.gamma.grad(&grads).is_some());
+}

@@ -544,7 +544,8 @@ impl<B: Backend> Decoder<B> {
         let grow = |w: Tensor<B, 2>, dim: usize| -> Tensor<B, 2> {
             let mean = w.clone().mean_dim(dim); // [1, d] or [d, 1]
             let rows = mean.repeat_dim(dim, extra);
-            Tensor::cat(vec![w, rows], dim)
+            // detached: a new leaf parameter (under autodiff a graph node cannot become a Param)
+            Tensor::cat(vec![w, rows], dim).detach()
         };
         let emb = self.model.embed_tokens.weight.val();
         self.model.embed_tokens.weight = Param::from_tensor(grow(emb, 0)); // [V', d]

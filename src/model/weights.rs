@@ -66,7 +66,8 @@ impl<B: Backend> ModuleMapper<B> for ToF32 {
         if param.val().dtype() == DType::F32 {
             return param;
         }
-        param.map(|t| t.cast(DType::F32))
+        // detached: the cast must stay a leaf parameter when loaded under autodiff
+        param.map(|t| t.cast(DType::F32).detach().require_grad())
     }
 }
 
