@@ -87,7 +87,7 @@ fn info_nce_equals_the_pytorch_formula_with_gradients() {
     for (key, symmetric) in [("one_way", false), ("symmetric", true)] {
         let q = tensor2(floats(&f["queries"]), [n, d]).require_grad();
         let docs = tensor2(floats(&f["docs"]), [n * g, d]).require_grad();
-        let out = info_nce(q.clone(), docs.clone(), g, tau, symmetric);
+        let out = info_nce(q.clone(), docs.clone(), g, tau, symmetric, None);
         let got = to_vec(out.loss.clone())[0];
         let want = f[key]["loss"].as_f64().unwrap() as f32;
         assert!((got - want).abs() < 1e-4, "{key}: {got} vs {want}");
@@ -102,4 +102,49 @@ fn info_nce_equals_the_pytorch_formula_with_gradients() {
         assert!((out.pos_sim - f["pos_sim"].as_f64().unwrap()).abs() < 1e-5);
         assert!((out.neg_sim - f["neg_sim"].as_f64().unwrap()).abs() < 1e-5);
     }
+}
+
+#[test]
+fn ignored_columns_leave_the_softmax() {
+    // query 1's group repeats query 0's positive: ignoring that column for query 0 gives the
+    // loss of a batch without it
+    let f = fixture("info_nce.json");
+    let (n, g, d) = (4usize, 3usize, 16usize);
+    let q = tensor2(floats(&f["queries"]), [n, d]);
+    let mut dv = floats(&f["docs"]);
+    let pos0: Vec<f32> = dv[..d].to_vec();
+    dv[4 * d..5 * d].copy_from_slice(&pos0); // row 4 = query 1's first hard negative
+    let docs = tensor2(dv.clone(), [n * g, d]);
+    let mut mask = vec![false; n * n * g];
+    mask[4] = true; // query 0, column 4
+    let m = Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [n, n * g]), &Default::default());
+    let masked = to_vec(info_nce(q.clone(), docs.clone(), g, 0.05, false, Some(m)).loss)[0];
+    let unmasked = to_vec(info_nce(q.clone(), docs, g, 0.05, false, None).loss)[0];
+    // reference: query 0's CE over the 11 other columns, others unchanged
+    let qn: Vec<f32> = to_vec(t1_train::loss::contrastive::l2_normalize(q.clone()));
+    let dn: Vec<f32> = to_vec(t1_train::loss::contrastive::l2_normalize(tensor2(
+        dv,
+        [n * g, d],
+    )));
+    let mut total = 0.0f64;
+    for i in 0..n {
+        let s: Vec<f64> = (0..n * g)
+            .map(|j| {
+                (0..d)
+                    .map(|k| (qn[i * d + k] * dn[j * d + k]) as f64)
+                    .sum::<f64>()
+                    / 0.05
+            })
+            .collect();
+        let cols: Vec<usize> = (0..n * g).filter(|&j| !(i == 0 && j == 4)).collect();
+        let mx = cols.iter().map(|&j| s[j]).fold(f64::NEG_INFINITY, f64::max);
+        let lse = cols.iter().map(|&j| (s[j] - mx).exp()).sum::<f64>().ln() + mx;
+        total += lse - s[i * g];
+    }
+    let want = (total / n as f64) as f32;
+    assert!((masked - want).abs() < 1e-4, "{masked} vs {want}");
+    assert!(
+        unmasked > masked + 0.1,
+        "the duplicate positive should hurt when not ignored"
+    );
 }

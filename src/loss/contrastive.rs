@@ -16,7 +16,7 @@
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor};
 
 /// The loss and the statistics stage 2 logs.
 #[derive(Debug, Clone)]
@@ -45,13 +45,16 @@ fn cross_entropy<B: Backend>(scores: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -
 }
 
 /// `queries` `[n, d]`, `docs` `[n·g, d]` (query i's positive at row i·g, then its hard
-/// negatives), both raw hidden states (normalised here). `temperature` τ > 0.
+/// negatives), both raw hidden states (normalised here). `temperature` τ > 0. `ignore`
+/// `[n, n·g]` (true = leave out of query i's softmax) removes false negatives — another
+/// query's copy of one of i's relevant documents; a query's own positive is never ignored.
 pub fn info_nce<B: Backend>(
     queries: Tensor<B, 2>,
     docs: Tensor<B, 2>,
     group: usize,
     temperature: f64,
     symmetric: bool,
+    ignore: Option<Tensor<B, 2, Bool>>,
 ) -> InfoNce<B> {
     let [n, _] = queries.dims();
     let m = docs.dims()[0];
@@ -60,7 +63,10 @@ pub fn info_nce<B: Backend>(
     let q = l2_normalize(queries);
     let d = l2_normalize(docs);
     let sims = q.matmul(d.clone().transpose()); // [n, n·g] cosine
-    let scores = sims.clone() / temperature;
+    let mut scores = sims.clone() / temperature;
+    if let Some(mask) = ignore {
+        scores = scores.mask_fill(mask, -1e9);
+    }
     let targets = Tensor::<B, 1, Int>::arange_step(0..(n * group) as i64, group, &device); // [n]
     let mut loss = cross_entropy(scores.clone(), targets.clone());
     if symmetric {

@@ -10,7 +10,9 @@
 //! plus, with `stage2.sft_weight > 0`, the stage-1 SFT loss on the same query sequences so the
 //! model keeps writing reasoning.
 //!
-//! Hard negatives never include a query's relevant documents or its `excluded_ids`. Queries
+//! Hard negatives never include a query's relevant documents or its `excluded_ids`, and such a
+//! document appearing in another query's group is left out of this query's softmax (no false
+//! in-batch negatives). Queries
 //! without gold reasoning are embedded with empty reasoning (counted in the log). Mining follows
 //! sentence-transformers' `mine_hard_negatives`: rank the corpus for every training query with
 //! the current model, drop positives and excluded ids, skip the `mine_skip` best (likely
@@ -320,7 +322,20 @@ pub fn run<B: AutodiffBackend>(
             let db = full_batch::<B>(&d_rows, pad, device);
             let (_, d_hidden) = model.forward(db.inputs, Some(db.attention));
             let d_vec = Decoder::hidden_at(d_hidden, db.last); // [n·g, d]
-            let nce = info_nce(q_vec, d_vec, g, s2.temperature, s2.symmetric);
+            // another query's copy of one of this query's relevant (or excluded) documents is no
+            // negative: leave it out of this query's softmax
+            let mut ignore = Vec::with_capacity(idx.len() * docs.len());
+            for (r, &i) in idx.iter().enumerate() {
+                let q = &queries[i];
+                ignore.extend(docs.iter().enumerate().map(|(j, d)| {
+                    j != r * g && (q.positives.contains(d) || q.excluded.contains(d))
+                }));
+            }
+            let ignore = Tensor::<B, 2, burn::tensor::Bool>::from_data(
+                TensorData::new(ignore, [idx.len(), docs.len()]),
+                device,
+            );
+            let nce = info_nce(q_vec, d_vec, g, s2.temperature, s2.symmetric, Some(ignore));
             let mut loss = nce.loss.clone();
             let mut sft_value = 0.0;
             if s2.sft_weight > 0.0 {
