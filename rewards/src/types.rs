@@ -38,12 +38,29 @@ impl RolloutOutcome {
     }
 }
 
+/// A reward that could not be computed or configured (the message names what and where).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardError(pub String);
+
+impl std::fmt::Display for RewardError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RewardError {}
+
 /// A reward function: pure, deterministic, cheap.
 pub trait Reward: Send + Sync {
     /// Name used in logs (`stage3/reward/<name>_mean`).
     fn name(&self) -> &str;
     /// The reward of one rollout, or `None` to abstain.
     fn score(&self, outcome: &RolloutOutcome) -> Option<f32>;
+    /// As [`Reward::score`], for rewards that can fail at run time (scripts): the trainer calls
+    /// this and stops with the error.
+    fn try_score(&self, outcome: &RolloutOutcome) -> Result<Option<f32>, RewardError> {
+        Ok(self.score(outcome))
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,156 @@
+//! Script rewards: `name = "script", path = "rewards/scripts/x.rhai"` — a reward written in Rhai
+//! (an embedded scripting language) and swapped in from the config without recompiling.
+//!
+//! The script defines `fn reward(o)` and returns a number, or `()` to abstain. `o` is a map:
+//! `gold` (array of `#{id, score, rank, grade}`), `top_k` (array of `#{id, score, rank}`),
+//! `num_docs`, `text`, `num_tokens`, `truncated`, `format_ok`. Sandboxed: Rhai has no file,
+//! network or process access unless the host registers it (we register nothing); `eval` is
+//! disabled; operations, call depth, string/array/map sizes are capped, so a runaway script
+//! fails with a clear error instead of hanging training. Syntax errors surface at config load,
+//! runtime errors at the first rollout, both naming the script file and line.
+
+use std::path::{Path, PathBuf};
+
+use rhai::{AST, Array, Dynamic, Engine, Map, Scope};
+
+use crate::types::{Reward, RewardError, RolloutOutcome};
+
+/// Default cap on Rhai operations per call.
+pub const DEFAULT_MAX_OPERATIONS: u64 = 100_000;
+
+pub struct ScriptReward {
+    name: String,
+    path: PathBuf,
+    engine: Engine,
+    ast: AST,
+}
+
+fn sandboxed(max_operations: u64) -> Engine {
+    let mut e = Engine::new();
+    e.set_max_operations(max_operations);
+    e.set_max_call_levels(32);
+    e.set_max_expr_depths(64, 32);
+    e.set_max_string_size(1 << 20);
+    e.set_max_array_size(100_000);
+    e.set_max_map_size(10_000);
+    e.disable_symbol("eval");
+    e.on_print(|_| {}); // no stdout noise in the middle of training
+    e.on_debug(|_, _, _| {});
+    e
+}
+
+impl ScriptReward {
+    /// Compiles `path`; a syntax error or a missing `reward` function is an error naming the
+    /// file and line.
+    pub fn load(path: &Path, max_operations: u64) -> Result<Self, RewardError> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| RewardError(format!("{}: cannot read script: {e}", path.display())))?;
+        let engine = sandboxed(max_operations.max(1));
+        let ast = engine.compile(&src).map_err(|e| {
+            RewardError(format!(
+                "{}:{}: syntax error: {}",
+                path.display(),
+                e.position().line().unwrap_or(0),
+                e.err_type()
+            ))
+        })?;
+        if !ast
+            .iter_functions()
+            .any(|f| f.name == "reward" && f.params.len() == 1)
+        {
+            return Err(RewardError(format!(
+                "{}: defines no `fn reward(o)` (it must return a number, or () to abstain)",
+                path.display()
+            )));
+        }
+        let name = path
+            .file_stem()
+            .map(|s| format!("script:{}", s.to_string_lossy()))
+            .unwrap_or_else(|| "script".into());
+        Ok(ScriptReward {
+            name,
+            path: path.to_path_buf(),
+            engine,
+            ast,
+        })
+    }
+}
+
+fn outcome_map(o: &RolloutOutcome) -> Map {
+    let mut m = Map::new();
+    let gold: Array = o
+        .gold
+        .iter()
+        .map(|(d, g)| {
+            let mut x = Map::new();
+            x.insert("id".into(), d.id.clone().into());
+            x.insert("score".into(), (d.score as f64).into());
+            x.insert("rank".into(), (d.rank as i64).into());
+            x.insert("grade".into(), (*g as i64).into());
+            Dynamic::from_map(x)
+        })
+        .collect();
+    let top: Array = o
+        .top_k
+        .iter()
+        .map(|d| {
+            let mut x = Map::new();
+            x.insert("id".into(), d.id.clone().into());
+            x.insert("score".into(), (d.score as f64).into());
+            x.insert("rank".into(), (d.rank as i64).into());
+            Dynamic::from_map(x)
+        })
+        .collect();
+    m.insert("gold".into(), gold.into());
+    m.insert("top_k".into(), top.into());
+    m.insert("num_docs".into(), (o.num_docs as i64).into());
+    m.insert("text".into(), o.text.clone().into());
+    m.insert("num_tokens".into(), (o.num_tokens as i64).into());
+    m.insert("truncated".into(), o.truncated.into());
+    m.insert("format_ok".into(), o.format_ok.into());
+    m
+}
+
+impl Reward for ScriptReward {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Infallible view: a failing script abstains here; the trainer calls [`Self::try_score`].
+    fn score(&self, o: &RolloutOutcome) -> Option<f32> {
+        self.try_score(o).ok().flatten()
+    }
+
+    fn try_score(&self, o: &RolloutOutcome) -> Result<Option<f32>, RewardError> {
+        let out: Dynamic = self
+            .engine
+            .call_fn(
+                &mut Scope::new(),
+                &self.ast,
+                "reward",
+                (Dynamic::from_map(outcome_map(o)),),
+            )
+            .map_err(|e| {
+                RewardError(format!(
+                    "{}:{}: {}",
+                    self.path.display(),
+                    e.position().line().unwrap_or(0),
+                    e.to_string().split(" (line").next().unwrap_or_default()
+                ))
+            })?;
+        if out.is_unit() {
+            return Ok(None);
+        }
+        if let Ok(f) = out.as_float() {
+            return Ok(Some(f as f32));
+        }
+        if let Ok(i) = out.as_int() {
+            return Ok(Some(i as f32));
+        }
+        Err(RewardError(format!(
+            "{}: `reward` returned a {}, expected a number or () to abstain",
+            self.path.display(),
+            out.type_name()
+        )))
+    }
+}
