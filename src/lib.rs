@@ -3,6 +3,7 @@
 //! Data flows config → data → model → rollout → index → rewards → advantage → loss → optimizer →
 //! metrics; `commands` wires them for each CLI subcommand. See `DESIGN.md` (shared) and the README.
 
+pub mod advantage;
 pub mod bm25;
 pub mod checkpoint;
 pub mod commands;

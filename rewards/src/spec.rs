@@ -173,12 +173,16 @@ impl RewardSpec {
     }
 }
 
-/// The weighted sum of one rollout's rewards, abstentions left out (TRL: `nansum(r · w)`; a
-/// rollout where every reward abstains gets 0).
-pub fn combine(values: &[Option<f32>], weights: &[f32]) -> f32 {
-    values
+/// The weighted sum of one rollout's rewards with abstentions left out (TRL's `nansum(r · w)`),
+/// or `None` when every reward abstained: the rollout is unscorable, leaves the group baseline
+/// and gets advantage 0 (TRL 1.16 `_generate_and_score_completions`).
+pub fn combine(values: &[Option<f32>], weights: &[f32]) -> Option<f32> {
+    let mut any = false;
+    let sum = values
         .iter()
         .zip(weights)
         .filter_map(|(v, w)| v.map(|v| v * w))
-        .sum()
+        .inspect(|_| any = true)
+        .sum();
+    any.then_some(sum)
 }

@@ -71,16 +71,16 @@ weight = 0.5
     let o = outcome(&[1], 50);
     let values: Vec<Option<f32>> = rewards.iter().map(|r| r.try_score(&o).unwrap()).collect();
     assert_eq!(values, vec![Some(1.0), Some(1.0), Some(-0.5)]);
-    assert_eq!(combine(&values, &weights), 2.0 + 1.0 - 0.25);
-    // abstaining rewards are left out; all abstaining gives 0
+    assert_eq!(combine(&values, &weights), Some(2.0 + 1.0 - 0.25));
+    // abstaining rewards are left out; all abstaining makes the rollout unscorable
     let none = outcome(&[], 50);
     let values: Vec<Option<f32>> = rewards
         .iter()
         .map(|r| r.try_score(&none).unwrap())
         .collect();
     assert_eq!(values, vec![None, None, Some(-0.5)]);
-    assert_eq!(combine(&values, &weights), -0.25);
-    assert_eq!(combine(&[None, None], &[1.0, 1.0]), 0.0);
+    assert_eq!(combine(&values, &weights), Some(-0.25));
+    assert_eq!(combine(&[None, None], &[1.0, 1.0]), None, "unscorable");
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! stage loops in `train/` call them and log what they return.
 
 pub mod contrastive;
+pub mod grpo;
 pub mod sft;
 
 pub use contrastive::{InfoNce, info_nce};
+pub use grpo::{GrpoOut, GrpoParams, KlEstimator, LossType, grpo_loss};
 pub use sft::{Sft, sft_loss};
