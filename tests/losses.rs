@@ -148,3 +148,17 @@ fn ignored_columns_leave_the_softmax() {
         "the duplicate positive should hurt when not ignored"
     );
 }
+
+fn mask_again(n: usize, g: usize) -> Vec<bool> {
+    let mut mask = vec![false; n * n * g];
+    mask[4] = true;
+    mask
+}
+
+/// The fixture's documents with query 0's positive copied into row 4.
+fn dup_docs(f: &serde_json::Value, _n: usize, _g: usize, d: usize) -> Vec<f32> {
+    let mut dv = floats(&f["docs"]);
+    let pos0: Vec<f32> = dv[..d].to_vec();
+    dv[4 * d..5 * d].copy_from_slice(&pos0);
+    dv
+}

@@ -23,11 +23,12 @@ use burn::tensor::{Bool, Int, Tensor};
 pub struct InfoNce<B: Backend> {
     /// Scalar `[1]`.
     pub loss: Tensor<B, 1>,
-    /// Fraction of queries whose positive scores highest among all `n·g` documents.
+    /// Fraction of queries whose positive scores highest among the `n·g` documents (ignored
+    /// columns left out).
     pub accuracy: f64,
     /// Mean cosine similarity of each query with its positive.
     pub pos_sim: f64,
-    /// Mean cosine similarity of each query with every other document of the batch.
+    /// Mean cosine similarity of each query with every other (not ignored) document of the batch.
     pub neg_sim: f64,
 }
 
@@ -64,7 +65,9 @@ pub fn info_nce<B: Backend>(
     let d = l2_normalize(docs);
     let sims = q.matmul(d.clone().transpose()); // [n, n·g] cosine
     let mut scores = sims.clone() / temperature;
+    let mut ignored = vec![false; n * m];
     if let Some(mask) = ignore {
+        ignored = mask.clone().into_data().to_vec::<bool>().unwrap_or(ignored);
         scores = scores.mask_fill(mask, -1e9);
     }
     let targets = Tensor::<B, 1, Int>::arange_step(0..(n * group) as i64, group, &device); // [n]
@@ -87,15 +90,12 @@ pub fn info_nce<B: Backend>(
         let row = &sims_host[i * m..(i + 1) * m];
         let p = row[i * group];
         pos += p as f64;
-        if row
-            .iter()
-            .enumerate()
-            .all(|(j, &s)| j == i * group || s < p)
-        {
+        let counts = |j: usize| j != i * group && !ignored[i * m + j];
+        if row.iter().enumerate().all(|(j, &s)| !counts(j) || s < p) {
             hits += 1;
         }
         for (j, &s) in row.iter().enumerate() {
-            if j != i * group {
+            if counts(j) {
                 neg += s as f64;
                 negs += 1;
             }
