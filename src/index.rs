@@ -121,3 +121,126 @@ impl<B: Backend> DocIndex<B> {
         Ok((0..q).map(|i| flat[i * n..(i + 1) * n].to_vec()).collect())
     }
 }
+
+/// Where one query vector put the gold documents, in trec_eval order (score descending, then
+/// document id descending), excluded documents removed first — the same order `eval` scores,
+/// so a reward and the evaluation agree on every rank.
+///
+/// `row` `[N]` scores of every document, `ids` `[N]` their ids, `gold` (document index, grade
+/// > 0), `excluded` indices removed from the ranking, `k` documents kept in `top_k`.
+pub fn rank_gold(
+    row: &[f32],
+    ids: &[String],
+    gold: &[(usize, i32)],
+    excluded: &std::collections::HashSet<usize>,
+    k: usize,
+) -> (
+    Vec<(t1_rewards::ScoredDoc, i32)>,
+    Vec<t1_rewards::ScoredDoc>,
+    usize,
+) {
+    use t1_rewards::ScoredDoc;
+    // a before b in trec order
+    let before = |a: usize, b: usize| row[a] > row[b] || (row[a] == row[b] && ids[a] > ids[b]);
+    let kept: Vec<usize> = (0..row.len()).filter(|i| !excluded.contains(i)).collect();
+    let golds = gold
+        .iter()
+        .filter(|(g, _)| !excluded.contains(g))
+        .map(|&(g, grade)| {
+            let rank = 1 + kept.iter().filter(|&&j| j != g && before(j, g)).count();
+            (
+                ScoredDoc {
+                    id: ids[g].clone(),
+                    score: row[g],
+                    rank,
+                },
+                grade,
+            )
+        })
+        .collect();
+    let mut order = kept.clone();
+    let k = k.min(order.len());
+    if k > 0 {
+        let cmp = |a: &usize, b: &usize| {
+            row[*b]
+                .total_cmp(&row[*a])
+                .then_with(|| ids[*b].cmp(&ids[*a]))
+        };
+        order.select_nth_unstable_by(k - 1, cmp);
+        order.truncate(k);
+        order.sort_by(cmp);
+    } else {
+        order.clear();
+    }
+    let top = order
+        .iter()
+        .enumerate()
+        .map(|(r, &i)| ScoredDoc {
+            id: ids[i].clone(),
+            score: row[i],
+            rank: r + 1,
+        })
+        .collect();
+    (golds, top, kept.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::rank_gold;
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("d{i}")).collect()
+    }
+
+    #[test]
+    fn ties_break_by_doc_id_descending_like_trec_eval() {
+        // d1 and d2 tie at 0.5: d2 ranks first (id descending)
+        let row = [0.9, 0.5, 0.5, 0.1];
+        let (g, top, n) = rank_gold(&row, &ids(4), &[(1, 1), (2, 2)], &HashSet::new(), 3);
+        assert_eq!(n, 4);
+        assert_eq!(g[0].0.rank, 3);
+        assert_eq!(g[1].0.rank, 2);
+        let top_ids: Vec<&str> = top.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(top_ids, ["d0", "d2", "d1"]);
+        assert_eq!(top.iter().map(|d| d.rank).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn excluded_documents_leave_the_ranking_first() {
+        let row = [0.9, 0.8, 0.7, 0.6];
+        let excluded: HashSet<usize> = [0, 3].into_iter().collect();
+        // gold d2 moves from rank 3 to rank 2; an excluded gold is not ranked at all
+        let (g, top, n) = rank_gold(&row, &ids(4), &[(2, 1), (3, 1)], &excluded, 10);
+        assert_eq!(n, 2);
+        assert_eq!(g.len(), 1);
+        assert_eq!((g[0].0.id.as_str(), g[0].0.rank), ("d2", 2));
+        assert_eq!(top.len(), 2);
+        assert_eq!(top[0].id, "d1");
+    }
+
+    #[test]
+    fn ranks_agree_with_the_evaluator_on_random_scores() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let n = 50;
+        // coarse scores so ties are frequent
+        let row: Vec<f32> = (0..n)
+            .map(|_| rng.random_range(0..8) as f32 / 8.0)
+            .collect();
+        let ids = ids(n);
+        let gold: Vec<(usize, i32)> = vec![(7, 1), (19, 2), (33, 1)];
+        let (g, _, _) = rank_gold(&row, &ids, &gold, &HashSet::new(), 0);
+        let mut hits: Vec<(String, f64)> = ids
+            .iter()
+            .cloned()
+            .zip(row.iter().map(|&s| s as f64))
+            .collect();
+        crate::eval::trec_order(&mut hits);
+        for (d, _) in &g {
+            let pos = hits.iter().position(|(id, _)| *id == d.id).unwrap() + 1;
+            assert_eq!(d.rank, pos, "{}", d.id);
+        }
+    }
+}
