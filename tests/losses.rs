@@ -147,6 +147,33 @@ fn ignored_columns_leave_the_softmax() {
         unmasked > masked + 0.1,
         "the duplicate positive should hurt when not ignored"
     );
+    // statistics leave the ignored column out too: query 0's tie with its duplicate is no miss
+    let m = Tensor::<B, 2, Bool>::from_data(
+        TensorData::new(mask_again(n, g), [n, n * g]),
+        &Default::default(),
+    );
+    let with = info_nce(
+        q.clone(),
+        tensor2(dup_docs(&f, d), [n * g, d]),
+        g,
+        0.05,
+        false,
+        Some(m),
+    );
+    let without = info_nce(
+        q,
+        tensor2(dup_docs(&f, d), [n * g, d]),
+        g,
+        0.05,
+        false,
+        None,
+    );
+    assert!(
+        with.accuracy > without.accuracy,
+        "{} vs {}",
+        with.accuracy,
+        without.accuracy
+    );
 }
 
 fn mask_again(n: usize, g: usize) -> Vec<bool> {
@@ -156,7 +183,7 @@ fn mask_again(n: usize, g: usize) -> Vec<bool> {
 }
 
 /// The fixture's documents with query 0's positive copied into row 4.
-fn dup_docs(f: &serde_json::Value, _n: usize, _g: usize, d: usize) -> Vec<f32> {
+fn dup_docs(f: &serde_json::Value, d: usize) -> Vec<f32> {
     let mut dv = floats(&f["docs"]);
     let pos0: Vec<f32> = dv[..d].to_vec();
     dv[4 * d..5 * d].copy_from_slice(&pos0);
