@@ -16,6 +16,7 @@ pub mod index;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod rollout;
 pub mod run;
 pub mod train;
 

@@ -369,3 +369,41 @@ fn token_logprobs_and_hidden_at_match_the_full_logits() {
     assert!(max_abs_diff(&at[..d], &hidden[3 * d..4 * d]) <= 1e-5);
     assert!(max_abs_diff(&at[d..], &hidden[(s + 8) * d..(s + 9) * d]) <= 1e-5);
 }
+
+#[test]
+fn rollout_groups_share_prompts_differ_in_samples_and_carry_embeddings() {
+    use t1_train::data::Dataset;
+    use t1_train::model::{DecoderConfig, T1Tokenizer};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tok = T1Tokenizer::load(&root.join("curricula/default/tokenizer.json")).unwrap();
+    let m: Decoder<B> = DecoderConfig::tiny(tok.vocab_size()).init(&Default::default());
+    let ds = Dataset::load(&root.join("curricula/default/data")).unwrap();
+    let qs: Vec<_> = ds.queries.iter().take(2).collect();
+    let o = t1_train::rollout::RolloutOptions {
+        group: 3,
+        sampler: hot(),
+        max_query_tokens: 32,
+        max_new_tokens: 10,
+        seed: 5,
+    };
+    let batch = t1_train::rollout::sample(&m, &tok, &qs, &o).unwrap();
+    assert_eq!(batch.rollouts.len(), 6);
+    assert_eq!(batch.embeddings.dims(), [6, m.config().hidden_size]);
+    assert_eq!(batch.prompts[0], batch.prompts[2]);
+    assert_ne!(batch.prompts[2], batch.prompts[3]);
+    assert_eq!(*batch.prompts[0].last().unwrap(), tok.think);
+    assert_ne!(
+        batch.rollouts[0].tokens, batch.rollouts[1].tokens,
+        "each row has its own stream"
+    );
+    let emb = to_vec(batch.embeddings.clone());
+    let d = m.config().hidden_size;
+    for (i, r) in batch.rollouts.iter().enumerate() {
+        assert_eq!(r.embedding.as_deref().unwrap(), &emb[i * d..(i + 1) * d]);
+        assert_eq!(*r.forced.last().unwrap(), tok.emb);
+        assert_eq!(
+            batch.format_ok[i],
+            r.stop == StopReason::Token(tok.end_think)
+        );
+    }
+}
