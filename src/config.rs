@@ -36,6 +36,65 @@ pub struct RawConfig {
     /// Stage-2 (contrastive) settings.
     #[serde(default)]
     pub stage2: Stage2Section,
+    /// Stage-3 (GRPO) settings.
+    #[serde(default)]
+    pub stage3: Stage3Section,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage3Section {
+    /// G: rollouts per query (≥ 2). Default 4.
+    #[serde(default = "default_group3")]
+    pub group_size: usize,
+    /// μ: optimisation passes over one batch of rollouts (μ = 1 ⇒ ratio ≡ 1). Default 1.
+    #[serde(default = "one_usize")]
+    pub iterations: usize,
+    /// Lower clip ε of the importance ratio. Default 0.2.
+    #[serde(default = "default_eps_clip")]
+    pub epsilon: f64,
+    /// Upper clip (DAPO clip-higher). Default: `epsilon`.
+    #[serde(default)]
+    pub epsilon_high: Option<f64>,
+    /// KL weight β to the frozen reference (the starting model). Default 0.0 (no reference kept).
+    #[serde(default)]
+    pub beta: f64,
+    /// `k1`, `k2` or `k3`. Default `k3`.
+    #[serde(default)]
+    pub kl_estimator: crate::loss::KlEstimator,
+    /// `grpo`, `bnpo`, `dapo` or `dr_grpo`. Default `dapo` (TRL's default).
+    #[serde(default)]
+    pub loss_type: crate::loss::LossType,
+    /// `group`, `batch` or `none`. Default `group`.
+    #[serde(default)]
+    pub scale_rewards: crate::advantage::ScaleRewards,
+    /// Rollouts that hit `max_new_tokens` without `</think>` get no loss. Default true.
+    #[serde(default = "yes")]
+    pub mask_truncated: bool,
+    /// Sampling temperature. Default 1.0.
+    #[serde(default = "default_temp")]
+    pub temperature: f32,
+    /// Nucleus sampling mass. Default 1.0.
+    #[serde(default = "default_top_p")]
+    pub top_p: f32,
+    /// Top-k sampling (unset = off).
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// Rebuild the document index with the current model every N steps (0 = frozen). Default 0.
+    #[serde(default)]
+    pub refresh_every: u64,
+    /// Documents in each rollout's top-k list handed to rewards. Default 10.
+    #[serde(default = "default_reward_top_k")]
+    pub reward_top_k: usize,
+    /// The rewards, combined with their weights (at least one).
+    #[serde(default = "default_rewards")]
+    pub rewards: Vec<t1_rewards::RewardSpec>,
+}
+
+impl Default for Stage3Section {
+    fn default() -> Self {
+        toml::from_str("").expect("every stage3 field has a default")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -368,6 +427,24 @@ fn default_sft_weight() -> f64 {
 fn default_mine_depth() -> usize {
     20
 }
+fn default_group3() -> usize {
+    4
+}
+fn default_eps_clip() -> f64 {
+    0.2
+}
+fn default_temp() -> f32 {
+    1.0
+}
+fn default_top_p() -> f32 {
+    1.0
+}
+fn default_reward_top_k() -> usize {
+    10
+}
+fn default_rewards() -> Vec<t1_rewards::RewardSpec> {
+    vec![t1_rewards::RewardSpec::Ndcg { k: 10, weight: 1.0 }]
+}
 
 /// The validated configuration with absolute paths.
 #[derive(Debug, Clone, Serialize)]
@@ -586,6 +663,30 @@ impl RawConfig {
         }
         if s2.sft_weight < 0.0 {
             return Err(err("stage2.sft_weight", "must be ≥ 0".into()));
+        }
+        let s3 = &mut self.stage3;
+        if s3.group_size < 2 {
+            return Err(err("stage3.group_size", "must be at least 2 (advantages are group-relative)".into()));
+        }
+        if s3.iterations == 0 {
+            return Err(err("stage3.iterations", "must be at least 1".into()));
+        }
+        let eh = s3.epsilon_high.unwrap_or(s3.epsilon);
+        if !(0.0..1.0).contains(&s3.epsilon) || eh < 0.0 {
+            return Err(err("stage3.epsilon", format!("epsilon must be in [0, 1) and epsilon_high ≥ 0, got {} / {eh}", s3.epsilon)));
+        }
+        if s3.beta < 0.0 {
+            return Err(err("stage3.beta", "must be ≥ 0".into()));
+        }
+        if s3.temperature <= 0.0 || !(s3.top_p > 0.0 && s3.top_p <= 1.0) || s3.top_k == Some(0) {
+            return Err(err("stage3.temperature", "temperature must be > 0, top_p in (0, 1], top_k ≥ 1".into()));
+        }
+        if s3.rewards.is_empty() {
+            return Err(err("stage3.rewards", format!("at least one reward is needed; names: {}", t1_rewards::NAMES.join(", "))));
+        }
+        for (i, r) in s3.rewards.iter_mut().enumerate() {
+            r.resolve(base);
+            r.build().map_err(|e| err(&format!("stage3.rewards[{i}]"), e.0))?;
         }
         let run_dir = output_dir.join(&self.run.name);
         Ok(Config {

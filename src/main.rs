@@ -203,10 +203,9 @@ fn run(cli: Cli) -> Result<(), Error> {
             report_stage("stage2", &s);
         }
         Command::Stage3(a) => {
-            // Validate the config now so typos surface even before the stage lands.
-            Config::load(&a.config, &a.overrides)?;
-            let _ = a.resume;
-            return Err(not_yet("stage3", "the GRPO issue"));
+            let cfg = Config::load(&a.config, &a.overrides)?;
+            let s = t1_train::train::stage3::run::<Train>(&cfg, a.resume, &Default::default())?;
+            report_stage("stage3", &s);
         }
         Command::Curriculum { .. } => return Err(not_yet("curriculum", "the curriculum issue")),
         Command::Index(a) => {

@@ -4,3 +4,4 @@ pub mod common;
 pub mod optim;
 pub mod stage1;
 pub mod stage2;
+pub mod stage3;

@@ -1,0 +1,384 @@
+//! Stage 3 — GRPO with retrieval-rank rewards (`t1-train stage3 --config FILE`).
+//!
+//! Per step, top to bottom:
+//! 1. **sample**: `train.batch_size` training queries × `stage3.group_size` rollouts from the
+//!    current policy (`rollout::sample`; temperature/top-p/top-k), each rollout's query vector read
+//!    at `<emb_token>` in the same decode loop;
+//! 2. **rank**: cosine against the document index (built from the starting model; rebuilt every
+//!    `stage3.refresh_every` steps, or frozen), gold ranks and top-k in trec_eval order with the
+//!    query's `excluded_ids` removed (`index::rank_gold`);
+//! 3. **reward**: each configured reward (`t1_rewards`), weighted sum with abstentions left out;
+//! 4. **advantage**: group-relative (`advantage::group_advantages`, TRL's `scale_rewards`);
+//! 5. **loss**: completion-token log-probs under the policy at the sampling temperature
+//!    (logits / T, as TRL), the clipped objective of `loss::grpo` with β·KL to the frozen
+//!    starting model when β > 0, truncated rollouts masked when `mask_truncated`;
+//! 6. **update**: `stage3.iterations` (μ) optimizer steps over the same rollouts. With μ = 1 the
+//!    old policy is the policy itself (ratio ≡ 1, TRL); with μ > 1 it is the sampling-time
+//!    log-probs the decode loop returned.
+//!
+//! Deviations from TRL: one process; the rollouts of a step are split into `train.grad_accum`
+//! micro-batches for the backward (each scaled by 1/grad_accum; `dapo` normalises by the whole
+//! batch's completion tokens, so the sum matches); entropy is not logged yet.
+//!
+//! Logs `stage3/{reward, reward_std, reward/<name>, frac_reward_zero_std, gold_rank_mean,
+//! gold_rank_median, hit@10, completion_len_mean, completion_len_max, truncated_frac,
+//! format_frac, clip_low, clip_high, clip_region, kl, loss, rollouts_per_s, lr, grad_norm,
+//! tokens_per_s}`; every `train.eval_every` steps dense dev retrieval with greedy reasoning
+//! (`stage3/dev/ndcg@10`, best model kept) and a few rollouts to `rollouts.jsonl` and
+//! TensorBoard text.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use rand::Rng;
+use t1_rewards::{Reward, RolloutOutcome, combine};
+
+use crate::advantage::group_advantages;
+use crate::config::{Config, QueryView};
+use crate::data::{Dataset, Query};
+use crate::error::{Error, Result};
+use crate::index::{DocIndex, rank_gold};
+use crate::loss::{GrpoParams, LossType, grpo_loss};
+use crate::model::Decoder;
+use crate::model::generate::Sampler;
+use crate::rollout::{RolloutBatch, RolloutOptions, sample};
+use crate::run::interrupted;
+use crate::train::common::{Goal, Trainer, dense_eval, load_backbone, model_section};
+use crate::train::stage1::StageSummary;
+
+/// A training query with its judged documents (indices into the corpus).
+struct Target<'a> {
+    query: &'a Query,
+    gold: Vec<(usize, i32)>,
+    excluded: HashSet<usize>,
+}
+
+/// Right-padded prompt + completion sequences of some rollouts, for the policy's log-probs.
+struct Completions<B: Backend> {
+    inputs: Tensor<B, 2, Int>,
+    attention: Tensor<B, 2, Int>,
+    targets: Tensor<B, 2, Int>,
+    /// 1.0 at target positions that are sampled completion tokens (0 for masked rows).
+    mask: Tensor<B, 2>,
+    /// Sampling-time log-probs at those positions (0 elsewhere).
+    sampled: Tensor<B, 2>,
+    tokens: f64,
+}
+
+fn completions<B: Backend, I: Backend>(
+    batch: &RolloutBatch<I>,
+    rows: &[usize],
+    pad: u32,
+    mask_truncated: bool,
+    device: &B::Device,
+) -> Completions<B> {
+    let seqs: Vec<Vec<u32>> = rows
+        .iter()
+        .map(|&i| [batch.prompts[i].as_slice(), &batch.rollouts[i].tokens].concat())
+        .collect();
+    let b = rows.len();
+    let s = seqs.iter().map(|q| q.len() - 1).max().unwrap_or(1).max(1);
+    let (mut inputs, mut attention, mut targets, mut mask, mut sampled) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mut tokens = 0.0;
+    for (r, &i) in rows.iter().enumerate() {
+        let q = &seqs[r];
+        let p = batch.prompts[i].len();
+        let ro = &batch.rollouts[i];
+        let live = !(mask_truncated && ro.truncated());
+        for pos in 0..s {
+            let real = pos + 1 < q.len();
+            inputs.push(if pos < q.len() { q[pos] } else { pad } as i64);
+            attention.push((pos < q.len()) as i64);
+            targets.push(if real { q[pos + 1] } else { pad } as i64);
+            // target pos + 1 is completion token (pos + 1 − p)
+            let c = (pos + 1).checked_sub(p).filter(|&c| real && c < ro.tokens.len());
+            let on = c.is_some() && live;
+            mask.push(if on { 1.0f32 } else { 0.0 });
+            sampled.push(c.map_or(0.0, |c| ro.logprobs[c]));
+            tokens += on as u32 as f64;
+        }
+    }
+    let int = |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [b, s]), device);
+    let float = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [b, s]), device);
+    Completions {
+        inputs: int(inputs),
+        attention: int(attention),
+        targets: int(targets),
+        mask: float(mask),
+        sampled: float(sampled),
+        tokens,
+    }
+}
+
+/// Log-probs `[b, s]` of the targets at temperature `t` (logits / t = (h / t)·W).
+fn logprobs<B: Backend>(model: &Decoder<B>, c: &Completions<B>, t: f32) -> Tensor<B, 2> {
+    let (_, hidden) = model.forward(c.inputs.clone(), Some(c.attention.clone()));
+    let s = hidden.dims()[1];
+    model.token_logprobs(hidden / t as f64, c.targets.clone(), s)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// Runs stage 3 to `train.steps` (or resumes it).
+pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -> Result<StageSummary> {
+    let mut tr = Trainer::<B>::start(cfg, "stage3", resume, Goal::Maximize, "ndcg@10", device)?;
+    let ds = Dataset::load(&cfg.raw.data.dataset)?;
+    let m = model_section(cfg)?.clone();
+    let s3 = cfg.raw.stage3.clone();
+    let t = cfg.raw.train.clone();
+    let rewards: Vec<Box<dyn Reward>> = s3
+        .rewards
+        .iter()
+        .map(|r| r.build().map_err(|e| Error::Runtime(e.0)))
+        .collect::<Result<_>>()?;
+    let weights: Vec<f32> = s3.rewards.iter().map(|r| r.weight()).collect();
+    // the frozen reference: the stage's starting model
+    let reference = if s3.beta > 0.0 {
+        Some(load_backbone::<B>(cfg, device)?.0.valid())
+    } else {
+        None
+    };
+    let qrels = ds.split(&cfg.raw.data.train_split)?;
+    let targets: Vec<Target> = ds
+        .split_queries(&cfg.raw.data.train_split)?
+        .into_iter()
+        .map(|q| Target {
+            query: q,
+            gold: qrels[&q.id]
+                .iter()
+                .filter(|(_, g)| **g > 0)
+                .filter_map(|(d, g)| ds.corpus.position(d).map(|i| (i, *g)))
+                .collect(),
+            excluded: q.excluded_ids.iter().filter_map(|d| ds.corpus.position(d)).collect(),
+        })
+        .filter(|t| !t.gold.is_empty())
+        .collect();
+    if targets.is_empty() {
+        return Err(Error::Runtime("stage3: no training query has a relevant document".into()));
+    }
+    let sampler = Sampler::Random {
+        temperature: s3.temperature,
+        top_k: s3.top_k,
+        top_p: s3.top_p,
+    };
+    let params = |num_items: f64| GrpoParams {
+        epsilon_low: s3.epsilon,
+        epsilon_high: s3.epsilon_high.unwrap_or(s3.epsilon),
+        beta: s3.beta,
+        kl: s3.kl_estimator,
+        loss_type: s3.loss_type,
+        max_completion_length: m.max_reasoning_tokens,
+        num_items,
+    };
+    let tok = tr.tok.clone();
+    let build_index = |model: &Decoder<B::InnerBackend>| {
+        DocIndex::build(model, &tok, &ds.corpus, m.max_doc_tokens, t.eval_batch_size, |_| {})
+    };
+    let mut index = build_index(&tr.model.valid())?;
+    let mut built_at = tr.state.step;
+    let rollouts_path = tr.run_root().join("rollouts.jsonl");
+    let mut last_dev = Vec::new();
+    while tr.running() {
+        if interrupted() {
+            let name = tr.save()?;
+            return Err(Error::Interrupted(format!(
+                "stage3 saved at step {} ({name}); continue with --resume",
+                tr.state.step
+            )));
+        }
+        if s3.refresh_every > 0 && tr.state.step % s3.refresh_every == 0 && tr.state.step != built_at {
+            index = build_index(&tr.model.valid())?;
+            built_at = tr.state.step;
+        }
+        // 1. sample
+        let started = Instant::now();
+        let picked = tr.next_examples(targets.len(), t.batch_size);
+        let qs: Vec<&Query> = picked.iter().map(|&i| targets[i].query).collect();
+        let seed = tr.rng.random::<u64>();
+        let policy = tr.model.valid();
+        let opts = RolloutOptions {
+            group: s3.group_size,
+            sampler: sampler.clone(),
+            max_query_tokens: m.max_query_tokens,
+            max_new_tokens: m.max_reasoning_tokens,
+            seed,
+        };
+        let batch = sample(&policy, &tr.tok, &qs, &opts)?;
+        let n = batch.rollouts.len();
+        let g = s3.group_size;
+        // 2. rank, 3. reward
+        let scores = index.scores(batch.embeddings.clone().detach())?;
+        let mut per_fn: Vec<Vec<Option<f32>>> = vec![Vec::with_capacity(n); rewards.len()];
+        let mut combined = Vec::with_capacity(n);
+        let mut best_ranks = Vec::with_capacity(n);
+        for (i, row) in scores.iter().enumerate() {
+            let target = &targets[picked[i / g]];
+            let (gold, top_k, num_docs) =
+                rank_gold(row, &ds.corpus.ids, &target.gold, &target.excluded, s3.reward_top_k);
+            let ro = &batch.rollouts[i];
+            let outcome = RolloutOutcome {
+                gold,
+                top_k,
+                num_docs,
+                text: batch.texts[i].clone(),
+                num_tokens: ro.tokens.len(),
+                truncated: ro.truncated(),
+                format_ok: batch.format_ok[i],
+            };
+            best_ranks.extend(outcome.best_gold_rank().map(|r| r as f64));
+            let values = rewards
+                .iter()
+                .map(|r| r.try_score(&outcome).map_err(|e| Error::Runtime(format!("reward {}: {e}", r.name()))))
+                .collect::<Result<Vec<_>>>()?;
+            for (k, v) in values.iter().enumerate() {
+                per_fn[k].push(*v);
+            }
+            combined.push(combine(&values, &weights));
+        }
+        // 4. advantages
+        let adv = group_advantages(&combined, g, s3.scale_rewards);
+        let rollout_secs = started.elapsed().as_secs_f64();
+        // 5.–6. loss and μ updates
+        let chunks: Vec<Vec<usize>> = (0..n)
+            .collect::<Vec<_>>()
+            .chunks(n.div_ceil(t.grad_accum.max(1)))
+            .map(|c| c.to_vec())
+            .collect();
+        let parts: Vec<Completions<B>> = chunks
+            .iter()
+            .map(|c| completions::<B, _>(&batch, c, tr.tok.pad, s3.mask_truncated, device))
+            .collect();
+        let total_tokens: f64 = parts.iter().map(|c| c.tokens).sum();
+        // dapo: Σ over the whole batch ÷ its tokens; the trainer divides each micro-batch by grad_accum
+        let num_items = total_tokens / chunks.len() as f64;
+        let refs: Vec<Option<Tensor<B, 2>>> = parts
+            .iter()
+            .map(|c| {
+                reference.as_ref().map(|r| {
+                    let lp = logprobs(r, &Completions {
+                        inputs: c.inputs.clone().inner(),
+                        attention: c.attention.clone().inner(),
+                        targets: c.targets.clone().inner(),
+                        mask: c.mask.clone().inner(),
+                        sampled: c.sampled.clone().inner(),
+                        tokens: c.tokens,
+                    }, s3.temperature);
+                    Tensor::from_inner(lp)
+                })
+            })
+            .collect();
+        for _ in 0..s3.iterations {
+            if !tr.running() {
+                break;
+            }
+            let (mut loss_sum, mut kl, mut cl, mut ch, mut cr) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            for ((c, rows), rf) in parts.iter().zip(&chunks).zip(&refs) {
+                let a: Vec<f32> = rows.iter().map(|&i| adv.values[i]).collect();
+                let a = Tensor::<B, 1>::from_data(TensorData::new(a, [rows.len()]), device);
+                let lp = logprobs(&tr.model, c, s3.temperature);
+                let old = if s3.iterations == 1 { lp.clone().detach() } else { c.sampled.clone() };
+                let out = grpo_loss(lp, old, rf.clone(), a, c.mask.clone(), &params(num_items));
+                let w = c.tokens / total_tokens.max(1.0);
+                loss_sum += out.loss.clone().into_scalar().elem::<f64>();
+                kl += out.kl * w;
+                cl += out.clip_low * w;
+                ch += out.clip_high * w;
+                cr += out.clip_region * w;
+                tr.backward(out.loss);
+            }
+            tr.tokens += total_tokens as usize;
+            let scored: Vec<f64> = combined.iter().flatten().map(|&v| v as f64).collect();
+            let mean = scored.iter().sum::<f64>() / scored.len().max(1) as f64;
+            let std = if scored.len() > 1 {
+                (scored.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (scored.len() - 1) as f64).sqrt()
+            } else {
+                0.0
+            };
+            let lens: Vec<f64> = batch.rollouts.iter().map(|r| r.tokens.len() as f64).collect();
+            let mut scalars: Vec<(String, f64)> = vec![
+                ("loss".into(), if matches!(s3.loss_type, LossType::Dapo) { loss_sum } else { loss_sum / chunks.len() as f64 }),
+                ("reward".into(), mean),
+                ("reward_std".into(), std),
+                ("frac_reward_zero_std".into(), adv.frac_zero_std),
+                ("gold_rank_mean".into(), best_ranks.iter().sum::<f64>() / best_ranks.len().max(1) as f64),
+                ("gold_rank_median".into(), median(best_ranks.clone())),
+                ("hit@10".into(), best_ranks.iter().filter(|&&r| r <= 10.0).count() as f64 / best_ranks.len().max(1) as f64),
+                ("completion_len_mean".into(), lens.iter().sum::<f64>() / n as f64),
+                ("completion_len_max".into(), lens.iter().cloned().fold(0.0, f64::max)),
+                ("truncated_frac".into(), batch.rollouts.iter().filter(|r| r.truncated()).count() as f64 / n as f64),
+                ("format_frac".into(), batch.format_ok.iter().filter(|&&f| f).count() as f64 / n as f64),
+                ("clip_low".into(), cl),
+                ("clip_high".into(), ch),
+                ("clip_region".into(), cr),
+                ("kl".into(), kl),
+                ("rollouts_per_s".into(), n as f64 / rollout_secs.max(1e-9)),
+            ];
+            for (r, vals) in rewards.iter().zip(&per_fn) {
+                let v: Vec<f64> = vals.iter().flatten().map(|&x| x as f64).collect();
+                scalars.push((format!("reward/{}", r.name()), v.iter().sum::<f64>() / v.len().max(1) as f64));
+            }
+            let pairs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            tr.step(&pairs)?;
+            if tr.eval_due() {
+                let (report, _) = dense_eval(
+                    &tr.model.valid(),
+                    &tr.tok,
+                    &ds,
+                    &cfg.raw.data.dev_split,
+                    QueryView::Generated,
+                    cfg,
+                )?;
+                let named = report.mean.named();
+                last_dev = named.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+                tr.record_eval(&named)?;
+                // a few rollouts of this step, for reading
+                let mut text = String::new();
+                let mut lines = String::new();
+                for i in 0..g.min(n) {
+                    let line = serde_json::json!({
+                        "step": tr.state.step,
+                        "query_id": qs[i / g].id,
+                        "query": qs[i / g].text,
+                        "reasoning": batch.texts[i],
+                        "reward": combined[i],
+                        "advantage": adv.values[i],
+                        "truncated": batch.rollouts[i].truncated(),
+                    });
+                    lines.push_str(&line.to_string());
+                    lines.push('\n');
+                    text.push_str(&format!("**{}** → {} (reward {:?})\n\n", qs[i / g].text, batch.texts[i], combined[i]));
+                }
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&rollouts_path)
+                    .map_err(|e| Error::io(&rollouts_path, e))?;
+                f.write_all(lines.as_bytes()).map_err(|e| Error::io(&rollouts_path, e))?;
+                tr.sinks.text(tr.state.step, "stage3/rollouts", &text)?;
+            }
+            if tr.save_due() {
+                tr.save()?;
+            }
+        }
+    }
+    tr.bar.finish_and_clear();
+    tr.sinks.flush()?;
+    Ok(StageSummary {
+        steps: tr.state.step,
+        best: tr.state.best.as_ref().map(|b| (b.metric.clone(), b.value, b.step)),
+        best_dir: tr.best_dir(),
+        last_dev,
+    })
+}
