@@ -666,27 +666,46 @@ impl RawConfig {
         }
         let s3 = &mut self.stage3;
         if s3.group_size < 2 {
-            return Err(err("stage3.group_size", "must be at least 2 (advantages are group-relative)".into()));
+            return Err(err(
+                "stage3.group_size",
+                "must be at least 2 (advantages are group-relative)".into(),
+            ));
         }
         if s3.iterations == 0 {
             return Err(err("stage3.iterations", "must be at least 1".into()));
         }
         let eh = s3.epsilon_high.unwrap_or(s3.epsilon);
         if !(0.0..1.0).contains(&s3.epsilon) || eh < 0.0 {
-            return Err(err("stage3.epsilon", format!("epsilon must be in [0, 1) and epsilon_high ≥ 0, got {} / {eh}", s3.epsilon)));
+            return Err(err(
+                "stage3.epsilon",
+                format!(
+                    "epsilon must be in [0, 1) and epsilon_high ≥ 0, got {} / {eh}",
+                    s3.epsilon
+                ),
+            ));
         }
         if s3.beta < 0.0 {
             return Err(err("stage3.beta", "must be ≥ 0".into()));
         }
         if s3.temperature <= 0.0 || !(s3.top_p > 0.0 && s3.top_p <= 1.0) || s3.top_k == Some(0) {
-            return Err(err("stage3.temperature", "temperature must be > 0, top_p in (0, 1], top_k ≥ 1".into()));
+            return Err(err(
+                "stage3.temperature",
+                "temperature must be > 0, top_p in (0, 1], top_k ≥ 1".into(),
+            ));
         }
         if s3.rewards.is_empty() {
-            return Err(err("stage3.rewards", format!("at least one reward is needed; names: {}", t1_rewards::NAMES.join(", "))));
+            return Err(err(
+                "stage3.rewards",
+                format!(
+                    "at least one reward is needed; names: {}",
+                    t1_rewards::NAMES.join(", ")
+                ),
+            ));
         }
         for (i, r) in s3.rewards.iter_mut().enumerate() {
             r.resolve(base);
-            r.build().map_err(|e| err(&format!("stage3.rewards[{i}]"), e.0))?;
+            r.build()
+                .map_err(|e| err(&format!("stage3.rewards[{i}]"), e.0))?;
         }
         let run_dir = output_dir.join(&self.run.name);
         Ok(Config {

@@ -96,7 +96,9 @@ fn completions<B: Backend, I: Backend>(
             attention.push((pos < q.len()) as i64);
             targets.push(if real { q[pos + 1] } else { pad } as i64);
             // target pos + 1 is completion token (pos + 1 − p)
-            let c = (pos + 1).checked_sub(p).filter(|&c| real && c < ro.tokens.len());
+            let c = (pos + 1)
+                .checked_sub(p)
+                .filter(|&c| real && c < ro.tokens.len());
             let on = c.is_some() && live;
             mask.push(if on { 1.0f32 } else { 0.0 });
             sampled.push(c.map_or(0.0, |c| ro.logprobs[c]));
@@ -128,11 +130,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// Runs stage 3 to `train.steps` (or resumes it).
-pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -> Result<StageSummary> {
+pub fn run<B: AutodiffBackend>(
+    cfg: &Config,
+    resume: bool,
+    device: &B::Device,
+) -> Result<StageSummary> {
     let mut tr = Trainer::<B>::start(cfg, "stage3", resume, Goal::Maximize, "ndcg@10", device)?;
     let ds = Dataset::load(&cfg.raw.data.dataset)?;
     let m = model_section(cfg)?.clone();
@@ -161,12 +171,18 @@ pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -
                 .filter(|(_, g)| **g > 0)
                 .filter_map(|(d, g)| ds.corpus.position(d).map(|i| (i, *g)))
                 .collect(),
-            excluded: q.excluded_ids.iter().filter_map(|d| ds.corpus.position(d)).collect(),
+            excluded: q
+                .excluded_ids
+                .iter()
+                .filter_map(|d| ds.corpus.position(d))
+                .collect(),
         })
         .filter(|t| !t.gold.is_empty())
         .collect();
     if targets.is_empty() {
-        return Err(Error::Runtime("stage3: no training query has a relevant document".into()));
+        return Err(Error::Runtime(
+            "stage3: no training query has a relevant document".into(),
+        ));
     }
     let sampler = Sampler::Random {
         temperature: s3.temperature,
@@ -184,7 +200,14 @@ pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -
     };
     let tok = tr.tok.clone();
     let build_index = |model: &Decoder<B::InnerBackend>| {
-        DocIndex::build(model, &tok, &ds.corpus, m.max_doc_tokens, t.eval_batch_size, |_| {})
+        DocIndex::build(
+            model,
+            &tok,
+            &ds.corpus,
+            m.max_doc_tokens,
+            t.eval_batch_size,
+            |_| {},
+        )
     };
     let mut index = build_index(&tr.model.valid())?;
     let mut built_at = tr.state.step;
@@ -198,7 +221,10 @@ pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -
                 tr.state.step
             )));
         }
-        if s3.refresh_every > 0 && tr.state.step % s3.refresh_every == 0 && tr.state.step != built_at {
+        if s3.refresh_every > 0
+            && tr.state.step % s3.refresh_every == 0
+            && tr.state.step != built_at
+        {
             index = build_index(&tr.model.valid())?;
             built_at = tr.state.step;
         }
@@ -225,8 +251,13 @@ pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -
         let mut best_ranks = Vec::with_capacity(n);
         for (i, row) in scores.iter().enumerate() {
             let target = &targets[picked[i / g]];
-            let (gold, top_k, num_docs) =
-                rank_gold(row, &ds.corpus.ids, &target.gold, &target.excluded, s3.reward_top_k);
+            let (gold, top_k, num_docs) = rank_gold(
+                row,
+                &ds.corpus.ids,
+                &target.gold,
+                &target.excluded,
+                s3.reward_top_k,
+            );
             let ro = &batch.rollouts[i];
             let outcome = RolloutOutcome {
                 gold,
@@ -240,7 +271,10 @@ pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -
             best_ranks.extend(outcome.best_gold_rank().map(|r| r as f64));
             let values = rewards
                 .iter()
-                .map(|r| r.try_score(&outcome).map_err(|e| Error::Runtime(format!("reward {}: {e}", r.name()))))
+                .map(|r| {
+                    r.try_score(&outcome)
+                        .map_err(|e| Error::Runtime(format!("reward {}: {e}", r.name())))
+                })
                 .collect::<Result<Vec<_>>>()?;
             for (k, v) in values.iter().enumerate() {
                 per_fn[k].push(*v);
@@ -267,14 +301,18 @@ pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -
             .iter()
             .map(|c| {
                 reference.as_ref().map(|r| {
-                    let lp = logprobs(r, &Completions {
-                        inputs: c.inputs.clone().inner(),
-                        attention: c.attention.clone().inner(),
-                        targets: c.targets.clone().inner(),
-                        mask: c.mask.clone().inner(),
-                        sampled: c.sampled.clone().inner(),
-                        tokens: c.tokens,
-                    }, s3.temperature);
+                    let lp = logprobs(
+                        r,
+                        &Completions {
+                            inputs: c.inputs.clone().inner(),
+                            attention: c.attention.clone().inner(),
+                            targets: c.targets.clone().inner(),
+                            mask: c.mask.clone().inner(),
+                            sampled: c.sampled.clone().inner(),
+                            tokens: c.tokens,
+                        },
+                        s3.temperature,
+                    );
                     Tensor::from_inner(lp)
                 })
             })
@@ -288,7 +326,11 @@ pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -
                 let a: Vec<f32> = rows.iter().map(|&i| adv.values[i]).collect();
                 let a = Tensor::<B, 1>::from_data(TensorData::new(a, [rows.len()]), device);
                 let lp = logprobs(&tr.model, c, s3.temperature);
-                let old = if s3.iterations == 1 { lp.clone().detach() } else { c.sampled.clone() };
+                let old = if s3.iterations == 1 {
+                    lp.clone().detach()
+                } else {
+                    c.sampled.clone()
+                };
                 let out = grpo_loss(lp, old, rf.clone(), a, c.mask.clone(), &params(num_items));
                 let w = c.tokens / total_tokens.max(1.0);
                 loss_sum += out.loss.clone().into_scalar().elem::<f64>();
@@ -302,23 +344,54 @@ pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -
             let scored: Vec<f64> = combined.iter().flatten().map(|&v| v as f64).collect();
             let mean = scored.iter().sum::<f64>() / scored.len().max(1) as f64;
             let std = if scored.len() > 1 {
-                (scored.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (scored.len() - 1) as f64).sqrt()
+                (scored.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (scored.len() - 1) as f64)
+                    .sqrt()
             } else {
                 0.0
             };
-            let lens: Vec<f64> = batch.rollouts.iter().map(|r| r.tokens.len() as f64).collect();
+            let lens: Vec<f64> = batch
+                .rollouts
+                .iter()
+                .map(|r| r.tokens.len() as f64)
+                .collect();
             let mut scalars: Vec<(String, f64)> = vec![
-                ("loss".into(), if matches!(s3.loss_type, LossType::Dapo) { loss_sum } else { loss_sum / chunks.len() as f64 }),
+                (
+                    "loss".into(),
+                    if matches!(s3.loss_type, LossType::Dapo) {
+                        loss_sum
+                    } else {
+                        loss_sum / chunks.len() as f64
+                    },
+                ),
                 ("reward".into(), mean),
                 ("reward_std".into(), std),
                 ("frac_reward_zero_std".into(), adv.frac_zero_std),
-                ("gold_rank_mean".into(), best_ranks.iter().sum::<f64>() / best_ranks.len().max(1) as f64),
+                (
+                    "gold_rank_mean".into(),
+                    best_ranks.iter().sum::<f64>() / best_ranks.len().max(1) as f64,
+                ),
                 ("gold_rank_median".into(), median(best_ranks.clone())),
-                ("hit@10".into(), best_ranks.iter().filter(|&&r| r <= 10.0).count() as f64 / best_ranks.len().max(1) as f64),
-                ("completion_len_mean".into(), lens.iter().sum::<f64>() / n as f64),
-                ("completion_len_max".into(), lens.iter().cloned().fold(0.0, f64::max)),
-                ("truncated_frac".into(), batch.rollouts.iter().filter(|r| r.truncated()).count() as f64 / n as f64),
-                ("format_frac".into(), batch.format_ok.iter().filter(|&&f| f).count() as f64 / n as f64),
+                (
+                    "hit@10".into(),
+                    best_ranks.iter().filter(|&&r| r <= 10.0).count() as f64
+                        / best_ranks.len().max(1) as f64,
+                ),
+                (
+                    "completion_len_mean".into(),
+                    lens.iter().sum::<f64>() / n as f64,
+                ),
+                (
+                    "completion_len_max".into(),
+                    lens.iter().cloned().fold(0.0, f64::max),
+                ),
+                (
+                    "truncated_frac".into(),
+                    batch.rollouts.iter().filter(|r| r.truncated()).count() as f64 / n as f64,
+                ),
+                (
+                    "format_frac".into(),
+                    batch.format_ok.iter().filter(|&&f| f).count() as f64 / n as f64,
+                ),
                 ("clip_low".into(), cl),
                 ("clip_high".into(), ch),
                 ("clip_region".into(), cr),
@@ -327,7 +400,10 @@ pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -
             ];
             for (r, vals) in rewards.iter().zip(&per_fn) {
                 let v: Vec<f64> = vals.iter().flatten().map(|&x| x as f64).collect();
-                scalars.push((format!("reward/{}", r.name()), v.iter().sum::<f64>() / v.len().max(1) as f64));
+                scalars.push((
+                    format!("reward/{}", r.name()),
+                    v.iter().sum::<f64>() / v.len().max(1) as f64,
+                ));
             }
             let pairs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
             tr.step(&pairs)?;
@@ -358,14 +434,20 @@ pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -
                     });
                     lines.push_str(&line.to_string());
                     lines.push('\n');
-                    text.push_str(&format!("**{}** → {} (reward {:?})\n\n", qs[i / g].text, batch.texts[i], combined[i]));
+                    text.push_str(&format!(
+                        "**{}** → {} (reward {:?})\n\n",
+                        qs[i / g].text,
+                        batch.texts[i],
+                        combined[i]
+                    ));
                 }
                 let mut f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(&rollouts_path)
                     .map_err(|e| Error::io(&rollouts_path, e))?;
-                f.write_all(lines.as_bytes()).map_err(|e| Error::io(&rollouts_path, e))?;
+                f.write_all(lines.as_bytes())
+                    .map_err(|e| Error::io(&rollouts_path, e))?;
                 tr.sinks.text(tr.state.step, "stage3/rollouts", &text)?;
             }
             if tr.save_due() {
@@ -377,7 +459,11 @@ pub fn run<B: AutodiffBackend>(cfg: &Config, resume: bool, device: &B::Device) -
     tr.sinks.flush()?;
     Ok(StageSummary {
         steps: tr.state.step,
-        best: tr.state.best.as_ref().map(|b| (b.metric.clone(), b.value, b.step)),
+        best: tr
+            .state
+            .best
+            .as_ref()
+            .map(|b| (b.metric.clone(), b.value, b.step)),
         best_dir: tr.best_dir(),
         last_dev,
     })
