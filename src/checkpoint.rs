@@ -6,7 +6,7 @@
 //!     config.json, model.safetensors, tokenizer.json[, tokenizer_config.json]   HF folder (f32)
 //!     optimizer.mpk         AdamW moments, keyed by parameter order (not burn's random ids)
 //!     state.json            step, epoch, data position, RNG state, best dev metric, stage
-//!   latest                  name of the newest complete checkpoint (atomic write)
+//!   latest                  name of the newest checkpoint (for people; resume scans step-*)
 //! ```
 //!
 //! The model goes to disk in HF format, so every checkpoint is also a model transformers loads.
@@ -159,22 +159,27 @@ pub fn save<B: Backend, V: Record<B>>(
     Ok(name)
 }
 
-/// The newest complete checkpoint of a run, if any.
+/// The newest complete checkpoint of a run, if any: the highest `step-N` folder (a folder only
+/// gets that name once everything in it is written). The `latest` file is for people and tools;
+/// it is not trusted here, since a crash between the rename and its update would leave it behind.
 pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
-    let p = root(run_dir).join("latest");
-    if !p.exists() {
+    let root = root(run_dir);
+    if !root.exists() {
         return Ok(None);
     }
-    let name = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    let dir = root(run_dir).join(name.trim());
-    if !dir.join("state.json").exists() {
-        return Err(Error::Runtime(format!(
-            "{}: names {}, which is missing or incomplete",
-            p.display(),
-            dir.display()
-        )));
-    }
-    Ok(Some(dir))
+    let newest = std::fs::read_dir(&root)
+        .map_err(|e| Error::io(&root, e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step: u64 = name.strip_prefix("step-")?.parse().ok()?;
+            e.path()
+                .join("state.json")
+                .exists()
+                .then_some((step, e.path()))
+        })
+        .max_by_key(|(step, _)| *step);
+    Ok(newest.map(|(_, p)| p))
 }
 
 /// Loads a checkpoint: model (on `device`), optimizer record keyed to the new model's ids, state.
@@ -225,4 +230,31 @@ pub fn prune(run_dir: &Path, keep: usize, protect: &[&str]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_is_the_highest_complete_step_whatever_the_pointer_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        assert_eq!(latest(run).unwrap(), None);
+        for (name, complete) in [
+            ("step-000004", true),
+            ("step-000012", true),
+            ("step-000020", false),
+            (".tmp-step-000024", true),
+        ] {
+            let d = root(run).join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            if complete {
+                std::fs::write(d.join("state.json"), "{}").unwrap();
+            }
+        }
+        // a stale pointer (a crash after the rename, before `latest` was rewritten)
+        std::fs::write(root(run).join("latest"), "step-000004").unwrap();
+        assert_eq!(latest(run).unwrap(), Some(root(run).join("step-000012")));
+    }
 }

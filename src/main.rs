@@ -16,7 +16,7 @@ type Compute = burn::backend::Cuda;
 /// The compute backend with autodiff, for the training stages.
 type Train = burn::backend::Autodiff<Compute>;
 
-fn report_stage(stage: &str, s: &t1_train::train::stage1::StageSummary) {
+fn report_stage(stage: &str, s: &t1_train::train::common::StageSummary) {
     let dev: Vec<String> = s
         .last_dev
         .iter()

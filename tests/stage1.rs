@@ -4,7 +4,10 @@
 mod support;
 
 use burn::backend::Flex;
-use support::{config, interrupt_when, max_param_diff, params, scalar, signal_when, t1};
+use support::{
+    assert_every_parameter_moved, config, interrupt_when, max_param_diff, params, scalar,
+    signal_when, t1,
+};
 use t1_train::model::load_hf;
 
 type B = Flex;
@@ -38,23 +41,7 @@ fn stage1_learns_and_moves_every_parameter() {
     assert!(run.join("best/config.json").exists() && run.join("best/tokenizer.json").exists());
 
     // every parameter changed from the seeded initialisation
-    let initial = {
-        let c = t1_train::config::Config::load(&cfg, &[]).unwrap();
-        t1_train::train::common::load_backbone::<B>(&c, &Default::default())
-            .unwrap()
-            .0
-    };
-    let trained = load_hf::<B>(&run.join("checkpoints/step-000024"), &Default::default()).unwrap();
-    let (a, b) = (params(&initial), params(&trained));
-    assert_eq!(a.len(), b.len());
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        let moved = x
-            .iter()
-            .zip(y)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0.0f32, f32::max);
-        assert!(moved > 1e-6, "parameter {name} did not change");
-    }
+    assert_every_parameter_moved(&cfg, &run.join("checkpoints/step-000024"), 1e-6);
 }
 
 #[test]

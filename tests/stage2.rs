@@ -7,7 +7,9 @@ mod support;
 use std::collections::HashSet;
 
 use burn::backend::Flex;
-use support::{config, interrupt_when, max_param_diff, params, scalar, t1};
+use support::{
+    assert_every_parameter_moved, config, interrupt_when, max_param_diff, params, scalar, t1,
+};
 use t1_train::data::Dataset;
 use t1_train::model::load_hf;
 
@@ -48,19 +50,7 @@ fn stage2_learns_moves_every_parameter_and_reports_dev_ndcg() {
     assert_eq!(ndcg.iter().map(|x| x.0).collect::<Vec<_>>(), vec![10, 20]);
     assert!(run.join("best/model.safetensors").exists());
 
-    let c = t1_train::config::Config::load(&cfg, &[]).unwrap();
-    let initial = t1_train::train::common::load_backbone::<B>(&c, &Default::default())
-        .unwrap()
-        .0;
-    let trained = load_hf::<B>(&run.join("checkpoints/step-000020"), &Default::default()).unwrap();
-    for ((name, x), (_, y)) in params(&initial).iter().zip(&params(&trained)) {
-        let moved = x
-            .iter()
-            .zip(y)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0.0f32, f32::max);
-        assert!(moved > 1e-6, "parameter {name} did not change");
-    }
+    assert_every_parameter_moved(&cfg, &run.join("checkpoints/step-000020"), 1e-6);
 }
 
 #[test]

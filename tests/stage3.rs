@@ -8,11 +8,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use burn::backend::Flex;
-use support::{config, params, scalar, t1};
-use t1_train::model::load_hf;
-
-type B = Flex;
+use support::{assert_every_parameter_moved, config, scalar, t1};
 
 fn stage3(reward: &str) -> String {
     format!(
@@ -79,19 +75,7 @@ fn stage3_smoke_updates_the_policy_and_logs() {
             >= 2
     );
 
-    let c = t1_train::config::Config::load(&cfg, &[]).unwrap();
-    let initial = t1_train::train::common::load_backbone::<B>(&c, &Default::default())
-        .unwrap()
-        .0;
-    let trained = load_hf::<B>(&run.join("checkpoints/step-000004"), &Default::default()).unwrap();
-    for ((name, x), (_, y)) in params(&initial).iter().zip(&params(&trained)) {
-        let moved = x
-            .iter()
-            .zip(y)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0.0f32, f32::max);
-        assert!(moved > 0.0, "parameter {name} did not change");
-    }
+    assert_every_parameter_moved(&cfg, &run.join("checkpoints/step-000004"), 0.0);
 
     // TensorBoard's own reader parses the event files
     let reader = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_tensorboard.py");

@@ -439,10 +439,18 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             save_hf(&self.model.valid(), &tmp)?;
             self.tok.save(&tmp.join("tokenizer.json"))?;
+            // swap by renames, so a crash at any point leaves a complete best/ or .best.old/
+            let old = self.run_dir.root().join(".best.old");
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+            }
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                std::fs::rename(&dir, &old).map_err(|e| Error::io(&dir, e))?;
             }
             std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+            }
             self.state.best = Some(Best {
                 metric: self.metric.clone(),
                 value,
@@ -480,4 +488,45 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn run_root(&self) -> &Path {
         self.run_dir.root()
     }
+
+    /// On Ctrl-C: saves a checkpoint at the current step and returns the `Interrupted` error the
+    /// loop passes up (exit code 1, with how to continue).
+    pub fn stop_if_interrupted(&mut self) -> Result<()> {
+        if !crate::run::interrupted() {
+            return Ok(());
+        }
+        let name = self.save()?;
+        Err(Error::Interrupted(format!(
+            "{} saved at step {} ({name}); continue with --resume",
+            self.stage, self.state.step
+        )))
+    }
+
+    /// Closes the progress bar, flushes the sinks and reports the stage.
+    pub fn finish(mut self, last_dev: Vec<(String, f64)>) -> Result<StageSummary> {
+        self.bar.finish_and_clear();
+        self.sinks.flush()?;
+        Ok(StageSummary {
+            steps: self.state.step,
+            best: self
+                .state
+                .best
+                .as_ref()
+                .map(|b| (b.metric.clone(), b.value, b.step)),
+            best_dir: self.best_dir(),
+            last_dev,
+        })
+    }
+}
+
+/// What a finished stage reports.
+#[derive(Debug, Clone)]
+pub struct StageSummary {
+    pub steps: u64,
+    /// Best dev value of the stage's selection metric and its step.
+    pub best: Option<(String, f64, u64)>,
+    /// Where the best model was saved (an HF folder).
+    pub best_dir: PathBuf,
+    /// Last dev metrics.
+    pub last_dev: Vec<(String, f64)>,
 }

@@ -20,8 +20,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::loss::sft_loss;
 use crate::model::{Decoder, T1Tokenizer};
-use crate::run::interrupted;
-use crate::train::common::{Goal, Trainer, model_section};
+use crate::train::common::{Goal, StageSummary, Trainer, model_section};
 
 /// One teacher-forced sequence: ids and how many of them are prompt.
 #[derive(Debug, Clone)]
@@ -134,18 +133,6 @@ pub fn evaluate_sft<B: Backend>(
     (nll / t, hits as f64 / t)
 }
 
-/// What a finished stage reports.
-#[derive(Debug, Clone)]
-pub struct StageSummary {
-    pub steps: u64,
-    /// Best dev value of the stage's selection metric and its step.
-    pub best: Option<(String, f64, u64)>,
-    /// Where the best model was saved (an HF folder).
-    pub best_dir: std::path::PathBuf,
-    /// Last dev metrics.
-    pub last_dev: Vec<(String, f64)>,
-}
-
 /// Runs stage 1 to `train.steps` (or resumes it).
 pub fn run<B: AutodiffBackend>(
     cfg: &Config,
@@ -183,13 +170,7 @@ pub fn run<B: AutodiffBackend>(
     let pad = tr.tok.pad;
     let mut last_dev = Vec::new();
     while tr.running() {
-        if interrupted() {
-            let name = tr.save()?;
-            return Err(Error::Interrupted(format!(
-                "stage1 saved at step {} ({name}); continue with --resume",
-                tr.state.step
-            )));
-        }
+        tr.stop_if_interrupted()?;
         let (mut loss_sum, mut tokens, mut hits) = (0.0, 0usize, 0usize);
         for _ in 0..t.grad_accum {
             let idx = tr.next_examples(train.len(), t.batch_size);
@@ -224,16 +205,5 @@ pub fn run<B: AutodiffBackend>(
             tr.save()?;
         }
     }
-    tr.bar.finish_and_clear();
-    tr.sinks.flush()?;
-    Ok(StageSummary {
-        steps: tr.state.step,
-        best: tr
-            .state
-            .best
-            .as_ref()
-            .map(|b| (b.metric.clone(), b.value, b.step)),
-        best_dir: tr.best_dir(),
-        last_dev,
-    })
+    tr.finish(last_dev)
 }

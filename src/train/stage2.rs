@@ -38,10 +38,11 @@ use crate::error::{Error, Result};
 use crate::index::DocIndex;
 use crate::loss::{info_nce, sft_loss};
 use crate::model::{Decoder, T1Tokenizer};
-use crate::run::{interrupted, write_atomic};
+use crate::run::write_atomic;
 
+use crate::train::common::StageSummary;
 use crate::train::common::{Goal, Trainer, dense_eval, model_section, query_vectors};
-use crate::train::stage1::{Example, StageSummary};
+use crate::train::stage1::Example;
 
 /// One training query: its teacher-forced query view, relevant and excluded document indices.
 struct TrainQuery {
@@ -271,13 +272,7 @@ pub fn run<B: AutodiffBackend>(
     let pad = tr.tok.pad;
     let mut last_dev = Vec::new();
     while tr.running() {
-        if interrupted() {
-            let name = tr.save()?;
-            return Err(Error::Interrupted(format!(
-                "stage2 saved at step {} ({name}); continue with --resume",
-                tr.state.step
-            )));
-        }
+        tr.stop_if_interrupted()?;
         if s2.mine_every > 0 && tr.state.step % s2.mine_every == 0 {
             pools = mine(&tr.model.valid(), &tr.tok, &ds, &queries, cfg)?;
             write_mined(&mined_path(tr.state.step), &ds, &queries, &pools)?;
@@ -391,18 +386,7 @@ pub fn run<B: AutodiffBackend>(
             tr.save()?;
         }
     }
-    tr.bar.finish_and_clear();
-    tr.sinks.flush()?;
-    Ok(StageSummary {
-        steps: tr.state.step,
-        best: tr
-            .state
-            .best
-            .as_ref()
-            .map(|b| (b.metric.clone(), b.value, b.step)),
-        best_dir: tr.best_dir(),
-        last_dev,
-    })
+    tr.finish(last_dev)
 }
 
 /// `runs/<name>/mined_negatives/step-NNNNNN.jsonl`.

@@ -46,9 +46,8 @@ use crate::loss::{GrpoParams, LossType, grpo_loss};
 use crate::model::Decoder;
 use crate::model::generate::Sampler;
 use crate::rollout::{RolloutBatch, RolloutOptions, sample};
-use crate::run::interrupted;
+use crate::train::common::StageSummary;
 use crate::train::common::{Goal, Trainer, dense_eval, load_backbone, model_section};
-use crate::train::stage1::StageSummary;
 
 /// A training query with its judged documents (indices into the corpus).
 struct Target<'a> {
@@ -214,13 +213,7 @@ pub fn run<B: AutodiffBackend>(
     let rollouts_path = tr.run_root().join("rollouts.jsonl");
     let mut last_dev = Vec::new();
     while tr.running() {
-        if interrupted() {
-            let name = tr.save()?;
-            return Err(Error::Interrupted(format!(
-                "stage3 saved at step {} ({name}); continue with --resume",
-                tr.state.step
-            )));
-        }
+        tr.stop_if_interrupted()?;
         if s3.refresh_every > 0
             && tr.state.step % s3.refresh_every == 0
             && tr.state.step != built_at
@@ -455,16 +448,5 @@ pub fn run<B: AutodiffBackend>(
             }
         }
     }
-    tr.bar.finish_and_clear();
-    tr.sinks.flush()?;
-    Ok(StageSummary {
-        steps: tr.state.step,
-        best: tr
-            .state
-            .best
-            .as_ref()
-            .map(|b| (b.metric.clone(), b.value, b.step)),
-        best_dir: tr.best_dir(),
-        last_dev,
-    })
+    tr.finish(last_dev)
 }

@@ -142,3 +142,23 @@ pub fn signal_when(args: &[&str], wait_for: &Path, signal: &str) -> (Option<i32>
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }
+
+/// Asserts every parameter of the checkpoint at `trained` differs (by more than `tol`) from the
+/// model the config `cfg` starts from (the seeded preset).
+pub fn assert_every_parameter_moved(cfg: &Path, trained: &Path, tol: f32) {
+    let c = t1_train::config::Config::load(cfg, &[]).unwrap();
+    let initial = t1_train::train::common::load_backbone::<Flex>(&c, &Default::default())
+        .unwrap()
+        .0;
+    let trained = t1_train::model::load_hf::<Flex>(trained, &Default::default()).unwrap();
+    let (a, b) = (params(&initial), params(&trained));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        let moved = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max);
+        assert!(moved > tol, "parameter {name} did not change");
+    }
+}
