@@ -184,10 +184,10 @@ fn eval_writes_run_folder_with_config_trec_run_and_events() {
 }
 
 #[test]
-fn stages_not_yet_built_say_so_with_exit_1_after_checking_the_config() {
+fn commands_not_yet_built_say_so_with_exit_1_after_checking_the_config() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "");
-    let o = t1(&["stage3", "--config", cfg.to_str().unwrap()]);
+    let o = t1(&["index", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("not available in this version yet"),
@@ -196,7 +196,7 @@ fn stages_not_yet_built_say_so_with_exit_1_after_checking_the_config() {
     );
     let bad = write_config(dir.path(), "\n[stage0]\n");
     assert_eq!(
-        t1(&["stage3", "--config", bad.to_str().unwrap()])
+        t1(&["index", "--config", bad.to_str().unwrap()])
             .status
             .code(),
         Some(2)
