@@ -142,3 +142,79 @@ fn failing_script_reward_stops_the_run_naming_script_and_line() {
         "{err}"
     );
 }
+
+#[test]
+fn interrupted_and_resumed_stage3_equals_uninterrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = stage3("");
+    let steps = 12;
+    let run = |name: &str| -> std::path::PathBuf {
+        config(
+            &dir.path().join(format!("{name}-cfg")),
+            &dir.path().join(name),
+            "s3",
+            steps,
+            &extra,
+        )
+    };
+    let args = |cfg: &std::path::Path| -> Vec<String> {
+        [
+            "stage3",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            "train.batch_size=2",
+            "--set",
+            "model.max_reasoning_tokens=12",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let cfg_a = run("a");
+    let a: Vec<String> = args(&cfg_a);
+    let o = t1(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let cfg_b = run("b");
+    let b: Vec<String> = args(&cfg_b);
+    let b_args: Vec<&str> = b.iter().map(String::as_str).collect();
+    support::interrupt_when(
+        &b_args,
+        &dir.path().join("b/s3/checkpoints/step-000004/state.json"),
+    );
+    assert!(
+        scalar(&dir.path().join("b/s3"), "stage3/loss").len() < steps as usize,
+        "finished before the signal"
+    );
+    let mut resume = b_args.clone();
+    resume.push("--resume");
+    let o = t1(&resume);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let ra = scalar(&dir.path().join("a/s3"), "stage3/reward");
+    let mut rb = scalar(&dir.path().join("b/s3"), "stage3/reward");
+    rb.sort_by_key(|x| x.0);
+    rb.dedup_by_key(|x| x.0);
+    assert_eq!(ra.len(), rb.len());
+    for ((s, x), (_, y)) in ra.iter().zip(&rb) {
+        assert!((x - y).abs() <= 1e-5, "step {s}: reward {x} vs {y}");
+    }
+    let last = format!("s3/checkpoints/step-{steps:06}");
+    let wa = support::params(
+        &t1_train::model::load_hf::<burn::backend::Flex>(
+            &dir.path().join("a").join(&last),
+            &Default::default(),
+        )
+        .unwrap(),
+    );
+    let wb = support::params(
+        &t1_train::model::load_hf::<burn::backend::Flex>(
+            &dir.path().join("b").join(&last),
+            &Default::default(),
+        )
+        .unwrap(),
+    );
+    let worst = support::max_param_diff(&wa, &wb);
+    assert!(worst <= 1e-5, "final weights differ by {worst}");
+}

@@ -154,8 +154,15 @@ pub fn run<B: AutodiffBackend>(
         .collect::<Result<_>>()?;
     let weights: Vec<f32> = s3.rewards.iter().map(|r| r.weight()).collect();
     // the frozen reference: the stage's starting model
-    let reference = if s3.beta > 0.0 {
+    // The starting model: the frozen reference (β > 0) and, on resume, what a frozen index is
+    // rebuilt from (so a resumed run ranks against the same index as an uninterrupted one).
+    let starting = if s3.beta > 0.0 || tr.state.step > 0 {
         Some(load_backbone::<B>(cfg, device)?.0.valid())
+    } else {
+        None
+    };
+    let reference = if s3.beta > 0.0 {
+        starting.clone()
     } else {
         None
     };
@@ -208,7 +215,10 @@ pub fn run<B: AutodiffBackend>(
             |_| {},
         )
     };
-    let mut index = build_index(&tr.model.valid())?;
+    let mut index = match (&starting, s3.refresh_every) {
+        (Some(start), 0) => build_index(start)?,
+        _ => build_index(&tr.model.valid())?,
+    };
     let mut built_at = tr.state.step;
     let rollouts_path = tr.run_root().join("rollouts.jsonl");
     let mut last_dev = Vec::new();
