@@ -376,6 +376,7 @@ fn rollout_groups_share_prompts_differ_in_samples_and_carry_embeddings() {
     use t1_train::model::{DecoderConfig, T1Tokenizer};
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tok = T1Tokenizer::load(&root.join("curricula/default/tokenizer.json")).unwrap();
+    <B as burn::tensor::backend::Backend>::seed(&Default::default(), 11);
     let m: Decoder<B> = DecoderConfig::tiny(tok.vocab_size()).init(&Default::default());
     let ds = Dataset::load(&root.join("curricula/default/data")).unwrap();
     let qs: Vec<_> = ds.queries.iter().take(2).collect();
@@ -406,4 +407,46 @@ fn rollout_groups_share_prompts_differ_in_samples_and_carry_embeddings() {
             r.stop == StopReason::Token(tok.end_think)
         );
     }
+}
+
+#[test]
+fn a_sampled_emb_token_does_not_close_the_row() {
+    // Pretend the 3rd greedy token is <emb_token>: the model "writes" it while reasoning. The row
+    // must go on sampling to max_new_tokens, then be closed by the forced </think><emb_token>.
+    let m = model("qwen3_tied");
+    let vocab = m.config().vocab_size as u32;
+    let prompts = sequences(&[6], vocab as usize, 5);
+    let greedy = generate(
+        &m,
+        &prompts,
+        &opts(Sampler::Greedy, 0, vec![], None),
+        |_| {},
+    )
+    .unwrap();
+    let g = &greedy[0].tokens;
+    let emb = g[2];
+    let end = (0..vocab).find(|t| !g.contains(t)).unwrap();
+    let embed = Embed {
+        end_think: end,
+        emb,
+    };
+    let r = generate(
+        &m,
+        &prompts,
+        &opts(Sampler::Greedy, 0, vec![end], Some(embed)),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        r[0].tokens, *g,
+        "sampling went on past the drawn <emb_token>"
+    );
+    assert_eq!(r[0].stop, StopReason::Length);
+    assert_eq!(r[0].forced, vec![end, emb]);
+    // its state is the one after the forced closing tokens, as a full forward of the row gives
+    let full = [prompts[0].clone(), r[0].tokens.clone(), r[0].forced.clone()].concat();
+    let (_, hidden, s) = full_forward(&m, &[full]);
+    let d = m.config().hidden_size;
+    let want = &hidden[(s - 1) * d..s * d];
+    assert!(max_abs_diff(r[0].embedding.as_ref().unwrap(), want) <= 1e-4);
 }

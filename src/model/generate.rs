@@ -303,7 +303,11 @@ pub fn generate<B: Backend>(
     loop {
         // 1. Read this step's outputs: embeddings, then draws for rows that are sampling.
         if let Some(e) = opts.embed {
-            let want: Vec<usize> = (0..n).filter(|&i| fed[i] == Some(e.emb)).collect();
+            // only the forced <emb_token> closes a row: one the model drew itself while still
+            // reasoning is an ordinary token
+            let want: Vec<usize> = (0..n)
+                .filter(|&i| fed[i] == Some(e.emb) && !rows[i].sampling)
+                .collect();
             if !want.is_empty() {
                 let sel = Tensor::<B, 1, Int>::from_data(
                     TensorData::new(
