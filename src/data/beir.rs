@@ -137,6 +137,26 @@ impl Dataset {
         })
     }
 
+    /// Corpus indices of the documents judged relevant (grade > 0) for `query_id` in `qrels`,
+    /// with their grades.
+    pub fn relevant(&self, qrels: &Qrels, query_id: &str) -> Vec<(usize, i32)> {
+        qrels
+            .get(query_id)
+            .into_iter()
+            .flatten()
+            .filter(|(_, g)| **g > 0)
+            .filter_map(|(d, g)| self.corpus.position(d).map(|i| (i, *g)))
+            .collect()
+    }
+
+    /// Corpus indices of a query's `excluded_ids`.
+    pub fn excluded(&self, q: &Query) -> std::collections::HashSet<usize> {
+        q.excluded_ids
+            .iter()
+            .filter_map(|d| self.corpus.position(d))
+            .collect()
+    }
+
     /// Reads another hard-negatives file (e.g. mined negatives) against this dataset's ids.
     pub fn read_hard_negatives(&self, path: &Path) -> Result<HashMap<String, Vec<String>>> {
         load_hard_negatives(path, &self.corpus, &self.query_index)

@@ -461,6 +461,22 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
+    /// Dense retrieval on the dev split through `view`: logs `<stage>/dev/*`, keeps the best
+    /// model (via [`Self::record_eval`]) and returns the metrics.
+    pub fn eval_dev_dense(&mut self, ds: &Dataset, view: QueryView) -> Result<Vec<(String, f64)>> {
+        let (report, _) = dense_eval(
+            &self.model.valid(),
+            &self.tok,
+            ds,
+            &self.cfg.raw.data.dev_split,
+            view,
+            &self.cfg,
+        )?;
+        let named = report.mean.named();
+        self.record_eval(&named)?;
+        Ok(named.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+    }
+
     /// `runs/<name>/best/`.
     pub fn best_dir(&self) -> PathBuf {
         self.run_dir.root().join("best")

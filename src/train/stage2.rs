@@ -41,7 +41,7 @@ use crate::model::{Decoder, T1Tokenizer};
 use crate::run::write_atomic;
 
 use crate::train::common::StageSummary;
-use crate::train::common::{Goal, Trainer, dense_eval, model_section, query_vectors};
+use crate::train::common::{Goal, Trainer, model_section, query_vectors};
 use crate::train::stage1::Example;
 
 /// One training query: its teacher-forced query view, relevant and excluded document indices.
@@ -62,10 +62,10 @@ fn train_queries(
     let mut out = Vec::new();
     let mut no_reasoning = 0;
     for q in ds.split_queries(&cfg.raw.data.train_split)? {
-        let positives: Vec<usize> = qrels[&q.id]
-            .iter()
-            .filter(|(_, s)| **s > 0)
-            .filter_map(|(d, _)| ds.corpus.position(d))
+        let positives: Vec<usize> = ds
+            .relevant(qrels, &q.id)
+            .into_iter()
+            .map(|(d, _)| d)
             .collect();
         if positives.is_empty() {
             continue; // judged, but nothing relevant: no positive to contrast against
@@ -82,11 +82,7 @@ fn train_queries(
             id: q.id.clone(),
             view: Example { ids, prompt_len },
             positives,
-            excluded: q
-                .excluded_ids
-                .iter()
-                .filter_map(|d| ds.corpus.position(d))
-                .collect(),
+            excluded: ds.excluded(q),
         });
     }
     Ok((out, no_reasoning))
@@ -370,17 +366,7 @@ pub fn run<B: AutodiffBackend>(
             ("neg_sim", neg),
         ])?;
         if tr.eval_due() {
-            let (report, _) = dense_eval(
-                &tr.model.valid(),
-                &tr.tok,
-                &ds,
-                &cfg.raw.data.dev_split,
-                cfg.raw.eval.query_view,
-                cfg,
-            )?;
-            let named = report.mean.named();
-            last_dev = named.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-            tr.record_eval(&named)?;
+            last_dev = tr.eval_dev_dense(&ds, cfg.raw.eval.query_view)?;
         }
         if tr.save_due() {
             tr.save()?;

@@ -47,7 +47,7 @@ use crate::model::Decoder;
 use crate::model::generate::Sampler;
 use crate::rollout::{RolloutBatch, RolloutOptions, sample};
 use crate::train::common::StageSummary;
-use crate::train::common::{Goal, Trainer, dense_eval, load_backbone, model_section};
+use crate::train::common::{Goal, Trainer, load_backbone, model_section};
 
 /// A training query with its judged documents (indices into the corpus).
 struct Target<'a> {
@@ -172,16 +172,8 @@ pub fn run<B: AutodiffBackend>(
         .into_iter()
         .map(|q| Target {
             query: q,
-            gold: qrels[&q.id]
-                .iter()
-                .filter(|(_, g)| **g > 0)
-                .filter_map(|(d, g)| ds.corpus.position(d).map(|i| (i, *g)))
-                .collect(),
-            excluded: q
-                .excluded_ids
-                .iter()
-                .filter_map(|d| ds.corpus.position(d))
-                .collect(),
+            gold: ds.relevant(qrels, &q.id),
+            excluded: ds.excluded(q),
         })
         .filter(|t| !t.gold.is_empty())
         .collect();
@@ -411,17 +403,7 @@ pub fn run<B: AutodiffBackend>(
             let pairs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
             tr.step(&pairs)?;
             if tr.eval_due() {
-                let (report, _) = dense_eval(
-                    &tr.model.valid(),
-                    &tr.tok,
-                    &ds,
-                    &cfg.raw.data.dev_split,
-                    QueryView::Generated,
-                    cfg,
-                )?;
-                let named = report.mean.named();
-                last_dev = named.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-                tr.record_eval(&named)?;
+                last_dev = tr.eval_dev_dense(&ds, QueryView::Generated)?;
                 // a few rollouts of this step, for reading
                 let mut text = String::new();
                 let mut lines = String::new();
