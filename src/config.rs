@@ -86,9 +86,21 @@ pub struct Stage3Section {
     /// Documents in each rollout's top-k list handed to rewards. Default 10.
     #[serde(default = "default_reward_top_k")]
     pub reward_top_k: usize,
+    /// Weight of the auxiliary InfoNCE of each rollout's own `<emb_token>` state against the
+    /// document index (its relevant documents as positives, the whole corpus as negatives),
+    /// added to the GRPO loss. Default 0 (off).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub aux_infonce_weight: f64,
+    /// Temperature τ of that InfoNCE. Default 0.05.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aux_infonce_temperature: Option<f64>,
     /// The rewards, combined with their weights (at least one).
     #[serde(default = "default_rewards")]
     pub rewards: Vec<t1_rewards::RewardSpec>,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Default for Stage3Section {
@@ -673,6 +685,14 @@ impl RawConfig {
         }
         if s3.iterations == 0 {
             return Err(err("stage3.iterations", "must be at least 1".into()));
+        }
+        if !(s3.aux_infonce_weight >= 0.0) {
+            return Err(err("stage3.aux_infonce_weight", "must be ≥ 0".into()));
+        }
+        if let Some(t) = s3.aux_infonce_temperature {
+            if !(t > 0.0) {
+                return Err(err("stage3.aux_infonce_temperature", "must be > 0".into()));
+            }
         }
         let eh = s3.epsilon_high.unwrap_or(s3.epsilon);
         if !(0.0..1.0).contains(&s3.epsilon) || eh < 0.0 {

@@ -57,6 +57,7 @@ fn stage3_smoke_updates_the_policy_and_logs() {
         "stage3/reward",
         "stage3/loss",
         "stage3/kl",
+        "stage3/entropy",
         "stage3/grad_norm",
         "stage3/reward/script:top3_bonus",
     ] {
@@ -217,4 +218,69 @@ fn interrupted_and_resumed_stage3_equals_uninterrupted() {
     );
     let worst = support::max_param_diff(&wa, &wb);
     assert!(worst <= 1e-5, "final weights differ by {worst}");
+}
+
+/// A constant reward gives every group zero advantage, so with β = 0 the GRPO gradient is exactly
+/// zero and the policy cannot move — unless the auxiliary InfoNCE on the rollouts' own
+/// `<emb_token>` states is on, which alone moves it.
+#[test]
+fn auxiliary_infonce_alone_moves_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let constant = dir.path().join("constant.rhai");
+    std::fs::write(&constant, "fn reward(o) {\n  1.0\n}\n").unwrap();
+    let run = |name: &str, weight: f64| {
+        let extra = format!(
+            "[stage3]\ngroup_size = 2\nmask_truncated = false\naux_infonce_weight = {weight}\n\n\
+             [[stage3.rewards]]\nname = \"script\"\npath = \"{}\"\n",
+            constant.display()
+        );
+        let cfg = config(dir.path(), &dir.path().join("runs"), name, 2, &extra);
+        let o = t1(&[
+            "stage3",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            "train.batch_size=2",
+            "--set",
+            "train.weight_decay=0.0",
+            "--set",
+            "train.warmup_steps=0",
+            "--set",
+            "model.max_reasoning_tokens=8",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let c =
+            t1_train::config::Config::load(&cfg, &["train.warmup_steps=0".to_string()]).unwrap();
+        let start =
+            t1_train::train::common::load_backbone::<burn::backend::Flex>(&c, &Default::default())
+                .unwrap()
+                .0;
+        let end = t1_train::model::load_hf::<burn::backend::Flex>(
+            &dir.path()
+                .join(format!("runs/{name}/checkpoints/step-000002")),
+            &Default::default(),
+        )
+        .unwrap();
+        (
+            support::max_param_diff(&support::params(&start), &support::params(&end)),
+            dir.path().join(format!("runs/{name}")),
+        )
+    };
+    let (moved_off, run_off) = run("aux-off", 0.0);
+    assert_eq!(
+        moved_off, 0.0,
+        "a zero-advantage GRPO step moved the policy"
+    );
+    assert!(scalar(&run_off, "stage3/aux_infonce").is_empty());
+    let (moved_on, run_on) = run("aux-on", 1.0);
+    assert!(
+        moved_on > 0.0,
+        "the auxiliary InfoNCE did not move the policy"
+    );
+    let aux = scalar(&run_on, "stage3/aux_infonce");
+    assert_eq!(aux.len(), 2);
+    assert!(
+        aux.iter().all(|(_, x)| x.is_finite() && *x > 0.0),
+        "{aux:?}"
+    );
 }

@@ -108,3 +108,55 @@ pub fn info_nce<B: Backend>(
         neg_sim: if negs > 0 { neg / negs as f64 } else { 0.0 },
     }
 }
+
+/// InfoNCE of query vectors against a whole fixed corpus (stage 3's optional auxiliary loss on
+/// the rollouts' own `<emb_token>` states; gradient flows through the queries only).
+///
+/// `queries` `[r, d]` raw hidden states (normalised here), `docs` `[N, d]` unit rows (the
+/// document index), `pairs` `(row, doc)` one per (query, relevant document), `ignore` per pair
+/// the documents left out of that pair's softmax (the row's other relevant documents and its
+/// excluded ids — never the pair's own document), `temperature` τ > 0:
+///
+/// ```text
+/// scores = q̂ · Dᵀ / τ                        [r, N]
+/// L      = mean over pairs (i, g) of −log softmax(scores_i with ignore_(i,g) removed)[g]
+/// ```
+/// → `[1]`. With no pairs the loss is `0` (still attached to `queries`).
+pub fn corpus_nce<B: Backend>(
+    queries: Tensor<B, 2>,
+    docs: Tensor<B, 2>,
+    pairs: &[(usize, usize)],
+    ignore: &[Vec<usize>],
+    temperature: f64,
+) -> Tensor<B, 1> {
+    let device = queries.device();
+    let n = docs.dims()[0];
+    let scores = l2_normalize(queries.clone()).matmul(docs.transpose()) / temperature; // [r, N]
+    if pairs.is_empty() {
+        return queries.sum().mul_scalar(0.0).reshape([1]);
+    }
+    let p = pairs.len();
+    let rows = Tensor::<B, 1, Int>::from_data(
+        burn::tensor::TensorData::new(pairs.iter().map(|&(r, _)| r as i64).collect(), [p]),
+        &device,
+    );
+    let mut per_pair = scores.select(0, rows); // [P, N]
+    if ignore.iter().any(|v| !v.is_empty()) {
+        let mut mask = vec![false; p * n];
+        for (k, docs) in ignore.iter().enumerate() {
+            for &j in docs {
+                if j != pairs[k].1 {
+                    mask[k * n + j] = true;
+                }
+            }
+        }
+        let mask =
+            Tensor::<B, 2, Bool>::from_data(burn::tensor::TensorData::new(mask, [p, n]), &device);
+        per_pair = per_pair.mask_fill(mask, -1e9);
+    }
+    let targets = Tensor::<B, 1, Int>::from_data(
+        burn::tensor::TensorData::new(pairs.iter().map(|&(_, g)| g as i64).collect(), [p]),
+        &device,
+    );
+    cross_entropy(per_pair, targets)
+}

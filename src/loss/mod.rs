@@ -5,6 +5,6 @@ pub mod contrastive;
 pub mod grpo;
 pub mod sft;
 
-pub use contrastive::{InfoNce, info_nce};
+pub use contrastive::{InfoNce, corpus_nce, info_nce};
 pub use grpo::{GrpoOut, GrpoParams, KlEstimator, LossType, grpo_loss};
 pub use sft::{Sft, sft_loss};

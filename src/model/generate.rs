@@ -119,6 +119,9 @@ pub struct Rollout {
     pub tokens: Vec<u32>,
     /// Sampling-time `log_softmax(logits / T)[token]` of each sampled token (same length).
     pub logprobs: Vec<f32>,
+    /// Entropy of the full sampling distribution `softmax(logits / T)` at each sampled position
+    /// (same length; before top-k/top-p, like the log-probs).
+    pub entropies: Vec<f32>,
     pub stop: StopReason,
     /// Tokens fed after sampling without being sampled (`</think>` when missing, `<emb_token>`).
     pub forced: Vec<u32>,
@@ -144,19 +147,26 @@ fn argmax(xs: &[f32]) -> usize {
     best
 }
 
-/// `log_softmax(logits / t)[token]`, in f64.
-fn logprob(logits: &[f32], t: f32, token: usize) -> f32 {
+/// `log_softmax(logits / t)[token]` and the entropy `−Σ p log p` of `softmax(logits / t)`, in
+/// f64: with `z = logits / t`, `m = max z`, `Z = Σ e^(z−m)`, `lse = m + ln Z` and
+/// `H = lse − Σ e^(z−m)·z / Z`.
+fn logprob_entropy(logits: &[f32], t: f32, token: usize) -> (f32, f32) {
     let t = t as f64;
     let m = logits
         .iter()
         .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64 / t));
-    let lse = logits
-        .iter()
-        .map(|&x| (x as f64 / t - m).exp())
-        .sum::<f64>()
-        .ln()
-        + m;
-    (logits[token] as f64 / t - lse) as f32
+    let (mut z, mut zx) = (0.0f64, 0.0f64);
+    for &x in logits {
+        let v = x as f64 / t;
+        let e = (v - m).exp();
+        z += e;
+        zx += e * v;
+    }
+    let lse = z.ln() + m;
+    (
+        (logits[token] as f64 / t - lse) as f32,
+        (lse - zx / z) as f32,
+    )
 }
 
 /// Draws a token from one row of logits `[V]`.
@@ -286,6 +296,7 @@ pub fn generate<B: Backend>(
             out: Rollout {
                 tokens: Vec::new(),
                 logprobs: Vec::new(),
+                entropies: Vec::new(),
                 stop: StopReason::Length,
                 forced: Vec::new(),
                 embedding: None,
@@ -343,7 +354,9 @@ pub fn generate<B: Backend>(
                 let row = &mut rows[i];
                 let t = sample_token(row_logits, &opts.sampler, &mut row.rng);
                 row.out.tokens.push(t as u32);
-                row.out.logprobs.push(logprob(row_logits, temperature, t));
+                let (lp, h) = logprob_entropy(row_logits, temperature, t);
+                row.out.logprobs.push(lp);
+                row.out.entropies.push(h);
                 let t = t as u32;
                 let stopped = opts.stop.contains(&t);
                 if stopped || row.out.tokens.len() >= opts.max_new_tokens {
@@ -474,6 +487,21 @@ mod tests {
         let logits = [1.0f32, 2.0, 3.0];
         let z: f64 = logits.iter().map(|&x| (x as f64 / 2.0).exp()).sum();
         let want = (1.0f64 / 2.0).exp() / z;
-        assert!((logprob(&logits, 2.0, 0) as f64 - want.ln()).abs() < 1e-6);
+        assert!((logprob_entropy(&logits, 2.0, 0).0 as f64 - want.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn entropy_is_that_of_the_tempered_softmax() {
+        let logits = [1.0f32, 2.0, 3.0, -1.0];
+        let z: f64 = logits.iter().map(|&x| (x as f64 / 0.7).exp()).sum();
+        let want: f64 = logits
+            .iter()
+            .map(|&x| (x as f64 / 0.7).exp() / z)
+            .map(|p| -p * p.ln())
+            .sum();
+        assert!((logprob_entropy(&logits, 0.7, 2).1 as f64 - want).abs() < 1e-6);
+        // uniform over 4 → ln 4; one-hot-like → ≈ 0
+        assert!((logprob_entropy(&[0.0; 4], 1.0, 0).1 as f64 - 4f64.ln()).abs() < 1e-6);
+        assert!(logprob_entropy(&[100.0, 0.0, 0.0], 1.0, 0).1 < 1e-30);
     }
 }

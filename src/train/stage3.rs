@@ -18,12 +18,18 @@
 //!
 //! Deviations from TRL: one process; the rollouts of a step are split into `train.grad_accum`
 //! micro-batches for the backward (each scaled by 1/grad_accum; `dapo` normalises by the whole
-//! batch's completion tokens, so the sum matches); entropy is not logged yet.
+//! batch's completion tokens, so the sum matches); `entropy` is that of the sampling
+//! distribution over the completion tokens (computed in the decode loop — the same policy TRL's
+//! training forward sees at μ = 1 — rather than from a second full-vocabulary pass).
+//!
+//! Optional: `stage3.aux_infonce_weight` > 0 adds `loss::corpus_nce` of each live rollout's own
+//! `<emb_token>` state (read from the same forward as the log-probs, with gradient) against the
+//! document index, its relevant documents as positives.
 //!
 //! Logs `stage3/{reward, reward_std, reward/<name>, frac_reward_zero_std, gold_rank_mean,
 //! gold_rank_median, hit@10, completion_len_mean, completion_len_max, truncated_frac,
-//! format_frac, clip_low, clip_high, clip_region, kl, loss, rollouts_per_s, lr, grad_norm,
-//! tokens_per_s}`; every `train.eval_every` steps dense dev retrieval with greedy reasoning
+//! format_frac, clip_low, clip_high, clip_region, kl, entropy, loss, aux_infonce (when on),
+//! rollouts_per_s, lr, grad_norm, tokens_per_s}`; every `train.eval_every` steps dense dev retrieval with greedy reasoning
 //! (`stage3/dev/ndcg@10`, best model kept) and a few rollouts to `rollouts.jsonl` and
 //! TensorBoard text.
 
@@ -42,7 +48,7 @@ use crate::config::{Config, QueryView};
 use crate::data::{Dataset, Query};
 use crate::error::{Error, Result};
 use crate::index::{DocIndex, rank_gold};
-use crate::loss::{GrpoParams, LossType, grpo_loss};
+use crate::loss::{GrpoParams, LossType, corpus_nce, grpo_loss};
 use crate::model::Decoder;
 use crate::model::generate::Sampler;
 use crate::rollout::{RolloutBatch, RolloutOptions, sample};
@@ -56,7 +62,8 @@ struct Target<'a> {
     excluded: HashSet<usize>,
 }
 
-/// Right-padded prompt + completion sequences of some rollouts, for the policy's log-probs.
+/// Right-padded prompt + completion + forced (`</think>`, `<emb_token>`) sequences of some
+/// rollouts, for the policy's log-probs and (auxiliary InfoNCE) `<emb_token>` states.
 struct Completions<B: Backend> {
     inputs: Tensor<B, 2, Int>,
     attention: Tensor<B, 2, Int>,
@@ -66,6 +73,10 @@ struct Completions<B: Backend> {
     /// Sampling-time log-probs at those positions (0 elsewhere).
     sampled: Tensor<B, 2>,
     tokens: f64,
+    /// Position of each row's `<emb_token>` `[b]`.
+    emb_pos: Tensor<B, 1, Int>,
+    /// Rows that take part in the loss (not masked as truncated).
+    live: Vec<bool>,
 }
 
 fn completions<B: Backend, I: Backend>(
@@ -77,18 +88,26 @@ fn completions<B: Backend, I: Backend>(
 ) -> Completions<B> {
     let seqs: Vec<Vec<u32>> = rows
         .iter()
-        .map(|&i| [batch.prompts[i].as_slice(), &batch.rollouts[i].tokens].concat())
+        .map(|&i| {
+            let r = &batch.rollouts[i];
+            [batch.prompts[i].as_slice(), &r.tokens, &r.forced].concat()
+        })
         .collect();
     let b = rows.len();
-    let s = seqs.iter().map(|q| q.len() - 1).max().unwrap_or(1).max(1);
+    // every token is an input (the last, <emb_token>, for its state); targets are shifted by one
+    let s = seqs.iter().map(|q| q.len()).max().unwrap_or(1).max(1);
     let (mut inputs, mut attention, mut targets, mut mask, mut sampled) =
         (vec![], vec![], vec![], vec![], vec![]);
     let mut tokens = 0.0;
+    let mut emb_pos = Vec::with_capacity(b);
+    let mut lives = Vec::with_capacity(b);
     for (r, &i) in rows.iter().enumerate() {
         let q = &seqs[r];
         let p = batch.prompts[i].len();
         let ro = &batch.rollouts[i];
         let live = !(mask_truncated && ro.truncated());
+        emb_pos.push(q.len() as i64 - 1);
+        lives.push(live);
         for pos in 0..s {
             let real = pos + 1 < q.len();
             inputs.push(if pos < q.len() { q[pos] } else { pad } as i64);
@@ -113,14 +132,25 @@ fn completions<B: Backend, I: Backend>(
         mask: float(mask),
         sampled: float(sampled),
         tokens,
+        emb_pos: Tensor::from_data(TensorData::new(emb_pos, [b]), device),
+        live: lives,
     }
 }
 
-/// Log-probs `[b, s]` of the targets at temperature `t` (logits / t = (h / t)·W).
-fn logprobs<B: Backend>(model: &Decoder<B>, c: &Completions<B>, t: f32) -> Tensor<B, 2> {
+/// Log-probs `[b, s]` of the targets at temperature `t` (logits / t = (h / t)·W), and the
+/// `<emb_token>` states `[b, d]`.
+fn logprobs<B: Backend>(
+    model: &Decoder<B>,
+    c: &Completions<B>,
+    t: f32,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let (_, hidden) = model.forward(c.inputs.clone(), Some(c.attention.clone()));
     let s = hidden.dims()[1];
-    model.token_logprobs(hidden / t as f64, c.targets.clone(), s)
+    let emb = Decoder::hidden_at(hidden.clone(), c.emb_pos.clone());
+    (
+        model.token_logprobs(hidden / t as f64, c.targets.clone(), s),
+        emb,
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -278,6 +308,15 @@ pub fn run<B: AutodiffBackend>(
         }
         // 4. advantages
         let adv = group_advantages(&combined, g, s3.scale_rewards);
+        // mean entropy of the sampling distribution over the completion tokens that get a loss
+        let live_entropies: Vec<f32> = batch
+            .rollouts
+            .iter()
+            .filter(|r| !(s3.mask_truncated && r.truncated()))
+            .flat_map(|r| r.entropies.iter().copied())
+            .collect();
+        let entropy = live_entropies.iter().map(|&h| h as f64).sum::<f64>()
+            / live_entropies.len().max(1) as f64;
         let rollout_secs = started.elapsed().as_secs_f64();
         // 5.–6. loss and μ updates
         let chunks: Vec<Vec<usize>> = (0..n)
@@ -305,9 +344,12 @@ pub fn run<B: AutodiffBackend>(
                             mask: c.mask.clone().inner(),
                             sampled: c.sampled.clone().inner(),
                             tokens: c.tokens,
+                            emb_pos: c.emb_pos.clone().inner(),
+                            live: c.live.clone(),
                         },
                         s3.temperature,
-                    );
+                    )
+                    .0;
                     Tensor::from_inner(lp)
                 })
             })
@@ -317,10 +359,11 @@ pub fn run<B: AutodiffBackend>(
                 break;
             }
             let (mut loss_sum, mut kl, mut cl, mut ch, mut cr) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            let mut aux_sum = 0.0;
             for ((c, rows), rf) in parts.iter().zip(&chunks).zip(&refs) {
                 let a: Vec<f32> = rows.iter().map(|&i| adv.values[i]).collect();
                 let a = Tensor::<B, 1>::from_data(TensorData::new(a, [rows.len()]), device);
-                let lp = logprobs(&tr.model, c, s3.temperature);
+                let (lp, emb) = logprobs(&tr.model, c, s3.temperature);
                 let old = if s3.iterations == 1 {
                     lp.clone().detach()
                 } else {
@@ -329,11 +372,46 @@ pub fn run<B: AutodiffBackend>(
                 let out = grpo_loss(lp, old, rf.clone(), a, c.mask.clone(), &params(num_items));
                 let w = c.tokens / total_tokens.max(1.0);
                 loss_sum += out.loss.clone().into_scalar().elem::<f64>();
+                let mut loss = out.loss;
+                if s3.aux_infonce_weight > 0.0 {
+                    // each live rollout's own <emb_token> state against the whole index
+                    let (mut pairs, mut ignore) = (Vec::new(), Vec::new());
+                    for (r, &i) in rows.iter().enumerate() {
+                        let target = &targets[picked[i / g]];
+                        if !c.live[r] {
+                            continue;
+                        }
+                        for &(doc, _) in target
+                            .gold
+                            .iter()
+                            .filter(|(d, _)| !target.excluded.contains(d))
+                        {
+                            pairs.push((r, doc));
+                            ignore.push(
+                                target
+                                    .gold
+                                    .iter()
+                                    .map(|&(d, _)| d)
+                                    .chain(target.excluded.iter().copied())
+                                    .collect::<Vec<_>>(),
+                            );
+                        }
+                    }
+                    let aux = corpus_nce(
+                        emb,
+                        Tensor::from_inner(index.vectors.clone()),
+                        &pairs,
+                        &ignore,
+                        s3.aux_infonce_temperature.unwrap_or(0.05),
+                    );
+                    aux_sum += aux.clone().into_scalar().elem::<f64>() / chunks.len() as f64;
+                    loss = loss + aux.mul_scalar(s3.aux_infonce_weight);
+                }
                 kl += out.kl * w;
                 cl += out.clip_low * w;
                 ch += out.clip_high * w;
                 cr += out.clip_region * w;
-                tr.backward(out.loss);
+                tr.backward(loss);
             }
             tr.tokens += total_tokens as usize;
             let scored: Vec<f64> = combined.iter().flatten().map(|&v| v as f64).collect();
@@ -391,8 +469,12 @@ pub fn run<B: AutodiffBackend>(
                 ("clip_high".into(), ch),
                 ("clip_region".into(), cr),
                 ("kl".into(), kl),
+                ("entropy".into(), entropy),
                 ("rollouts_per_s".into(), n as f64 / rollout_secs.max(1e-9)),
             ];
+            if s3.aux_infonce_weight > 0.0 {
+                scalars.push(("aux_infonce".into(), aux_sum));
+            }
             for (r, vals) in rewards.iter().zip(&per_fn) {
                 let v: Vec<f64> = vals.iter().flatten().map(|&x| x as f64).collect();
                 scalars.push((
