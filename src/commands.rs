@@ -187,3 +187,196 @@ pub fn generate<B: Backend>(req: &GenerateRequest, device: &B::Device) -> Result
         })
         .collect()
 }
+
+/// The model a config names, as `(description, sha256)`: an HF folder's weight files, or for a
+/// preset its name, seed and tokenizer (a preset is initialised from `run.seed`).
+pub fn model_identity(cfg: &Config) -> Result<(String, String, Option<u64>)> {
+    use sha2::{Digest, Sha256};
+    let m = crate::train::common::model_section(cfg)?;
+    match (&m.path, &m.preset) {
+        (Some(dir), _) => Ok((
+            dir.display().to_string(),
+            crate::index::model_hash(dir)?,
+            crate::index::model_step(dir),
+        )),
+        (None, Some(name)) => {
+            let tok = m.tokenizer.as_ref().map(|p| p.display().to_string());
+            let text = format!("preset {name} seed {} tokenizer {tok:?}", cfg.raw.run.seed);
+            let tok_bytes = match &m.tokenizer {
+                Some(p) => std::fs::read(p).map_err(|e| Error::io(p, e))?,
+                None => Vec::new(),
+            };
+            let mut h = Sha256::new();
+            h.update(text.as_bytes());
+            h.update(&tok_bytes);
+            Ok((
+                format!("preset {name} (seed {})", cfg.raw.run.seed),
+                format!("{:x}", h.finalize()),
+                Some(0),
+            ))
+        }
+        (None, None) => unreachable!("validate() requires model.path or model.preset"),
+    }
+}
+
+/// `t1-train index --config FILE [--out FILE]`: encode the config's corpus with its model's
+/// document view (no autodiff) and save it (default `runs/<name>/index/index.safetensors`).
+pub fn index<B: Backend>(
+    cfg: &Config,
+    out: Option<&Path>,
+    device: &B::Device,
+) -> Result<(std::path::PathBuf, crate::index::IndexMeta)> {
+    let run_dir = RunDir::create(cfg)?;
+    let ds = Dataset::load(&cfg.raw.data.dataset)?;
+    let m = crate::train::common::model_section(cfg)?;
+    let (model_desc, model_sha, step) = model_identity(cfg)?;
+    let (model, tok) = crate::train::common::load_backbone::<B>(cfg, device)?;
+    let bar = progress_bar(ds.corpus.len() as u64, "index", cfg.raw.logging.progress);
+    let index = crate::index::DocIndex::build(
+        &model,
+        &tok,
+        &ds.corpus,
+        m.max_doc_tokens,
+        cfg.raw.train.eval_batch_size,
+        |done| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    let path = match out {
+        Some(p) => p.to_path_buf(),
+        None => run_dir.subdir("index")?.join("index.safetensors"),
+    };
+    let meta = crate::index::IndexMeta {
+        format: 1,
+        model: model_desc,
+        model_sha256: model_sha,
+        model_step: step,
+        dataset: cfg.raw.data.dataset.display().to_string(),
+        corpus_sha256: crate::index::corpus_hash(&ds.corpus),
+        max_doc_tokens: m.max_doc_tokens,
+        max_query_tokens: m.max_query_tokens,
+        max_reasoning_tokens: m.max_reasoning_tokens,
+        num_docs: 0,
+        dim: 0,
+        vectors_sha256: String::new(),
+        written_by: format!("t1-train {}", env!("CARGO_PKG_VERSION")),
+    };
+    let meta = index.save(&path, &ds.corpus.ids, meta)?;
+    if index.truncated > 0 {
+        eprintln!(
+            "note: {} of {} documents were cut at model.max_doc_tokens = {}",
+            index.truncated,
+            ds.corpus.len(),
+            m.max_doc_tokens
+        );
+    }
+    Ok((path, meta))
+}
+
+/// One answer of `t1-train search`.
+#[derive(Debug, Clone)]
+pub struct SearchHit {
+    pub rank: usize,
+    pub id: String,
+    pub score: f32,
+    /// Title and text when the indexed dataset is still there (and unchanged).
+    pub title: Option<String>,
+    pub text: Option<String>,
+}
+
+/// `t1-train search`: the model writes its reasoning for each query (greedy), its `<emb_token>`
+/// state is scored against a saved index, the top `k` come back. Refuses an index built from
+/// another model (weights hash) or, when the indexed dataset is readable, another corpus.
+pub fn search<B: Backend>(
+    model_dir: &Path,
+    index_path: &Path,
+    queries: &[String],
+    k: usize,
+    device: &B::Device,
+) -> Result<Vec<(String, Vec<SearchHit>)>> {
+    let (index, meta, ids) = crate::index::DocIndex::<B>::load(index_path, device)?;
+    crate::index::check_index(
+        index_path,
+        &meta,
+        &meta.corpus_sha256,
+        Some(&crate::index::model_hash(model_dir)?),
+    )?;
+    // the documents' text, when the dataset it was built from is still there and unchanged
+    let corpus = Dataset::load(Path::new(&meta.dataset))
+        .ok()
+        .map(|ds| {
+            crate::index::check_index(
+                index_path,
+                &meta,
+                &crate::index::corpus_hash(&ds.corpus),
+                None,
+            )
+            .map(|_| ds.corpus)
+        })
+        .transpose()?;
+    let tok = T1Tokenizer::load(&model_dir.join("tokenizer.json"))?;
+    let mut model: Decoder<B> = load_hf(model_dir, device)?;
+    if tok.vocab_size() > model.config().vocab_size {
+        model = model.resize_vocab(tok.vocab_size())?;
+    }
+    let qs: Vec<crate::data::Query> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, text)| crate::data::Query {
+            id: format!("q{}", i + 1),
+            text: text.clone(),
+            reasoning: None,
+            excluded_ids: Vec::new(),
+        })
+        .collect();
+    let refs: Vec<&crate::data::Query> = qs.iter().collect();
+    let opts = GenerateOptions {
+        sampler: Sampler::Greedy,
+        max_new_tokens: meta.max_reasoning_tokens,
+        stop: tok.eos.into_iter().chain([tok.end_think]).collect(),
+        embed: Some(Embed {
+            end_think: tok.end_think,
+            emb: tok.emb,
+        }),
+        pad: tok.pad,
+        seed: 0,
+    };
+    let prompts = refs
+        .iter()
+        .map(|q| tok.query_prompt(&q.text, meta.max_query_tokens))
+        .collect::<Result<Vec<_>>>()?;
+    let rollouts = generate::generate(&model, &prompts, &opts, |_| {})?;
+    let d = model.config().hidden_size;
+    let mut flat: Vec<f32> = Vec::with_capacity(rollouts.len() * d);
+    let mut reasoning = Vec::with_capacity(rollouts.len());
+    for r in &rollouts {
+        flat.extend(
+            r.embedding
+                .as_ref()
+                .ok_or_else(|| Error::Runtime("rollout without an <emb_token> state".into()))?,
+        );
+        reasoning.push(tok.decode(&r.tokens, false)?);
+    }
+    let qv = burn::tensor::Tensor::<B, 2>::from_data(
+        burn::tensor::TensorData::new(flat, [rollouts.len(), d]),
+        device,
+    );
+    let top = crate::index::top_k(&index, qv, &ids, k, 64, &[])?;
+    Ok(reasoning
+        .into_iter()
+        .zip(top)
+        .map(|(r, hits)| {
+            let hits = hits
+                .into_iter()
+                .enumerate()
+                .map(|(rank, (i, score))| SearchHit {
+                    rank: rank + 1,
+                    id: ids[i].clone(),
+                    score,
+                    title: corpus.as_ref().map(|c| c.titles[i].clone()),
+                    text: corpus.as_ref().map(|c| c.texts[i].clone()),
+                })
+                .collect();
+            (r, hits)
+        })
+        .collect())
+}

@@ -86,6 +86,11 @@ pub struct Stage3Section {
     /// Documents in each rollout's top-k list handed to rewards. Default 10.
     #[serde(default = "default_reward_top_k")]
     pub reward_top_k: usize,
+    /// A saved index (`t1-train index`) of the starting model to rank against instead of
+    /// encoding the corpus at start; refused unless its model and corpus hashes match
+    /// `model.path` and `data.dataset`. Relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<PathBuf>,
     /// Weight of the auxiliary InfoNCE of each rollout's own `<emb_token>` state against the
     /// document index (its relevant documents as positives, the whole corpus as negatives),
     /// added to the GRPO loss. Default 0 (off).
@@ -686,13 +691,17 @@ impl RawConfig {
         if s3.iterations == 0 {
             return Err(err("stage3.iterations", "must be at least 1".into()));
         }
-        if !(s3.aux_infonce_weight >= 0.0) {
+        if s3.aux_infonce_weight.is_nan() || s3.aux_infonce_weight < 0.0 {
             return Err(err("stage3.aux_infonce_weight", "must be ≥ 0".into()));
         }
-        if let Some(t) = s3.aux_infonce_temperature {
-            if !(t > 0.0) {
-                return Err(err("stage3.aux_infonce_temperature", "must be > 0".into()));
-            }
+        if let Some(t) = s3
+            .aux_infonce_temperature
+            .filter(|t| t.is_nan() || *t <= 0.0)
+        {
+            return Err(err(
+                "stage3.aux_infonce_temperature",
+                format!("must be > 0, got {t}"),
+            ));
         }
         let eh = s3.epsilon_high.unwrap_or(s3.epsilon);
         if !(0.0..1.0).contains(&s3.epsilon) || eh < 0.0 {
@@ -721,6 +730,19 @@ impl RawConfig {
                     t1_rewards::NAMES.join(", ")
                 ),
             ));
+        }
+        if let Some(p) = &s3.index {
+            let p = resolve(base, p);
+            if !p.is_file() {
+                return Err(err(
+                    "stage3.index",
+                    format!(
+                        "index file {} does not exist (write it with `t1-train index`)",
+                        p.display()
+                    ),
+                ));
+            }
+            s3.index = Some(p);
         }
         for (i, r) in s3.rewards.iter_mut().enumerate() {
             r.resolve(base);

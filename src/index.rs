@@ -5,8 +5,10 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use std::path::Path;
+
 use crate::data::Corpus;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::loss::contrastive::l2_normalize;
 use crate::model::{Decoder, T1Tokenizer};
 
@@ -122,6 +124,274 @@ impl<B: Backend> DocIndex<B> {
     }
 }
 
+/// What an index was built from, stored in the index file's header. `t1-train search` and
+/// `stage3.index` refuse an index whose model or corpus hash differs from theirs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexMeta {
+    /// File format version (1).
+    pub format: u32,
+    /// The model folder it was encoded with (as given; informative).
+    pub model: String,
+    /// SHA-256 over the model's weight files ([`model_hash`]).
+    pub model_sha256: String,
+    /// Training step of that model when known (a checkpoint's `state.json` or `best/`'s
+    /// `t1-best.json`).
+    pub model_step: Option<u64>,
+    /// The dataset folder whose corpus was encoded (informative).
+    pub dataset: String,
+    /// [`corpus_hash`] of that corpus.
+    pub corpus_sha256: String,
+    pub max_doc_tokens: usize,
+    /// Query-side lengths of the model section, so `search` embeds queries as training did.
+    pub max_query_tokens: usize,
+    pub max_reasoning_tokens: usize,
+    pub num_docs: usize,
+    pub dim: usize,
+    /// SHA-256 of the little-endian f32 vectors (detects a corrupted file).
+    pub vectors_sha256: String,
+    /// `t1-train` version that wrote it.
+    pub written_by: String,
+}
+
+/// SHA-256 of a corpus's content: every document's id, title and text in file order (so a
+/// reformatted but identical corpus.jsonl hashes the same, an edited document does not).
+pub fn corpus_hash(corpus: &Corpus) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for i in 0..corpus.len() {
+        for field in [&corpus.ids[i], &corpus.titles[i], &corpus.texts[i]] {
+            h.update((field.len() as u64).to_le_bytes());
+            h.update(field.as_bytes());
+        }
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// SHA-256 over a model folder's weight files (`model.safetensors` or its shards, in name order).
+pub fn model_hash(dir: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for f in crate::model::weights::safetensors_files(dir)? {
+        let mut file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
+        std::io::copy(&mut file, &mut h).map_err(|e| Error::io(&f, e))?;
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// The training step a model folder was saved at, when it says.
+pub fn model_step(dir: &Path) -> Option<u64> {
+    ["state.json", "t1-best.json"].iter().find_map(|f| {
+        let text = std::fs::read_to_string(dir.join(f)).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
+    })
+}
+
+fn vectors_hash(flat: &[f32]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for x in flat {
+        h.update(x.to_le_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+impl<B: Backend> DocIndex<B> {
+    /// Writes the index as one safetensors file: tensor `vectors` `[N, d]` f32, header metadata
+    /// `t1.meta` ([`IndexMeta`] as JSON, `vectors_sha256` filled in here) and `t1.doc_ids`
+    /// (JSON array, corpus order). Atomic: a crash leaves the old file or the new one.
+    pub fn save(&self, path: &Path, ids: &[String], mut meta: IndexMeta) -> Result<IndexMeta> {
+        let [n, d] = self.vectors.dims();
+        let flat = self
+            .vectors
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| Error::Runtime(format!("cannot read the index: {e:?}")))?;
+        meta.num_docs = n;
+        meta.dim = d;
+        meta.vectors_sha256 = vectors_hash(&flat);
+        let bytes: Vec<u8> = flat.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n, d], &bytes)
+                .map_err(|e| Error::Runtime(format!("cannot build the index tensor: {e}")))?;
+        let header: std::collections::HashMap<String, String> = [
+            (
+                "t1.meta".to_string(),
+                serde_json::to_string(&meta).expect("meta serialises"),
+            ),
+            (
+                "t1.doc_ids".to_string(),
+                serde_json::to_string(ids).expect("ids serialise"),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let out = safetensors::serialize([("vectors", view)], Some(header))
+            .map_err(|e| Error::Runtime(format!("cannot serialise the index: {e}")))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        crate::run::write_atomic(path, &out)?;
+        Ok(meta)
+    }
+
+    /// Reads an index written by [`Self::save`]; a truncated or corrupted file, a foreign
+    /// safetensors file, or vectors that do not match their checksum are errors naming the file.
+    pub fn load(path: &Path, device: &B::Device) -> Result<(Self, IndexMeta, Vec<String>)> {
+        let bad = |m: String| {
+            Error::Runtime(format!(
+                "{}: not a valid t1-train index: {m}",
+                path.display()
+            ))
+        };
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("{e}")))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("{e}")))?;
+        let md = header
+            .metadata()
+            .as_ref()
+            .ok_or_else(|| bad("no t1.meta in the header".into()))?;
+        let meta: IndexMeta = serde_json::from_str(
+            md.get("t1.meta")
+                .ok_or_else(|| bad("no t1.meta in the header".into()))?,
+        )
+        .map_err(|e| bad(format!("t1.meta: {e}")))?;
+        if meta.format != 1 {
+            return Err(bad(format!(
+                "format {} (this version reads 1)",
+                meta.format
+            )));
+        }
+        let ids: Vec<String> = serde_json::from_str(
+            md.get("t1.doc_ids")
+                .ok_or_else(|| bad("no t1.doc_ids in the header".into()))?,
+        )
+        .map_err(|e| bad(format!("t1.doc_ids: {e}")))?;
+        let t = st.tensor("vectors").map_err(|e| bad(format!("{e}")))?;
+        if t.dtype() != safetensors::Dtype::F32 || t.shape() != [meta.num_docs, meta.dim] {
+            return Err(bad(format!(
+                "vectors are {:?} {:?}, the header says F32 [{}, {}]",
+                t.dtype(),
+                t.shape(),
+                meta.num_docs,
+                meta.dim
+            )));
+        }
+        if ids.len() != meta.num_docs {
+            return Err(bad(format!(
+                "{} document ids for {} vectors",
+                ids.len(),
+                meta.num_docs
+            )));
+        }
+        let flat: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if vectors_hash(&flat) != meta.vectors_sha256 {
+            return Err(bad(
+                "the vectors do not match their checksum (corrupted file)".into(),
+            ));
+        }
+        let vectors = Tensor::from_data(TensorData::new(flat, [meta.num_docs, meta.dim]), device);
+        Ok((
+            DocIndex {
+                vectors,
+                truncated: 0,
+            },
+            meta,
+            ids,
+        ))
+    }
+}
+
+/// Refuses an index built from another corpus or another model, saying which and how to fix it.
+pub fn check_index(
+    path: &Path,
+    meta: &IndexMeta,
+    corpus_sha256: &str,
+    model_sha256: Option<&str>,
+) -> Result<()> {
+    if meta.corpus_sha256 != corpus_sha256 {
+        return Err(Error::Runtime(format!(
+            "{}: built from another corpus ({} at the time, sha256 {}…; this corpus is {}…); rebuild it with `t1-train index`",
+            path.display(),
+            meta.dataset,
+            &meta.corpus_sha256[..12.min(meta.corpus_sha256.len())],
+            &corpus_sha256[..12.min(corpus_sha256.len())]
+        )));
+    }
+    if let Some(m) = model_sha256 {
+        if meta.model_sha256 != m {
+            return Err(Error::Runtime(format!(
+                "{}: built from another model ({}{}, weights sha256 {}…; this model is {}…); rebuild it with `t1-train index`",
+                path.display(),
+                meta.model,
+                meta.model_step
+                    .map(|s| format!(" at step {s}"))
+                    .unwrap_or_default(),
+                &meta.model_sha256[..12.min(meta.model_sha256.len())],
+                &m[..12.min(m.len())]
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The `k` best documents of each query, in trec_eval order (score descending, then document id
+/// descending), skipping each query's `excluded` documents: `queries` `[q, d]` scored
+/// `chunk` queries at a time, so memory stays at `chunk × N` scores however many queries come.
+pub fn top_k<B: Backend>(
+    index: &DocIndex<B>,
+    queries: Tensor<B, 2>,
+    ids: &[String],
+    k: usize,
+    chunk: usize,
+    excluded: &[std::collections::HashSet<usize>],
+) -> Result<Vec<Vec<(usize, f32)>>> {
+    let q = queries.dims()[0];
+    let mut out = Vec::with_capacity(q);
+    let mut start = 0;
+    while start < q {
+        let end = (start + chunk.max(1)).min(q);
+        let rows = index.scores(queries.clone().slice([start..end]))?;
+        for (r, row) in rows.into_iter().enumerate() {
+            let none = std::collections::HashSet::new();
+            let ex = excluded.get(start + r).unwrap_or(&none);
+            out.push(trec_top(&row, ids, ex, k));
+        }
+        start = end;
+    }
+    Ok(out)
+}
+
+/// Top `k` of one row of scores in trec_eval order, `excluded` left out.
+pub fn trec_top(
+    row: &[f32],
+    ids: &[String],
+    excluded: &std::collections::HashSet<usize>,
+    k: usize,
+) -> Vec<(usize, f32)> {
+    let mut order: Vec<usize> = (0..row.len()).filter(|i| !excluded.contains(i)).collect();
+    let k = k.min(order.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let cmp = |a: &usize, b: &usize| {
+        row[*b]
+            .total_cmp(&row[*a])
+            .then_with(|| ids[*b].cmp(&ids[*a]))
+    };
+    order.select_nth_unstable_by(k - 1, cmp);
+    order.truncate(k);
+    order.sort_by(cmp);
+    order.into_iter().map(|i| (i, row[i])).collect()
+}
+
 /// Where one query vector put the gold documents, in trec_eval order (score descending, then
 /// document id descending), excluded documents removed first — the same order `eval` scores,
 /// so a reward and the evaluation agree on every rank.
@@ -158,26 +428,12 @@ pub fn rank_gold(
             )
         })
         .collect();
-    let mut order = kept.clone();
-    let k = k.min(order.len());
-    if k > 0 {
-        let cmp = |a: &usize, b: &usize| {
-            row[*b]
-                .total_cmp(&row[*a])
-                .then_with(|| ids[*b].cmp(&ids[*a]))
-        };
-        order.select_nth_unstable_by(k - 1, cmp);
-        order.truncate(k);
-        order.sort_by(cmp);
-    } else {
-        order.clear();
-    }
-    let top = order
-        .iter()
+    let top = trec_top(row, ids, excluded, k)
+        .into_iter()
         .enumerate()
-        .map(|(r, &i)| ScoredDoc {
+        .map(|(r, (i, score))| ScoredDoc {
             id: ids[i].clone(),
-            score: row[i],
+            score,
             rank: r + 1,
         })
         .collect();

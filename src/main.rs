@@ -100,9 +100,16 @@ enum Command {
     /// Evaluate retrieval on a split: nDCG@10, Recall@10/100, MRR@10 exactly as trec_eval, plus a
     /// TREC run file and a JSON report under runs/<name>/eval/.
     Eval(ConfigArgs),
-    /// Encode the corpus with a model's document view and save the index with the model step and
-    /// corpus hash it was built from.
-    Index(ConfigArgs),
+    /// Encode the config's corpus with its model's document view and save the index (one
+    /// safetensors file) with the model's weights hash and step and the corpus hash it was built
+    /// from. Default output: runs/<name>/index/index.safetensors.
+    Index {
+        #[command(flatten)]
+        args: ConfigArgs,
+        /// Where to write the index file.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Query a trained model and its index, interactively or from a file of queries.
     Search {
         /// Model folder (HF layout: config.json, model.safetensors, tokenizer.json).
@@ -208,11 +215,68 @@ fn run(cli: Cli) -> Result<(), Error> {
             report_stage("stage3", &s);
         }
         Command::Curriculum { .. } => return Err(not_yet("curriculum", "the curriculum issue")),
-        Command::Index(a) => {
-            Config::load(&a.config, &a.overrides)?;
-            return Err(not_yet("index", "the GRPO issue (document index)"));
+        Command::Index { args: a, out } => {
+            let cfg = Config::load(&a.config, &a.overrides)?;
+            let (path, meta) =
+                commands::index::<Compute>(&cfg, out.as_deref(), &Default::default())?;
+            println!(
+                "{}: {} documents × {} dims from {}{} (corpus sha256 {}…)",
+                path.display(),
+                meta.num_docs,
+                meta.dim,
+                meta.model,
+                meta.model_step
+                    .map(|s| format!(" at step {s}"))
+                    .unwrap_or_default(),
+                &meta.corpus_sha256[..12]
+            );
         }
-        Command::Search { .. } => return Err(not_yet("search", "the GRPO issue (document index)")),
+        Command::Search {
+            model,
+            index,
+            query,
+            queries,
+            k,
+        } => {
+            let texts: Vec<String> = match (query, queries) {
+                (Some(q), _) => vec![q],
+                (None, Some(f)) => std::fs::read_to_string(&f)
+                    .map_err(|e| Error::io(&f, e))?
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect(),
+                (None, None) => std::io::stdin()
+                    .lines()
+                    .map_while(|l| l.ok())
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty())
+                    .collect(),
+            };
+            if texts.is_empty() {
+                return Err(Error::Runtime(
+                    "no queries (give --query, --queries FILE or lines on standard input)".into(),
+                ));
+            }
+            let answers =
+                commands::search::<Compute>(&model, &index, &texts, k, &Default::default())?;
+            for (q, (reasoning, hits)) in texts.iter().zip(answers) {
+                println!("query: {q}");
+                println!("reasoning: {}", reasoning.trim());
+                for h in hits {
+                    let about = match (&h.title, &h.text) {
+                        (Some(t), Some(x)) => {
+                            let x: String = x.chars().take(100).collect();
+                            format!("  {t}{}{x}", if t.is_empty() { "" } else { ": " })
+                        }
+                        _ => String::new(),
+                    };
+                    println!("{:>4}. {:.4}  {}{about}", h.rank, h.score, h.id);
+                }
+                println!();
+            }
+        }
         Command::Generate {
             model,
             prompt,

@@ -184,16 +184,13 @@ fn eval_writes_run_folder_with_config_trec_run_and_events() {
 }
 
 #[test]
-fn commands_not_yet_built_say_so_with_exit_1_after_checking_the_config() {
+fn index_checks_its_config_first() {
     let dir = tempfile::tempdir().unwrap();
+    // no [model] section: a config error (exit 2) naming it
     let cfg = write_config(dir.path(), "");
     let o = t1(&["index", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("not available in this version yet"),
-        "{}",
-        stderr(&o)
-    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("[model]"), "{}", stderr(&o));
     let bad = write_config(dir.path(), "\n[stage0]\n");
     assert_eq!(
         t1(&["index", "--config", bad.to_str().unwrap()])

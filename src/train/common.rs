@@ -22,7 +22,7 @@ use crate::checkpoint::{self, Best, RngState, TrainState};
 use crate::config::{Config, ModelSection, QueryView};
 use crate::data::{Dataset, Query};
 use crate::error::{Error, Result};
-use crate::eval::{Report, Run, evaluate, trec_order};
+use crate::eval::{Report, Run, evaluate};
 use crate::index::{DocIndex, embed_last};
 use crate::metrics::{MetricsSink, progress_bar};
 use crate::model::generate::{Embed, GenerateOptions, Sampler, generate};
@@ -179,17 +179,17 @@ pub fn dense_eval<B: Backend>(
     let index = DocIndex::build(model, tok, &ds.corpus, m.max_doc_tokens, batch, |_| {})?;
     let queries = ds.split_queries(split)?;
     let qv = query_vectors(model, tok, &queries, view, m, batch)?;
-    let scores = index.scores(qv)?;
-    let mut run = Run::new();
+    // excluded documents leave each query's ranking here, so the run keeps `depth` real hits
+    let excluded_idx: Vec<std::collections::HashSet<usize>> =
+        queries.iter().map(|q| ds.excluded(q)).collect();
     let depth = cfg.raw.eval.depth.min(ds.corpus.len());
-    for (q, row) in queries.iter().zip(scores) {
-        let mut hits: Vec<(String, f64)> = row
-            .iter()
-            .enumerate()
-            .map(|(i, &s)| (ds.corpus.ids[i].clone(), s as f64))
+    let top = crate::index::top_k(&index, qv, &ds.corpus.ids, depth, batch, &excluded_idx)?;
+    let mut run = Run::new();
+    for (q, hits) in queries.iter().zip(top) {
+        let hits: Vec<(String, f64)> = hits
+            .into_iter()
+            .map(|(i, s)| (ds.corpus.ids[i].clone(), s as f64))
             .collect();
-        trec_order(&mut hits);
-        hits.truncate(depth);
         run.insert(q.id.clone(), hits);
     }
     let excluded: HashMap<String, Vec<String>> = queries
@@ -439,6 +439,14 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             save_hf(&self.model.valid(), &tmp)?;
             self.tok.save(&tmp.join("tokenizer.json"))?;
+            // what this model is: read by `t1-train index` (model step) and the curriculum report
+            let about = serde_json::json!({
+                "stage": self.stage,
+                "step": self.state.step,
+                "metric": format!("dev/{}", self.metric),
+                "value": value,
+            });
+            crate::run::write_atomic(&tmp.join("t1-best.json"), about.to_string().as_bytes())?;
             // swap by renames, so a crash at any point leaves a complete best/ or .best.old/
             let old = self.run_dir.root().join(".best.old");
             if old.exists() {

@@ -237,8 +237,28 @@ pub fn run<B: AutodiffBackend>(
             |_| {},
         )
     };
-    let mut index = match (&starting, s3.refresh_every) {
-        (Some(start), 0) => build_index(start)?,
+    let mut index = match (&s3.index, &starting, s3.refresh_every) {
+        (Some(path), _, _) => {
+            let (index, meta, _) = DocIndex::load(path, device)?;
+            let model_sha = match &m.path {
+                Some(dir) => crate::index::model_hash(dir)?,
+                None => {
+                    return Err(Error::Config {
+                        location: format!("{} (key 'stage3.index')", cfg.source.display()),
+                        message: "a saved index needs the model it was built from in model.path"
+                            .into(),
+                    });
+                }
+            };
+            crate::index::check_index(
+                path,
+                &meta,
+                &crate::index::corpus_hash(&ds.corpus),
+                Some(&model_sha),
+            )?;
+            index
+        }
+        (None, Some(start), 0) => build_index(start)?,
         _ => build_index(&tr.model.valid())?,
     };
     let mut built_at = tr.state.step;
