@@ -482,6 +482,34 @@ impl Config {
         raw.validate(path)
     }
 
+    /// Like [`Config::load`], with `[model]` replaced by `path = model` (no preset, no separate
+    /// tokenizer) before validation: how a curriculum starts a stage from the previous one's
+    /// best model whatever the stage's own file says.
+    pub fn load_from_model(path: &Path, overrides: &[String], model: &Path) -> Result<Self> {
+        let src = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut table: toml::Table =
+            toml::from_str(&src).map_err(|e| located_error(path, &src, &e))?;
+        for ov in overrides {
+            apply_override(&mut table, ov)?;
+        }
+        let section = table
+            .entry("model")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(m) = section {
+            m.remove("preset");
+            m.remove("tokenizer");
+            m.insert(
+                "path".into(),
+                toml::Value::String(model.display().to_string()),
+            );
+        }
+        let raw = RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| Error::Config {
+            location: format!("{} (started from {})", path.display(), model.display()),
+            message: tidy(e.message()),
+        })?;
+        raw.validate(path)
+    }
+
     /// The resolved config as TOML (written into the run folder before step 0).
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(&self.raw)

@@ -8,6 +8,7 @@ pub mod bm25;
 pub mod checkpoint;
 pub mod commands;
 pub mod config;
+pub mod curriculum;
 pub mod data;
 pub mod datagen;
 pub mod error;

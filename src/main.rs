@@ -170,12 +170,6 @@ enum Command {
     },
 }
 
-fn not_yet(what: &str, issue: &str) -> Error {
-    Error::Runtime(format!(
-        "`t1-train {what}` is not available in this version yet; it arrives with {issue} (see the README's status table)"
-    ))
-}
-
 fn run(cli: Cli) -> Result<(), Error> {
     t1_train::run::install_interrupt_handler()?;
     match cli.command {
@@ -214,7 +208,18 @@ fn run(cli: Cli) -> Result<(), Error> {
             let s = t1_train::train::stage3::run::<Train>(&cfg, a.resume, &Default::default())?;
             report_stage("stage3", &s);
         }
-        Command::Curriculum { .. } => return Err(not_yet("curriculum", "the curriculum issue")),
+        Command::Curriculum { file, overrides } => {
+            let c = t1_train::curriculum::load(&file)?;
+            let report =
+                t1_train::curriculum::run::<Train>(&c, &overrides, &Default::default(), |line| {
+                    eprintln!("{line}")
+                })?;
+            println!("{}", report.markdown());
+            println!(
+                "report: {}",
+                c.output_dir.join(&c.name).join("report.md").display()
+            );
+        }
         Command::Index { args: a, out } => {
             let cfg = Config::load(&a.config, &a.overrides)?;
             let (path, meta) =
