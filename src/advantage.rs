@@ -59,7 +59,7 @@ fn nanstd(xs: &[f64]) -> f64 {
 /// `rewards` `[B·G]` (None = unscorable), `g` rollouts per query.
 pub fn group_advantages(rewards: &[Option<f32>], g: usize, scale: ScaleRewards) -> Advantages {
     assert!(
-        g > 0 && rewards.len() % g == 0,
+        g > 0 && rewards.len().is_multiple_of(g),
         "rewards must hold G per query"
     );
     let r: Vec<f64> = rewards

@@ -80,13 +80,16 @@ pub struct ReportRow {
     pub mrr_at_10: f64,
 }
 
+/// One stage's outcome: name, steps done, best dev `(metric, value, step)`.
+pub type StageOutcome = (String, u64, Option<(String, f64, u64)>);
+
 /// The report written to `report.json` / `report.md`.
 #[derive(Debug, Clone, Serialize)]
 pub struct CurriculumReport {
     pub curriculum: String,
     pub split: String,
     pub num_queries: usize,
-    pub stages: Vec<(String, u64, Option<(String, f64, u64)>)>,
+    pub stages: Vec<StageOutcome>,
     pub rows: Vec<ReportRow>,
 }
 
@@ -293,7 +296,7 @@ pub fn run<B: AutodiffBackend>(
 fn report<B: AutodiffBackend>(
     c: &Curriculum,
     configs: &[Config],
-    stages: Vec<(String, u64, Option<(String, f64, u64)>)>,
+    stages: Vec<StageOutcome>,
     device: &B::Device,
     say: &mut impl FnMut(&str),
 ) -> Result<CurriculumReport> {

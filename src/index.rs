@@ -325,8 +325,8 @@ pub fn check_index(
             &corpus_sha256[..12.min(corpus_sha256.len())]
         )));
     }
-    if let Some(m) = model_sha256 {
-        if meta.model_sha256 != m {
+    if let Some(m) = model_sha256.filter(|m| *m != meta.model_sha256) {
+        {
             return Err(Error::Runtime(format!(
                 "{}: built from another model ({}{}, weights sha256 {}…; this model is {}…); rebuild it with `t1-train index`",
                 path.display(),
@@ -358,7 +358,7 @@ pub fn top_k<B: Backend>(
     let mut start = 0;
     while start < q {
         let end = (start + chunk.max(1)).min(q);
-        let rows = index.scores(queries.clone().slice([start..end]))?;
+        let rows = index.scores(queries.clone().slice(start..end))?;
         for (r, row) in rows.into_iter().enumerate() {
             let none = std::collections::HashSet::new();
             let ex = excluded.get(start + r).unwrap_or(&none);
