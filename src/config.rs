@@ -787,7 +787,7 @@ impl RawConfig {
 }
 
 /// `p` against `base`, with `.` and `..` folded lexically (`configs/../runs` → `runs`).
-fn resolve(base: &Path, p: &Path) -> PathBuf {
+pub fn resolve(base: &Path, p: &Path) -> PathBuf {
     use std::path::Component;
     let joined = if p.is_absolute() {
         p.to_path_buf()

@@ -161,30 +161,8 @@ pub fn load(path: &Path) -> Result<Curriculum> {
 
 /// `p` against `base`, made absolute (so stage configs resolve the same from any working folder).
 fn absolute(base: &Path, p: &Path) -> PathBuf {
-    let joined = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    };
-    let abs = if joined.is_absolute() {
-        joined
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(&joined))
-            .unwrap_or(joined)
-    };
-    // fold `.` and `..` lexically
-    let mut out = PathBuf::new();
-    for c in abs.components() {
-        match c {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
+    let cwd = std::env::current_dir().unwrap_or_default();
+    crate::config::resolve(&cwd, &crate::config::resolve(base, p))
 }
 
 /// The resolved config of stage `i`: its file, the curriculum's folder and name, the previous
