@@ -318,48 +318,15 @@ pub fn search<B: Backend>(
     if tok.vocab_size() > model.config().vocab_size {
         model = model.resize_vocab(tok.vocab_size())?;
     }
-    let qs: Vec<crate::data::Query> = queries
-        .iter()
-        .enumerate()
-        .map(|(i, text)| crate::data::Query {
-            id: format!("q{}", i + 1),
-            text: text.clone(),
-            reasoning: None,
-            excluded_ids: Vec::new(),
-        })
-        .collect();
-    let refs: Vec<&crate::data::Query> = qs.iter().collect();
-    let opts = GenerateOptions {
-        sampler: Sampler::Greedy,
-        max_new_tokens: meta.max_reasoning_tokens,
-        stop: tok.eos.into_iter().chain([tok.end_think]).collect(),
-        embed: Some(Embed {
-            end_think: tok.end_think,
-            emb: tok.emb,
-        }),
-        pad: tok.pad,
-        seed: 0,
-    };
-    let prompts = refs
-        .iter()
-        .map(|q| tok.query_prompt(&q.text, meta.max_query_tokens))
-        .collect::<Result<Vec<_>>>()?;
-    let rollouts = generate::generate(&model, &prompts, &opts, |_| {})?;
-    let d = model.config().hidden_size;
-    let mut flat: Vec<f32> = Vec::with_capacity(rollouts.len() * d);
-    let mut reasoning = Vec::with_capacity(rollouts.len());
-    for r in &rollouts {
-        flat.extend(
-            r.embedding
-                .as_ref()
-                .ok_or_else(|| Error::Runtime("rollout without an <emb_token> state".into()))?,
-        );
-        reasoning.push(tok.decode(&r.tokens, false)?);
-    }
-    let qv = burn::tensor::Tensor::<B, 2>::from_data(
-        burn::tensor::TensorData::new(flat, [rollouts.len(), d]),
-        device,
-    );
+    let texts: Vec<&str> = queries.iter().map(String::as_str).collect();
+    let (qv, reasoning) = crate::train::common::greedy_reasoning(
+        &model,
+        &tok,
+        &texts,
+        meta.max_query_tokens,
+        meta.max_reasoning_tokens,
+        64,
+    )?;
     let top = crate::index::top_k(&index, qv, &ids, k, 64, &[])?;
     Ok(reasoning
         .into_iter()

@@ -125,7 +125,6 @@ pub fn query_vectors<B: Backend>(
     m: &ModelSection,
     batch_size: usize,
 ) -> Result<Tensor<B, 2>> {
-    let device = model.device();
     if view != QueryView::Generated {
         let seqs = queries
             .iter()
@@ -133,9 +132,32 @@ pub fn query_vectors<B: Backend>(
             .collect::<Result<Vec<_>>>()?;
         return Ok(embed_last(model, &seqs, batch_size, tok.pad, |_| {}));
     }
+    let texts: Vec<&str> = queries.iter().map(|q| q.text.as_str()).collect();
+    Ok(greedy_reasoning(
+        model,
+        tok,
+        &texts,
+        m.max_query_tokens,
+        m.max_reasoning_tokens,
+        batch_size,
+    )?
+    .0)
+}
+
+/// The model's greedy reasoning for each query text (query view, KV cache, `batch_size` at a
+/// time) with the `<emb_token>` state read in the same loop: vectors `[q, d]` (not normalised)
+/// and the decoded reasoning (special tokens dropped).
+pub fn greedy_reasoning<B: Backend>(
+    model: &Decoder<B>,
+    tok: &T1Tokenizer,
+    texts: &[&str],
+    max_query_tokens: usize,
+    max_reasoning_tokens: usize,
+    batch_size: usize,
+) -> Result<(Tensor<B, 2>, Vec<String>)> {
     let opts = GenerateOptions {
         sampler: Sampler::Greedy,
-        max_new_tokens: m.max_reasoning_tokens,
+        max_new_tokens: max_reasoning_tokens,
         stop: tok.eos.into_iter().chain([tok.end_think]).collect(),
         embed: Some(Embed {
             end_think: tok.end_think,
@@ -145,22 +167,27 @@ pub fn query_vectors<B: Backend>(
         seed: 0,
     };
     let d = model.config().hidden_size;
-    let mut flat = Vec::with_capacity(queries.len() * d);
-    for chunk in queries.chunks(batch_size.max(1)) {
+    let mut flat = Vec::with_capacity(texts.len() * d);
+    let mut reasoning = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(batch_size.max(1)) {
         let prompts = chunk
             .iter()
-            .map(|q| tok.query_prompt(&q.text, m.max_query_tokens))
+            .map(|t| tok.query_prompt(t, max_query_tokens))
             .collect::<Result<Vec<_>>>()?;
         for r in generate(model, &prompts, &opts, |_| {})? {
+            reasoning.push(tok.decode(&r.tokens, false)?);
             flat.extend(
                 r.embedding
                     .ok_or_else(|| Error::Runtime("rollout without embedding".into()))?,
             );
         }
     }
-    Ok(Tensor::from_data(
-        burn::tensor::TensorData::new(flat, [queries.len(), d]),
-        &device,
+    Ok((
+        Tensor::from_data(
+            burn::tensor::TensorData::new(flat, [texts.len(), d]),
+            &model.device(),
+        ),
+        reasoning,
     ))
 }
 
