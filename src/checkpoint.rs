@@ -6,12 +6,17 @@
 //!     config.json, model.safetensors, tokenizer.json[, tokenizer_config.json]   HF folder (f32)
 //!     optimizer.mpk         AdamW moments, keyed by parameter order (not burn's random ids)
 //!     state.json            step, epoch, data position, RNG state, best dev metric, stage
+//!     SHA256SUMS            SHA-256 of every file above (`sha256sum -c` format), written last
 //!   latest                  name of the newest checkpoint (for people; resume scans step-*)
 //! ```
 //!
 //! The model goes to disk in HF format, so every checkpoint is also a model transformers loads.
 //! Loading gives fresh burn parameter ids, so the optimizer record is saved with ids replaced by
 //! each parameter's position in module order and mapped back to the new ids on load.
+//!
+//! A checkpoint is verified against its `SHA256SUMS` before anything is loaded: a corrupted or
+//! truncated file is an error naming it, never a silently different model. A failed write (disk
+//! full, folder unwritable) removes its temp folder and leaves every older checkpoint untouched.
 
 use hashbrown::HashMap;
 use std::path::{Path, PathBuf};
@@ -83,6 +88,11 @@ pub struct TrainState {
     pub best: Option<Best>,
     /// Hash of the resolved config the run started with (a resume under another config is refused).
     pub config_hash: String,
+    /// Steps skipped because their loss or gradients were not finite: in all, and in a row now.
+    #[serde(default)]
+    pub nonfinite_steps: u64,
+    #[serde(default)]
+    pub nonfinite_in_a_row: u64,
 }
 
 /// Parameter ids in module order.
@@ -131,11 +141,49 @@ pub fn save<B: Backend, V: Record<B>>(
     let root = root(run_dir);
     let name = format!("step-{:06}", state.step);
     let tmp = root.join(format!(".tmp-{name}"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let written = write_folder(&tmp, model, tokenizer, optimizer, state).and_then(|()| {
+        let dest = root.join(&name);
+        if dest.exists() {
+            std::fs::remove_dir_all(&dest).map_err(|e| Error::io(&dest, e))?;
+        }
+        std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))
+    });
+    if let Err(e) = written {
+        // free what the half-written folder holds (a full disk is the usual cause)
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::Runtime(format!(
+            "checkpoint {name} was not written ({e}); {}",
+            how_to_go_on(run_dir)
+        )));
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    save_hf(model, &tmp)?;
+    write_atomic(&root.join("latest"), name.as_bytes())?;
+    Ok(name)
+}
+
+/// What to tell a user after a failed write into a run folder: the checkpoint that survives and
+/// how to continue from it.
+pub fn how_to_go_on(run_dir: &Path) -> String {
+    let previous = latest(run_dir)
+        .ok()
+        .flatten()
+        .map(|p| format!("the latest checkpoint {} is intact", p.display()))
+        .unwrap_or_else(|| "no earlier checkpoint exists".to_string());
+    format!("{previous}. Free space or fix the folder's permissions, then continue with --resume")
+}
+
+/// Everything of one checkpoint into `tmp` (created afresh), `SHA256SUMS` last.
+fn write_folder<B: Backend, V: Record<B>>(
+    tmp: &Path,
+    model: &Decoder<B>,
+    tokenizer: &T1Tokenizer,
+    optimizer: HashMap<ParamId, V>,
+    state: &TrainState,
+) -> Result<()> {
+    if tmp.exists() {
+        std::fs::remove_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
+    }
+    std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
+    save_hf(model, tmp)?;
     tokenizer.save(&tmp.join("tokenizer.json"))?;
     let ids = param_ids(model);
     let record = rekey(optimizer, &ids, &ordinal_ids(ids.len()));
@@ -150,13 +198,7 @@ pub fn save<B: Backend, V: Record<B>>(
     let json = serde_json::to_string_pretty(state)
         .map_err(|e| Error::Runtime(format!("cannot serialise the train state: {e}")))?;
     write_atomic(&tmp.join("state.json"), json.as_bytes())?;
-    let dest = root.join(&name);
-    if dest.exists() {
-        std::fs::remove_dir_all(&dest).map_err(|e| Error::io(&dest, e))?;
-    }
-    std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
-    write_atomic(&root.join("latest"), name.as_bytes())?;
-    Ok(name)
+    crate::checksums::write(tmp)
 }
 
 /// The newest complete checkpoint of a run, if any: the highest `step-N` folder (a folder only
@@ -187,6 +229,15 @@ pub fn load<B: Backend, V: Record<B>>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<(Decoder<B>, HashMap<ParamId, V>, TrainState)> {
+    // load_hf below verifies every file SHA256SUMS lists (optimizer and state included)
+    if !dir.join(crate::checksums::FILE).exists() {
+        return Err(Error::Runtime(format!(
+            "{}: no {} — the checkpoint cannot be verified and is not loaded (written by an older \
+             t1-train, or copied incompletely)",
+            dir.display(),
+            crate::checksums::FILE
+        )));
+    }
     let model: Decoder<B> = load_hf(dir, device)?;
     let state_path = dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;

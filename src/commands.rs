@@ -128,8 +128,9 @@ pub struct Sample {
 
 /// `t1-train generate`: load a model folder, sample `num_samples` continuations of one prompt.
 pub fn generate<B: Backend>(req: &GenerateRequest, device: &B::Device) -> Result<Vec<Sample>> {
-    let tok = T1Tokenizer::load(&req.model.join("tokenizer.json"))?;
+    // the model first: load_hf verifies the folder's SHA256SUMS (tokenizer included) when it has one
     let mut model: Decoder<B> = load_hf(&req.model, device)?;
+    let tok = T1Tokenizer::load(&req.model.join("tokenizer.json"))?;
     let ids = if req.query {
         tok.query_prompt(&req.prompt, usize::MAX)?
     } else {
@@ -313,8 +314,8 @@ pub fn search<B: Backend>(
             .map(|_| ds.corpus)
         })
         .transpose()?;
+    let mut model: Decoder<B> = load_hf(model_dir, device)?; // verifies SHA256SUMS first
     let tok = T1Tokenizer::load(&model_dir.join("tokenizer.json"))?;
-    let mut model: Decoder<B> = load_hf(model_dir, device)?;
     if tok.vocab_size() > model.config().vocab_size {
         model = model.resize_vocab(tok.vocab_size())?;
     }

@@ -189,6 +189,14 @@ pub struct TrainSection {
     /// Sequences per forward pass when encoding documents and queries for evaluation. Default 32.
     #[serde(default = "default_eval_batch")]
     pub eval_batch_size: usize,
+    /// Steps in a row whose loss or gradient norm is NaN/inf that are skipped (no update, counted
+    /// in `<stage>/nonfinite_steps`) before the run stops with a checkpoint of the last good
+    /// weights; 0 = stop at the first. May change on resume. Default 3.
+    #[serde(
+        default = "default_max_nonfinite",
+        skip_serializing_if = "is_default_max_nonfinite"
+    )]
+    pub max_nonfinite_steps: u64,
 }
 
 impl Default for TrainSection {
@@ -428,6 +436,12 @@ fn default_every() -> u64 {
 }
 fn default_keep() -> usize {
     2
+}
+fn default_max_nonfinite() -> u64 {
+    3
+}
+fn is_default_max_nonfinite(n: &u64) -> bool {
+    *n == default_max_nonfinite()
 }
 fn default_eval_batch() -> usize {
     32

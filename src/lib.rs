@@ -6,6 +6,7 @@
 pub mod advantage;
 pub mod bm25;
 pub mod checkpoint;
+pub mod checksums;
 pub mod commands;
 pub mod config;
 pub mod curriculum;

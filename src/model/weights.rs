@@ -72,7 +72,10 @@ impl<B: Backend> ModuleMapper<B> for ToF32 {
 }
 
 /// Loads an HF model folder (`config.json` + safetensors) as a decoder on `device`, in f32.
+/// A folder with a `SHA256SUMS` (every one t1-train writes) is verified first.
 pub fn load_hf<B: Backend>(dir: &Path, device: &B::Device) -> Result<Decoder<B>> {
+    // folders t1-train wrote (checkpoints, best/) carry SHA256SUMS: check before reading
+    crate::checksums::verify(dir)?;
     let config = DecoderConfig::from_hf_file(&dir.join("config.json"))?;
     let mut model: Decoder<B> = config.init(device);
     let files = safetensors_files(dir)?;

@@ -56,8 +56,9 @@ pub fn load_backbone<B: Backend>(
                     ),
                 });
             }
-            let tok = T1Tokenizer::load(&dir.join("tokenizer.json"))?;
-            (load_hf::<B>(dir, device)?, tok)
+            // the model first: it verifies the folder's SHA256SUMS (tokenizer included)
+            let model = load_hf::<B>(dir, device)?;
+            (model, T1Tokenizer::load(&dir.join("tokenizer.json"))?)
         }
         (None, Some(name)) => {
             let tok_path = m.tokenizer.as_ref().ok_or_else(|| Error::Config {
@@ -231,6 +232,7 @@ pub fn dense_eval<B: Backend>(
 pub fn config_hash(cfg: &Config) -> Result<String> {
     let mut raw = cfg.raw.clone();
     raw.train.steps = 0;
+    raw.train.max_nonfinite_steps = crate::config::TrainSection::default().max_nonfinite_steps;
     raw.logging = Default::default();
     let text =
         toml::to_string(&raw).map_err(|e| Error::Runtime(format!("cannot hash config: {e}")))?;
@@ -297,7 +299,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     return Err(Error::Config {
                         location: cfg.source.display().to_string(),
                         message: format!(
-                            "the config differs from the one {} was trained with (only train.steps and [logging] may change on resume)",
+                            "the config differs from the one {} was trained with (only train.steps, train.max_nonfinite_steps and [logging] may change on resume)",
                             dir.display()
                         ),
                     });
@@ -331,6 +333,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                     rng: RngState::of(&rng),
                     best: None,
                     config_hash: hash,
+                    nonfinite_steps: 0,
+                    nonfinite_in_a_row: 0,
                 };
                 (model, tok, state)
             }
@@ -389,11 +393,24 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Clip, schedule, AdamW step; logs `stage/{lr, grad_norm, tokens_per_s}` plus `scalars`.
+    ///
+    /// A step whose `loss` scalar or gradient norm is NaN/inf is skipped instead: no update, the
+    /// step still counts, `stage/nonfinite_steps` is logged. More than `train.max_nonfinite_steps`
+    /// of them in a row stop the run with a checkpoint of the weights as the last finite update
+    /// left them (the skipped steps did not touch them) and an error saying what to change.
     pub fn step(&mut self, scalars: &[(&str, f64)]) -> Result<()> {
         let t = &self.cfg.raw.train;
         let grads = self.accum.grads();
         let max = (t.max_grad_norm > 0.0).then_some(t.max_grad_norm);
         let (grads, norm) = clip_global_norm(&self.model, grads, max);
+        let loss = scalars
+            .iter()
+            .find(|(k, _)| *k == "loss")
+            .map_or(0.0, |(_, v)| *v);
+        if !loss.is_finite() || !norm.is_finite() {
+            return self.skip_nonfinite(loss, norm);
+        }
+        self.state.nonfinite_in_a_row = 0;
         let lr = lr_at(
             self.state.step,
             t.steps,
@@ -429,6 +446,39 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
+    /// The non-finite branch of [`Self::step`].
+    fn skip_nonfinite(&mut self, loss: f64, norm: f64) -> Result<()> {
+        self.state.step += 1;
+        self.state.nonfinite_steps += 1;
+        self.state.nonfinite_in_a_row += 1;
+        let (step, stage) = (self.state.step, self.stage);
+        self.sinks.scalars(
+            step,
+            &[(
+                &format!("{stage}/nonfinite_steps"),
+                self.state.nonfinite_steps as f64,
+            )],
+        )?;
+        let limit = self.cfg.raw.train.max_nonfinite_steps;
+        let row = self.state.nonfinite_in_a_row;
+        self.bar.println(format!(
+            "{stage} step {step}: loss {loss}, gradient norm {norm} — update skipped ({row} in a row,              train.max_nonfinite_steps = {limit})"
+        ));
+        self.bar.set_position(step);
+        self.tokens = 0;
+        self.step_started = Instant::now();
+        if row <= limit {
+            return Ok(());
+        }
+        let name = self.save()?;
+        Err(Error::Runtime(format!(
+            "{stage}: loss or gradients were not finite for {row} steps in a row (steps {}–{step}); \
+             stopped. Those steps made no update, so checkpoint {name} holds the last good weights. \
+             Lower train.lr, set train.max_grad_norm, or check the data and the starting model",
+            step + 1 - row
+        )))
+    }
+
     /// Whether periodic eval / checkpoint is due after this step.
     pub fn eval_due(&self) -> bool {
         let e = self.cfg.raw.train.eval_every;
@@ -461,11 +511,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         if better {
             let dir = self.best_dir();
             let tmp = self.run_dir.root().join(".best.tmp");
-            if tmp.exists() {
-                std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            }
-            save_hf(&self.model.valid(), &tmp)?;
-            self.tok.save(&tmp.join("tokenizer.json"))?;
             // what this model is: read by `t1-train index` (model step) and the curriculum report
             let about = serde_json::json!({
                 "stage": self.stage,
@@ -473,7 +518,24 @@ impl<B: AutodiffBackend> Trainer<B> {
                 "metric": format!("dev/{}", self.metric),
                 "value": value,
             });
-            crate::run::write_atomic(&tmp.join("t1-best.json"), about.to_string().as_bytes())?;
+            let written = (|| {
+                if tmp.exists() {
+                    std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+                }
+                save_hf(&self.model.valid(), &tmp)?;
+                self.tok.save(&tmp.join("tokenizer.json"))?;
+                crate::run::write_atomic(&tmp.join("t1-best.json"), about.to_string().as_bytes())?;
+                crate::checksums::write(&tmp)
+            })();
+            if let Err(e) = written {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(Error::Runtime(format!(
+                    "the best model (step {}) was not written ({e}); {} is unchanged and {}",
+                    self.state.step,
+                    dir.display(),
+                    checkpoint::how_to_go_on(self.run_dir.root())
+                )));
+            }
             // swap by renames, so a crash at any point leaves a complete best/ or .best.old/
             let old = self.run_dir.root().join(".best.old");
             if old.exists() {

@@ -351,12 +351,6 @@ pub fn run<B: AutodiffBackend>(
             n_micro += 1.0;
         }
         let [loss, nce, sft, acc, pos, neg] = sums.map(|v| v / n_micro);
-        if !loss.is_finite() {
-            return Err(Error::Runtime(format!(
-                "stage2: loss became {loss} at step {}; lower train.lr or raise stage2.temperature",
-                tr.state.step
-            )));
-        }
         tr.step(&[
             ("loss", loss),
             ("nce_loss", nce),
