@@ -57,12 +57,7 @@ pub fn verify(dir: &Path) -> Result<bool> {
             .split_once("  ")
             .filter(|(h, n)| h.len() == 64 && !n.is_empty() && !n.contains('/'))
             .ok_or_else(|| {
-                Error::data(
-                    &sums,
-                    i + 1,
-                    None,
-                    "expected `<sha256 hex>  <file name>`",
-                )
+                Error::data(&sums, i + 1, None, "expected `<sha256 hex>  <file name>`")
             })?;
         let path = dir.join(name);
         if !path.exists() {
@@ -102,7 +97,11 @@ mod tests {
         let text = std::fs::read_to_string(d.join(FILE)).unwrap();
         assert_eq!(text.lines().count(), 2);
         // the same digest coreutils prints for b"{}"
-        assert!(text.contains("44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a  b.json"));
+        assert!(
+            text.contains(
+                "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a  b.json"
+            )
+        );
         assert!(verify(d).unwrap());
 
         std::fs::write(d.join("a.bin"), [1u8, 2, 4]).unwrap();

@@ -44,8 +44,15 @@ fn nonfinite_steps_are_skipped_counted_and_a_streak_stops_with_the_last_good_wei
         ],
     )
     .unwrap();
-    let mut tr = Trainer::<A>::start(&cfg, "stage1", false, Goal::Minimize, "loss", &Default::default())
-        .unwrap();
+    let mut tr = Trainer::<A>::start(
+        &cfg,
+        "stage1",
+        false,
+        Goal::Minimize,
+        "loss",
+        &Default::default(),
+    )
+    .unwrap();
 
     let w0 = params(&tr.model.valid());
     step(&mut tr, 1.0).unwrap();
@@ -55,12 +62,26 @@ fn nonfinite_steps_are_skipped_counted_and_a_streak_stops_with_the_last_good_wei
     // NaN loss (and NaN gradients): skipped, counted, the step still advances
     step(&mut tr, f64::NAN).unwrap();
     assert_eq!(max_param_diff(&w1, &params(&tr.model.valid())), 0.0);
-    assert_eq!((tr.state.step, tr.state.nonfinite_steps, tr.state.nonfinite_in_a_row), (2, 1, 1));
+    assert_eq!(
+        (
+            tr.state.step,
+            tr.state.nonfinite_steps,
+            tr.state.nonfinite_in_a_row
+        ),
+        (2, 1, 1)
+    );
     // infinite too; then a finite step resets the streak
     step(&mut tr, f64::INFINITY).unwrap();
     assert_eq!(tr.state.nonfinite_in_a_row, 2);
     step(&mut tr, 1.0).unwrap();
-    assert_eq!((tr.state.step, tr.state.nonfinite_steps, tr.state.nonfinite_in_a_row), (4, 2, 0));
+    assert_eq!(
+        (
+            tr.state.step,
+            tr.state.nonfinite_steps,
+            tr.state.nonfinite_in_a_row
+        ),
+        (4, 2, 0)
+    );
     let good = params(&tr.model.valid());
     assert!(max_param_diff(&w1, &good) > 0.0);
 
@@ -78,7 +99,10 @@ fn nonfinite_steps_are_skipped_counted_and_a_streak_stops_with_the_last_good_wei
     assert_eq!(max_param_diff(&good, &params(&saved)), 0.0);
     // the count is logged
     let counts = support::scalar(&run, "stage1/nonfinite_steps");
-    assert_eq!(counts.iter().map(|x| x.1).collect::<Vec<_>>(), vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert_eq!(
+        counts.iter().map(|x| x.1).collect::<Vec<_>>(),
+        vec![1.0, 2.0, 3.0, 4.0, 5.0]
+    );
 }
 
 /// A short stage-1 run with checkpoints at steps 4 and 8.
@@ -115,7 +139,10 @@ fn corrupted_or_truncated_checkpoints_are_refused_naming_the_file() {
     let o = resume("12");
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("model.safetensors") && err.contains("corrupted"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("corrupted"),
+        "{err}"
+    );
     bytes[at] ^= 0x40;
     std::fs::write(&weights, &bytes).unwrap();
 
@@ -124,13 +151,19 @@ fn corrupted_or_truncated_checkpoints_are_refused_naming_the_file() {
     let full = std::fs::read(&opt).unwrap();
     std::fs::write(&opt, &full[..full.len() / 2]).unwrap();
     let err = String::from_utf8_lossy(&resume("12").stderr).to_string();
-    assert!(err.contains("optimizer.mpk") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("optimizer.mpk") && err.contains("truncated"),
+        "{err}"
+    );
     std::fs::write(&opt, &full).unwrap();
 
     // a checkpoint without its SHA256SUMS is not loaded either
     std::fs::rename(ck.join("SHA256SUMS"), dir.path().join("sums")).unwrap();
     let err = String::from_utf8_lossy(&resume("12").stderr).to_string();
-    assert!(err.contains("SHA256SUMS") && err.contains("cannot be verified"), "{err}");
+    assert!(
+        err.contains("SHA256SUMS") && err.contains("cannot be verified"),
+        "{err}"
+    );
     std::fs::rename(dir.path().join("sums"), ck.join("SHA256SUMS")).unwrap();
 
     // the best/ model a later stage starts from is checked the same way
@@ -185,7 +218,8 @@ fn t1_with_file_size_cap(args: &[&str], max_bytes: u64) -> std::process::Output 
 fn a_checkpoint_write_that_runs_out_of_room_fails_clearly_and_keeps_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
     let (cfg, run) = short_run(dir.path());
-    let old = params(&load_hf::<B>(&run.join("checkpoints/step-000008"), &Default::default()).unwrap());
+    let old =
+        params(&load_hf::<B>(&run.join("checkpoints/step-000008"), &Default::default()).unwrap());
     let weights_size = std::fs::metadata(run.join("checkpoints/step-000008/model.safetensors"))
         .unwrap()
         .len();
@@ -213,9 +247,13 @@ fn a_checkpoint_write_that_runs_out_of_room_fails_clearly_and_keeps_the_old_one(
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(entries.iter().all(|n| !n.starts_with(".tmp")), "{entries:?}");
+    assert!(
+        entries.iter().all(|n| !n.starts_with(".tmp")),
+        "{entries:?}"
+    );
     assert!(!run.join(".best.tmp").exists());
-    let again = params(&load_hf::<B>(&run.join("checkpoints/step-000008"), &Default::default()).unwrap());
+    let again =
+        params(&load_hf::<B>(&run.join("checkpoints/step-000008"), &Default::default()).unwrap());
     assert_eq!(max_param_diff(&old, &again), 0.0);
     // with room again, --resume carries on from it
     let o = t1(&args);
@@ -232,5 +270,8 @@ fn an_unusable_run_folder_is_a_clear_error() {
     let o = t1(&["stage1", "--config", cfg.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("not-a-folder/f") && err.contains("Not a directory"), "{err}");
+    assert!(
+        err.contains("not-a-folder/f") && err.contains("Not a directory"),
+        "{err}"
+    );
 }

@@ -34,6 +34,8 @@ fn sandboxed(max_operations: u64) -> Engine {
     e.set_max_array_size(100_000);
     e.set_max_map_size(10_000);
     e.disable_symbol("eval");
+    // no `import`: the default resolver would read `.rhai` files from the file system
+    e.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
     e.on_print(|_| {}); // no stdout noise in the middle of training
     e.on_debug(|_, _, _| {});
     e

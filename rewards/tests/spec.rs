@@ -201,4 +201,24 @@ fn failing_scripts_name_the_file_and_line() {
     .build()
     .unwrap();
     assert!(r.try_score(&outcome(&[1], 3)).is_err());
+    // nor through `import`, which by default reads `.rhai` files from disk
+    std::fs::write(dir.path().join("secret.rhai"), "export const X = 42;\n").unwrap();
+    let imported = script(
+        dir.path(),
+        "import.rhai",
+        &format!(
+            "import \"{}\" as s;\nfn reward(o) {{ s::X }}\n",
+            dir.path().join("secret").display()
+        ),
+    )
+    .build();
+    let refused = match imported {
+        Err(e) => e.to_string(),
+        Ok(r) => r
+            .try_score(&outcome(&[1], 3))
+            .map(|v| format!("scored {v:?}"))
+            .unwrap_or_else(|e| e.0),
+    };
+    assert!(!refused.starts_with("scored"), "{refused}");
+    assert!(refused.contains("import.rhai"), "{refused}");
 }
