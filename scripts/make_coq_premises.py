@@ -23,8 +23,9 @@ Coq itself is not needed.
    itself (its own statement is in the corpus); gold `reasoning` = a short derivation: the proof
    script, shortened, and the lemmas it relies on. Queries whose proof names no library lemma
    (pure automation) are left out, and counted.
-4. Split by file (SHA-256 of the file path): 80% train, 10% dev, 10% test, so test lemmas come
-   from files never seen in training. `--max-dev/--max-test` keep a deterministic sample of those
+4. Split by file: files in SHA-256 order of their path go to test until it holds 10% of the
+   queries, then to dev (10%), the rest to train — so test lemmas come from files never seen in
+   training. `--max-dev/--max-test` keep a deterministic sample of those
    splits (for CPU-sized evaluation; 0 = all).
 5. `hard_negatives.jsonl`: for train queries, up to 4 lemmas declared earlier in the same file
    that the proof does not use.
@@ -75,12 +76,12 @@ def fetch(cache):
     os.makedirs(cache, exist_ok=True)
     debs = sorted(glob.glob(os.path.join(cache, f"{DEB}_*.deb")))
     if not debs:
-        subprocess.run(["apt-get", "download", DEB], cwd=cache, check=True)
+        subprocess.run(["apt-get", "download", DEB], cwd=cache, check=True, stdout=sys.stderr)
         debs = sorted(glob.glob(os.path.join(cache, f"{DEB}_*.deb")))
     deb = debs[-1]
     root = os.path.join(cache, "x")
     if not os.path.isdir(root):
-        subprocess.run(["dpkg-deb", "-x", deb, root], check=True)
+        subprocess.run(["dpkg-deb", "-x", deb, root], check=True, stdout=sys.stderr)
     found = glob.glob(os.path.join(root, "usr/lib/ocaml/coq/theories"))
     if not found:
         sys.exit(f"{deb}: no usr/lib/ocaml/coq/theories inside")
@@ -198,9 +199,18 @@ def resolve(token, here, file_of, by_name, requires, file_requires):
     return None
 
 
-def split_of(rel):
-    h = int(hashlib.sha256(rel.encode()).hexdigest(), 16) % 10
-    return "test" if h == 0 else "dev" if h == 1 else "train"
+def file_splits(query_files):
+    """File → split: files in SHA-256 order of their path fill test until it holds 10% of the
+    queries, then dev to 10%, the rest is train — whole files, so test lemmas come from files
+    never seen in training, and balanced whatever subset of the library is kept."""
+    total = sum(query_files.values())
+    out, filled = {}, {"test": 0, "dev": 0}
+    for f in sorted(query_files, key=lambda f: hashlib.sha256(f.encode()).hexdigest()):
+        split = next((s for s in ("test", "dev") if filled[s] < 0.1 * total), "train")
+        out[f] = split
+        if split != "train":
+            filled[split] += query_files[f]
+    return out
 
 
 def reasoning(proof, names):
@@ -277,19 +287,25 @@ def main():
         if len(used) > a.max_gold:
             skipped[f"more than {a.max_gold} lemmas used"] += 1
             continue
-        split = split_of(d["file"])
         qid = "q:" + d["qual"]
-        queries.append((split, {
+        queries.append((d["file"], {
             "_id": qid,
             "text": d["statement"],
             "reasoning": reasoning(d["proof"], names),
             "excluded_ids": [d["qual"]],
         }, used))
-        if split == "train":
-            same_file = [c["qual"] for c in decls[max(0, di - 40):di]
-                         if c["file"] == d["file"] and c["qual"] not in used and c["qual"] in in_corpus]
-            if same_file:
-                negatives.append({"query_id": qid, "doc_ids": same_file[-4:]})
+        same_file = [c["qual"] for c in decls[max(0, di - 40):di]
+                     if c["file"] == d["file"] and c["qual"] not in used and c["qual"] in in_corpus]
+        if same_file:
+            negatives.append({"query_id": qid, "doc_ids": same_file[-4:]})
+
+    per_file = defaultdict(int)
+    for f, _, _ in queries:
+        per_file[f] += 1
+    split_of = file_splits(per_file)
+    queries = [(split_of[f], q, used) for f, q, used in queries]
+    train_ids = {q["_id"] for s, q, _ in queries if s == "train"}
+    negatives = [n for n in negatives if n["query_id"] in train_ids]
 
     # deterministic caps on dev/test
     kept = []
