@@ -126,8 +126,23 @@ pub struct Sample {
     pub embedding_norm: Option<f32>,
 }
 
+/// A `--model` argument that is no model folder is a usage error (exit 2), not a failed load.
+fn model_folder_arg(dir: &Path) -> Result<()> {
+    if dir.join("config.json").is_file() && dir.join("tokenizer.json").is_file() {
+        return Ok(());
+    }
+    Err(Error::Config {
+        location: "--model".into(),
+        message: format!(
+            "{}: not a model folder (config.json, tokenizer.json and safetensors expected)",
+            dir.display()
+        ),
+    })
+}
+
 /// `t1-train generate`: load a model folder, sample `num_samples` continuations of one prompt.
 pub fn generate<B: Backend>(req: &GenerateRequest, device: &B::Device) -> Result<Vec<Sample>> {
+    model_folder_arg(&req.model)?;
     // the model first: load_hf verifies the folder's SHA256SUMS (tokenizer included) when it has one
     let mut model: Decoder<B> = load_hf(&req.model, device)?;
     let tok = T1Tokenizer::load(&req.model.join("tokenizer.json"))?;
@@ -294,6 +309,7 @@ pub fn search<B: Backend>(
     k: usize,
     device: &B::Device,
 ) -> Result<Vec<(String, Vec<SearchHit>)>> {
+    model_folder_arg(model_dir)?;
     let (index, meta, ids) = crate::index::DocIndex::<B>::load(index_path, device)?;
     crate::index::check_index(
         index_path,
