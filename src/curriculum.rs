@@ -118,11 +118,12 @@ impl CurriculumReport {
 }
 
 /// What happened to one stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StageStatus {
     Fresh,
     Resumed,
-    AlreadyDone,
+    /// Its last checkpoint reached `train.steps`: nothing is loaded, its state says how it ended.
+    AlreadyDone(crate::checkpoint::TrainState),
 }
 
 /// Reads and checks a curriculum file: known fields, at least one stage, stage configs exist.
@@ -207,7 +208,7 @@ pub fn stage_status(cfg: &Config) -> Result<StageStatus> {
         });
     }
     Ok(if state.step >= cfg.raw.train.steps {
-        StageStatus::AlreadyDone
+        StageStatus::AlreadyDone(state)
     } else {
         StageStatus::Resumed
     })
@@ -235,14 +236,20 @@ pub fn run<B: AutodiffBackend>(
             match status {
                 StageStatus::Fresh => "starting",
                 StageStatus::Resumed => "resuming from its last checkpoint",
-                StageStatus::AlreadyDone => "already complete, skipped",
+                StageStatus::AlreadyDone(_) => "already complete, skipped",
             }
         ));
-        let resume = status != StageStatus::Fresh;
-        let summary: StageSummary = match s.kind {
-            StageKind::Stage1 => crate::train::stage1::run::<B>(&cfg, resume, device),
-            StageKind::Stage2 => crate::train::stage2::run::<B>(&cfg, resume, device),
-            StageKind::Stage3 => crate::train::stage3::run::<B>(&cfg, resume, device),
+        let resume = status == StageStatus::Resumed;
+        let summary: StageSummary = match (&status, s.kind) {
+            (StageStatus::AlreadyDone(state), _) => Ok(StageSummary {
+                steps: state.step,
+                best: state.best.as_ref().map(|b| (b.metric.clone(), b.value, b.step)),
+                best_dir: cfg.run_dir.join("best"),
+                last_dev: Vec::new(),
+            }),
+            (_, StageKind::Stage1) => crate::train::stage1::run::<B>(&cfg, resume, device),
+            (_, StageKind::Stage2) => crate::train::stage2::run::<B>(&cfg, resume, device),
+            (_, StageKind::Stage3) => crate::train::stage3::run::<B>(&cfg, resume, device),
         }
         .map_err(|e| match e {
             Error::Interrupted(m) => Error::Interrupted(format!(
