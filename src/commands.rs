@@ -39,7 +39,7 @@ pub fn eval<B: Backend>(cfg: &Config, device: &B::Device) -> Result<Report> {
             for q in &queries {
                 let text = match (e.query_view, &q.reasoning) {
                     // validate() refuses `generated` with BM25
-                    (QueryView::Bare | QueryView::Generated, _)
+                    (QueryView::Bare | QueryView::Generated | QueryView::Latent, _)
                     | (QueryView::GoldReasoning, None) => q.text.clone(),
                     (QueryView::GoldReasoning, Some(r)) => format!("{} {}", q.text, r),
                 };

@@ -39,6 +39,104 @@ pub struct RawConfig {
     /// Stage-3 (GRPO) settings.
     #[serde(default)]
     pub stage3: Stage3Section,
+    /// LaSER latent reasoning (`t1-train latent`, `eval.query_view = "latent"`). Written to the
+    /// resolved config only when it differs from the defaults.
+    #[serde(default, skip_serializing_if = "LatentSection::is_default")]
+    pub latent: LatentSection,
+}
+
+/// LaSER (DESIGN §1): the latent query view and its self-distillation objective.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatentSection {
+    /// K: latent steps after the query prompt (no token is decoded). Default 3.
+    #[serde(default = "default_latent_steps")]
+    pub steps: usize,
+    /// What a latent step feeds to the next: `soft_token` (`softmax(logits / soft_temperature) · E`,
+    /// E = the input embedding table) or `hidden` (the raw last-layer state). Default `soft_token`.
+    #[serde(default)]
+    pub feed: crate::model::latent::LatentFeed,
+    /// τ of the soft token's softmax. Default 1.0.
+    #[serde(default = "default_temp_f64")]
+    pub soft_temperature: f64,
+    /// Query vector from the K last-layer states: `mean` or `last`. Default `mean`.
+    #[serde(default)]
+    pub pooling: crate::model::latent::LatentPooling,
+    /// Temperature of the latent (student) view's scores: its InfoNCE and the student side of
+    /// the output alignment. Default 0.02.
+    #[serde(default = "default_latent_tau")]
+    pub temperature: f64,
+    /// Temperature of the explicit (teacher) view's scores: its InfoNCE and the teacher side of
+    /// the alignments. Default 0.02.
+    #[serde(default = "default_latent_tau")]
+    pub teacher_temperature: f64,
+    /// λ₁: weight of the explicit view's InfoNCE. Default 1.
+    #[serde(default = "default_one_f64")]
+    pub explicit_weight: f64,
+    /// λ₂: weight of the output alignment KL(P_explicit ‖ P_latent) over the batch's documents.
+    /// Default 10.
+    #[serde(default = "default_output_weight")]
+    pub output_weight: f64,
+    /// λ₃: weight of the trajectory alignment. Default 0.1.
+    #[serde(default = "default_trajectory_weight")]
+    pub trajectory_weight: f64,
+    /// Trajectory alignment: `cosine` (1 − cos between latent state k and the explicit state at
+    /// the end of reasoning segment k) or `kl` (per step, KL between their score distributions
+    /// over the batch's documents). Default `cosine`.
+    #[serde(default)]
+    pub trajectory: crate::loss::latent::Trajectory,
+    /// The explicit view is a teacher: no gradient flows through its side of the alignments
+    /// (its own InfoNCE still trains it). Default true.
+    #[serde(default = "yes")]
+    pub detach_teacher: bool,
+    /// Documents per query in a training step: a relevant one + hard negatives (as stage 2).
+    /// Default 4.
+    #[serde(default = "default_latent_group")]
+    pub group_size: usize,
+}
+
+impl Default for LatentSection {
+    fn default() -> Self {
+        toml::from_str("").expect("every latent field has a default")
+    }
+}
+
+impl LatentSection {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The inference-time part (what a latent query vector needs).
+    pub fn options(&self) -> crate::model::latent::LatentOptions {
+        crate::model::latent::LatentOptions {
+            steps: self.steps,
+            feed: self.feed,
+            soft_temperature: self.soft_temperature,
+            pooling: self.pooling,
+        }
+    }
+}
+
+fn default_latent_steps() -> usize {
+    3
+}
+fn default_temp_f64() -> f64 {
+    1.0
+}
+fn default_latent_tau() -> f64 {
+    0.02
+}
+fn default_one_f64() -> f64 {
+    1.0
+}
+fn default_output_weight() -> f64 {
+    10.0
+}
+fn default_trajectory_weight() -> f64 {
+    0.1
+}
+fn default_latent_group() -> usize {
+    4
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -315,8 +413,8 @@ pub struct EvalSection {
     #[serde(default)]
     pub retriever: RetrieverKind,
     /// What stands for the query: `bare` (the query alone), `gold_reasoning` (query + its gold
-    /// reasoning from `queries.jsonl`) or `generated` (dense only: the model writes its own
-    /// reasoning, greedy). Default `bare`.
+    /// reasoning from `queries.jsonl`), `generated` (dense only: the model writes its own
+    /// reasoning, greedy) or `latent` (dense only: K latent steps, `[latent]`). Default `bare`.
     #[serde(default)]
     pub query_view: QueryView,
     /// BM25 k1 (term-frequency saturation). Default 0.9 (Pyserini's default).
@@ -363,6 +461,8 @@ pub enum QueryView {
     GoldReasoning,
     /// The model's own greedy reasoning (dense retrieval only): how T1 is used at query time.
     Generated,
+    /// LaSER: K latent steps after the prompt, no decoding (dense retrieval only; `[latent]`).
+    Latent,
 }
 
 fn default_seed() -> u64 {
@@ -611,10 +711,15 @@ impl RawConfig {
                 format!("must be ≥ 100 so Recall@100 is exact, got {}", e.depth),
             ));
         }
-        if e.retriever == RetrieverKind::Bm25 && e.query_view == QueryView::Generated {
+        if e.retriever == RetrieverKind::Bm25
+            && matches!(e.query_view, QueryView::Generated | QueryView::Latent)
+        {
             return Err(err(
                 "eval.query_view",
-                "`generated` needs a model: use it with retriever = \"dense\"".into(),
+                format!(
+                    "`{}` needs a model: use it with retriever = \"dense\"",
+                    if e.query_view == QueryView::Latent { "latent" } else { "generated" }
+                ),
             ));
         }
         if e.retriever == RetrieverKind::Dense && self.model.is_none() {
@@ -722,6 +827,34 @@ impl RawConfig {
         }
         if s2.sft_weight < 0.0 {
             return Err(err("stage2.sft_weight", "must be ≥ 0".into()));
+        }
+        let l = &self.latent;
+        if l.steps == 0 {
+            return Err(err("latent.steps", "must be at least 1".into()));
+        }
+        for (key, v) in [
+            ("latent.soft_temperature", l.soft_temperature),
+            ("latent.temperature", l.temperature),
+            ("latent.teacher_temperature", l.teacher_temperature),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(err(key, format!("must be > 0, got {v}")));
+            }
+        }
+        for (key, v) in [
+            ("latent.explicit_weight", l.explicit_weight),
+            ("latent.output_weight", l.output_weight),
+            ("latent.trajectory_weight", l.trajectory_weight),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(err(key, format!("must be ≥ 0, got {v}")));
+            }
+        }
+        if l.group_size == 0 {
+            return Err(err(
+                "latent.group_size",
+                "must be at least 1 (the positive)".into(),
+            ));
         }
         let s3 = &mut self.stage3;
         if s3.group_size < 2 {

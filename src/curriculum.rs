@@ -308,6 +308,7 @@ fn report<B: AutodiffBackend>(
                     QueryView::Bare => "bare".into(),
                     QueryView::GoldReasoning => "gold reasoning".into(),
                     QueryView::Generated => "greedy reasoning".into(),
+                    QueryView::Latent => format!("latent ({} steps)", cfg.raw.latent.steps),
                 },
                 model_path: crate::train::common::model_section(cfg)?
                     .path

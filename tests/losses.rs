@@ -277,3 +277,74 @@ fn corpus_nce_equals_the_reference_and_its_gradient_finite_differences() {
     // row 1 has no pair: no gradient reaches it
     assert!(g[d..2 * d].iter().all(|&x| x.abs() < 1e-9));
 }
+
+/// LaSER's alignment losses and their gradients against `scripts/golden_latent.py`.
+#[test]
+fn latent_alignment_losses_equal_the_pytorch_formulas_with_gradients() {
+    use t1_train::loss::latent::{Trajectory, score_kl, trajectory_loss};
+    let f = fixture("latent.json");
+    let dim = |k: &str| f[k].as_u64().unwrap() as usize;
+    let (b, k, d, m) = (dim("b"), dim("k"), dim("d"), dim("m"));
+    let (ts, tt) = (f["tau_s"].as_f64().unwrap(), f["tau_t"].as_f64().unwrap());
+    let dev = Default::default();
+    let ignore: Vec<bool> = f["ignore"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_bool().unwrap())
+        .collect();
+    assert!(ignore.iter().any(|&x| x), "the fixture masks some documents");
+    for name in ["output_kl", "trajectory_cosine", "trajectory_kl"] {
+        let lat = Tensor::<B, 3>::from_data(TensorData::new(floats(&f["latent"]), [b, k, d]), &dev)
+            .require_grad();
+        let exp =
+            Tensor::<B, 3>::from_data(TensorData::new(floats(&f["explicit"]), [b, k, d]), &dev)
+                .require_grad();
+        let tea = tensor2(floats(&f["teacher"]), [b, d]).require_grad();
+        let docs = tensor2(floats(&f["docs"]), [m, d]).require_grad();
+        let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(ignore.clone(), [b, m]), &dev);
+        let loss = match name {
+            "output_kl" => {
+                let s = lat.clone().mean_dim(1).reshape([b, d]);
+                score_kl(s, tea.clone(), docs.clone(), ts, tt, Some(mask))
+            }
+            "trajectory_cosine" => trajectory_loss(
+                lat.clone(),
+                exp.clone(),
+                Trajectory::Cosine,
+                docs.clone(),
+                ts,
+                tt,
+                Some(mask),
+            ),
+            _ => trajectory_loss(
+                lat.clone(),
+                exp.clone(),
+                Trajectory::Kl,
+                docs.clone(),
+                ts,
+                tt,
+                Some(mask),
+            ),
+        };
+        let got = to_vec(loss.clone())[0];
+        let want = f[name]["loss"].as_f64().unwrap() as f32;
+        assert!(
+            (got - want).abs() < 1e-4 * want.abs().max(1.0),
+            "{name}: {got} vs {want}"
+        );
+        let grads = loss.backward();
+        let check = |key: &str, got: Option<Vec<f32>>| {
+            let want = floats(&f[name][key]);
+            let got = got.unwrap_or_else(|| vec![0.0; want.len()]);
+            let diff = max_abs(&got, &want);
+            assert!(diff < 2e-4, "{name}: {key} differs by {diff}");
+        };
+        let host2 = |t: Tensor<Flex, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        let host3 = |t: Tensor<Flex, 3>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        check("grad_latent", lat.grad(&grads).map(host3));
+        check("grad_explicit", exp.grad(&grads).map(host3));
+        check("grad_teacher", tea.grad(&grads).map(host2));
+        check("grad_docs", docs.grad(&grads).map(host2));
+    }
+}

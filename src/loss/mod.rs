@@ -3,6 +3,7 @@
 
 pub mod contrastive;
 pub mod grpo;
+pub mod latent;
 pub mod sft;
 
 pub use contrastive::{InfoNce, corpus_nce, info_nce};

@@ -322,21 +322,30 @@ impl<B: Backend> Decoder<B> {
             None => causal,
         };
         let mask = mask.reshape([b, 1, 1, s, s]);
-        self.layers(ids, cos, sin, mask, None)
+        self.layers(self.embed(ids), cos, sin, mask, None)
     }
 
-    /// Embedding → blocks → final norm. With a cache, each layer's keys/values are written at
+    /// Input embeddings `[b, s, d]` of token ids `[b, s]`.
+    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.model.embed_tokens.forward(ids)
+    }
+
+    /// The input embedding table E `[V, d]`.
+    pub fn embedding_table(&self) -> Tensor<B, 2> {
+        self.model.embed_tokens.weight.val()
+    }
+
+    /// Blocks → final norm over input embeddings `x` `[b, s, d]`. With a cache, each layer's keys/values are written at
     /// column `cache.len` onwards and the cache length advances by `s`.
     fn layers(
         &self,
-        ids: Tensor<B, 2, Int>,
+        mut x: Tensor<B, 3>,
         cos: Tensor<B, 4>,
         sin: Tensor<B, 4>,
         mask: Tensor<B, 5, Bool>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let s = ids.dims()[1];
-        let mut x = self.model.embed_tokens.forward(ids);
+        let s = x.dims()[1];
         let mut kvs = cache
             .as_mut()
             .map(|c| std::mem::take(&mut c.layers).into_iter());
@@ -378,7 +387,19 @@ impl<B: Backend> Decoder<B> {
         pad: &[bool],
         cache: &mut KvCache<B>,
     ) -> crate::Result<Tensor<B, 3>> {
-        let [b, s] = ids.dims();
+        self.forward_cached_embeds(self.embed(ids), positions, pad, cache)
+    }
+
+    /// [`Self::forward_cached`] from input embeddings `x` `[b, s, d]` instead of token ids (soft
+    /// tokens or fed-back hidden states: the latent view). Differentiable under autodiff.
+    pub fn forward_cached_embeds(
+        &self,
+        x: Tensor<B, 3>,
+        positions: Tensor<B, 2, Int>,
+        pad: &[bool],
+        cache: &mut KvCache<B>,
+    ) -> crate::Result<Tensor<B, 3>> {
+        let [b, s, _] = x.dims();
         let start = cache.len;
         let t = start + s;
         if b != cache.batch || t > cache.capacity || pad.len() != b * s {
@@ -405,14 +426,14 @@ impl<B: Backend> Decoder<B> {
                 mask.extend((0..t).map(|j| j > me || (row_pad[j] && j != me)));
             }
         }
-        let device = ids.device();
+        let device = x.device();
         let mask = Tensor::<B, 1, Bool>::from_data(
             burn::tensor::TensorData::new(mask, [b * s * t]),
             &device,
         )
         .reshape([b, 1, 1, s, t]);
         let (cos, sin) = self.rope(positions);
-        Ok(self.layers(ids, cos, sin, mask, Some(cache)))
+        Ok(self.layers(x, cos, sin, mask, Some(cache)))
     }
 
     /// Logits `[b, s, V]` from hidden states `[b, s, d]` (tied head: the embedding matrix).

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{self, Best, RngState, TrainState};
 use crate::config::{Config, ModelSection, QueryView};
+use crate::model::latent::{LatentOptions, latent_vectors};
 use crate::data::{Dataset, Query};
 use crate::error::{Error, Result};
 use crate::eval::{Report, Run, evaluate};
@@ -117,15 +118,24 @@ pub fn query_view_ids(
 }
 
 /// Query vectors `[q, d]` (not normalised) for `queries` under `view`; `Generated` decodes
-/// greedily with the KV cache and reads `<emb_token>` in the same loop.
+/// greedily with the KV cache and reads `<emb_token>` in the same loop; `Latent` runs the
+/// `latent` view's K steps after the prompt (`model::latent`).
 pub fn query_vectors<B: Backend>(
     model: &Decoder<B>,
     tok: &T1Tokenizer,
     queries: &[&Query],
     view: QueryView,
     m: &ModelSection,
+    latent: &LatentOptions,
     batch_size: usize,
 ) -> Result<Tensor<B, 2>> {
+    if view == QueryView::Latent {
+        let prompts = queries
+            .iter()
+            .map(|q| tok.query_prompt(&q.text, m.max_query_tokens))
+            .collect::<Result<Vec<_>>>()?;
+        return latent_vectors(model, &prompts, tok.pad, latent, batch_size);
+    }
     if view != QueryView::Generated {
         let seqs = queries
             .iter()
@@ -206,7 +216,7 @@ pub fn dense_eval<B: Backend>(
     let batch = cfg.raw.train.eval_batch_size;
     let index = DocIndex::build(model, tok, &ds.corpus, m.max_doc_tokens, batch, |_| {})?;
     let queries = ds.split_queries(split)?;
-    let qv = query_vectors(model, tok, &queries, view, m, batch)?;
+    let qv = query_vectors(model, tok, &queries, view, m, &cfg.raw.latent.options(), batch)?;
     // excluded documents leave each query's ranking here, so the run keeps `depth` real hits
     let excluded_idx: Vec<std::collections::HashSet<usize>> =
         queries.iter().map(|q| ds.excluded(q)).collect();

@@ -126,7 +126,8 @@ fn mine<B: Backend>(
                 .expect("train queries come from the dataset")
         })
         .collect();
-    let qv = query_vectors(model, tok, &all, QueryView::GoldReasoning, m, batch)?;
+    let latent = cfg.raw.latent.options(); // unused by the gold-reasoning view
+    let qv = query_vectors(model, tok, &all, QueryView::GoldReasoning, m, &latent, batch)?;
     let scores = index.scores(qv)?;
     Ok(queries
         .iter()
