@@ -96,6 +96,156 @@ pub fn eval<B: Backend>(cfg: &Config, device: &B::Device) -> Result<Report> {
     Ok(report)
 }
 
+/// One row of `t1-train eval --views`: a query view's retrieval quality and query cost.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ViewRow {
+    /// `bare`, `gold_reasoning`, `generated` or `latent`.
+    pub view: String,
+    pub metrics: crate::eval::Metrics,
+    /// Wall time to turn one query into its vector, one query at a time (mean over
+    /// `latency_queries` queries, after one untimed warm-up query).
+    pub ms_per_query_batch1: f64,
+    /// The same over the whole split encoded `batch_size` queries at a time.
+    pub ms_per_query_batched: f64,
+}
+
+/// What `t1-train eval --views` measured, written to `runs/<name>/eval/views.{json,md}`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ViewsReport {
+    pub split: String,
+    pub num_queries: usize,
+    pub model: String,
+    pub batch_size: usize,
+    pub latency_queries: usize,
+    /// CPU threads available to this process.
+    pub threads: usize,
+    pub rows: Vec<ViewRow>,
+}
+
+impl ViewsReport {
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "# Query views on {} ({} queries), model `{}`\n\n\
+             Latency: time to turn a query into its vector (document encoding and ranking excluded); \
+             batch 1 over {} queries, batched over all at {} per batch; {} threads.\n\n\
+             | query view | nDCG@10 | Recall@100 | MRR@10 | ms/query (batch 1) | ms/query (batch {}) |\n\
+             |---|---|---|---|---|---|\n",
+            self.split,
+            self.num_queries,
+            self.model,
+            self.latency_queries,
+            self.batch_size,
+            self.threads,
+            self.batch_size
+        );
+        for r in &self.rows {
+            out.push_str(&format!(
+                "| {} | {:.4} | {:.4} | {:.4} | {:.2} | {:.2} |\n",
+                r.view,
+                r.metrics.ndcg_at_10,
+                r.metrics.recall_at_100,
+                r.metrics.mrr_at_10,
+                r.ms_per_query_batch1,
+                r.ms_per_query_batched
+            ));
+        }
+        out
+    }
+}
+
+/// `t1-train eval --config FILE --views bare,generated,latent`: dense retrieval on the eval split
+/// with each query view of the config's model (one document index for all), plus the cost of
+/// encoding a query under each view. Writes `runs/<name>/eval/views.{json,md}` and a TREC run
+/// per view.
+pub fn eval_views<B: Backend>(
+    cfg: &Config,
+    views: &[QueryView],
+    latency_queries: usize,
+    device: &B::Device,
+) -> Result<ViewsReport> {
+    use crate::train::common::{load_backbone, model_section, query_vectors, rank_and_score};
+    let m = model_section(cfg)?;
+    let run_dir = RunDir::create(cfg)?;
+    let ds = Dataset::load(&cfg.raw.data.dataset)?;
+    let split = cfg.eval_split();
+    let queries = ds.split_queries(split)?;
+    if queries.is_empty() {
+        return Err(Error::Runtime(format!("split {split} has no queries")));
+    }
+    let batch = cfg.raw.train.eval_batch_size;
+    let latent = cfg.raw.latent.options();
+    let (model, tok) = load_backbone::<B>(cfg, device)?;
+    let bar = progress_bar(
+        ds.corpus.len() as u64,
+        "documents",
+        cfg.raw.logging.progress,
+    );
+    let index =
+        crate::index::DocIndex::build(&model, &tok, &ds.corpus, m.max_doc_tokens, batch, |n| {
+            bar.set_position(n as u64)
+        })?;
+    bar.finish_and_clear();
+    let out = run_dir.subdir("eval")?;
+    let n1 = latency_queries.clamp(1, queries.len());
+    let bar = progress_bar(views.len() as u64, "views", cfg.raw.logging.progress);
+    let mut rows = Vec::new();
+    for &view in views {
+        let name = serde_json::to_value(view)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{view:?}"));
+        bar.set_message(name.clone());
+        let encode = |qs: &[&crate::data::Query], b: usize| -> Result<burn::tensor::Tensor<B, 2>> {
+            let v = query_vectors(&model, &tok, qs, view, m, &latent, b)?;
+            let _ = v.clone().into_data(); // wait for the device
+            Ok(v)
+        };
+        encode(&queries[..1], 1)?; // warm-up
+        let t0 = std::time::Instant::now();
+        for q in &queries[..n1] {
+            encode(std::slice::from_ref(q), 1)?;
+        }
+        let batch1 = t0.elapsed().as_secs_f64() * 1e3 / n1 as f64;
+        let t0 = std::time::Instant::now();
+        let qv = encode(&queries, batch)?;
+        let batched = t0.elapsed().as_secs_f64() * 1e3 / queries.len() as f64;
+        let (report, run) = rank_and_score(&index, qv, &ds, split, &queries, cfg)?;
+        write_trec_run(
+            &out.join(format!("{split}-{name}.run")),
+            &run,
+            &format!("t1-{name}"),
+            cfg.raw.eval.depth,
+        )?;
+        rows.push(ViewRow {
+            view: name,
+            metrics: report.mean,
+            ms_per_query_batch1: batch1,
+            ms_per_query_batched: batched,
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let report = ViewsReport {
+        split: split.to_string(),
+        num_queries: queries.len(),
+        model: m
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .or_else(|| m.preset.clone())
+            .unwrap_or_default(),
+        batch_size: batch,
+        latency_queries: n1,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        rows,
+    };
+    let json = serde_json::to_string_pretty(&report)
+        .map_err(|e| Error::Runtime(format!("cannot serialise the report: {e}")))?;
+    crate::run::write_atomic(&out.join("views.json"), json.as_bytes())?;
+    crate::run::write_atomic(&out.join("views.md"), report.markdown().as_bytes())?;
+    Ok(report)
+}
+
 /// What `t1-train generate` was asked for.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {

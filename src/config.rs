@@ -93,6 +93,10 @@ pub struct LatentSection {
     /// Default 4.
     #[serde(default = "default_latent_group")]
     pub group_size: usize,
+    /// Weight of the stage-1 SFT loss on the explicit view's gold reasoning, so the same
+    /// checkpoint keeps writing reasoning for the explicit view. Default 0.1.
+    #[serde(default = "default_sft_weight")]
+    pub sft_weight: f64,
 }
 
 impl Default for LatentSection {
@@ -718,7 +722,11 @@ impl RawConfig {
                 "eval.query_view",
                 format!(
                     "`{}` needs a model: use it with retriever = \"dense\"",
-                    if e.query_view == QueryView::Latent { "latent" } else { "generated" }
+                    if e.query_view == QueryView::Latent {
+                        "latent"
+                    } else {
+                        "generated"
+                    }
                 ),
             ));
         }
@@ -845,6 +853,7 @@ impl RawConfig {
             ("latent.explicit_weight", l.explicit_weight),
             ("latent.output_weight", l.output_weight),
             ("latent.trajectory_weight", l.trajectory_weight),
+            ("latent.sft_weight", l.sft_weight),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
                 return Err(err(key, format!("must be ≥ 0, got {v}")));

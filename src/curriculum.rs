@@ -26,7 +26,7 @@ use crate::train::common::{StageSummary, config_hash, dense_eval, load_backbone}
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageEntry {
-    /// `stage1`, `stage2` or `stage3`.
+    /// `stage1`, `stage2`, `stage3` or `latent` (LaSER).
     pub kind: StageKind,
     /// The stage's config, relative to the curriculum file. Its `[model]` is used as is for
     /// the first stage; later stages start from the previous stage's `best/`.
@@ -39,6 +39,8 @@ pub enum StageKind {
     Stage1,
     Stage2,
     Stage3,
+    /// LaSER's latent-reasoning self-distillation (`train::latent`).
+    Latent,
 }
 
 impl StageKind {
@@ -47,6 +49,7 @@ impl StageKind {
             StageKind::Stage1 => "stage1",
             StageKind::Stage2 => "stage2",
             StageKind::Stage3 => "stage3",
+            StageKind::Latent => "latent",
         }
     }
 }
@@ -250,6 +253,7 @@ pub fn run<B: AutodiffBackend>(
             (_, StageKind::Stage1) => crate::train::stage1::run::<B>(&cfg, resume, device),
             (_, StageKind::Stage2) => crate::train::stage2::run::<B>(&cfg, resume, device),
             (_, StageKind::Stage3) => crate::train::stage3::run::<B>(&cfg, resume, device),
+            (_, StageKind::Latent) => crate::train::latent::run::<B>(&cfg, resume, device),
         }
         .map_err(|e| match e {
             Error::Interrupted(m) => Error::Interrupted(format!(
@@ -337,10 +341,13 @@ fn report<B: AutodiffBackend>(
             m.tokenizer = None;
         }
         let label = format!("after {}", s.kind.name());
-        if s.kind == StageKind::Stage2 {
+        if matches!(s.kind, StageKind::Stage2 | StageKind::Latent) {
             eval(&label, &cfg, QueryView::Bare, &mut rows)?;
         }
         eval(&label, &cfg, QueryView::Generated, &mut rows)?;
+        if s.kind == StageKind::Latent {
+            eval(&label, &cfg, QueryView::Latent, &mut rows)?;
+        }
     }
     let report = CurriculumReport {
         curriculum: c.name.clone(),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use t1_train::config::Config;
+use t1_train::config::{Config, QueryView};
 use t1_train::model::Sampler;
 use t1_train::{Error, commands};
 
@@ -76,6 +76,21 @@ struct ConfigArgs {
     overrides: Vec<String>,
 }
 
+/// `eval`: `--config FILE`, `--set key=value`, `--views …`.
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    base: ConfigArgs,
+    /// Compare query views of the config's model instead of one run: dense retrieval with each
+    /// (comma-separated: bare, gold_reasoning, generated, latent) and the time to encode a query,
+    /// one at a time and batched. Writes runs/<name>/eval/views.{md,json}.
+    #[arg(long, value_delimiter = ',', value_name = "VIEW,...")]
+    views: Vec<String>,
+    /// With --views: queries timed one at a time (the first N of the split).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    latency_queries: usize,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Stage 1, supervised reasoning: teacher-forced cross-entropy on the gold reasoning and the
@@ -87,6 +102,9 @@ enum Command {
     /// Stage 3, GRPO: sample G reasoning rollouts per query, rank the gold documents in a live
     /// index, turn ranks into rewards (chosen in the config), update the shared backbone.
     Stage3(StageArgs),
+    /// LaSER, latent reasoning: self-distil the explicit view (query + gold reasoning) into K
+    /// latent steps after the query prompt, so queries need no decoding (`[latent]` in the config).
+    Latent(StageArgs),
     /// Run a curriculum file: its stages in order, each from the best checkpoint of the one
     /// before, ending with an evaluation report in the run folder.
     Curriculum {
@@ -99,7 +117,7 @@ enum Command {
     },
     /// Evaluate retrieval on a split: nDCG@10, Recall@10/100, MRR@10 exactly as trec_eval, plus a
     /// TREC run file and a JSON report under runs/<name>/eval/.
-    Eval(ConfigArgs),
+    Eval(EvalArgs),
     /// Encode the config's corpus with its model's document view and save the index (one
     /// safetensors file) with the model's weights hash and step and the corpus hash it was built
     /// from. Default output: runs/<name>/index/index.safetensors.
@@ -178,7 +196,37 @@ fn run(cli: Cli) -> Result<(), Error> {
             println!("{}: ok", dir.display());
             println!("{summary}");
         }
-        Command::Eval(a) => {
+        Command::Eval(EvalArgs {
+            base: a,
+            views,
+            latency_queries,
+        }) if !views.is_empty() => {
+            let cfg = Config::load(&a.config, &a.overrides)?;
+            let views = views
+                .iter()
+                .map(|v| {
+                    serde_json::from_value(serde_json::Value::String(v.trim().to_string()))
+                        .map_err(|_| Error::Config {
+                            location: "--views".into(),
+                            message: format!(
+                                "unknown query view '{v}'; views: bare, gold_reasoning, generated, latent"
+                            ),
+                        })
+                })
+                .collect::<Result<Vec<QueryView>, Error>>()?;
+            let report = commands::eval_views::<Compute>(
+                &cfg,
+                &views,
+                latency_queries,
+                &Default::default(),
+            )?;
+            print!("{}", report.markdown());
+            println!(
+                "report and TREC runs: {}",
+                cfg.run_dir.join("eval").display()
+            );
+        }
+        Command::Eval(EvalArgs { base: a, .. }) => {
             let cfg = Config::load(&a.config, &a.overrides)?;
             let report = commands::eval::<Compute>(&cfg, &Default::default())?;
             println!(
@@ -207,6 +255,11 @@ fn run(cli: Cli) -> Result<(), Error> {
             let cfg = Config::load(&a.config, &a.overrides)?;
             let s = t1_train::train::stage3::run::<Train>(&cfg, a.resume, &Default::default())?;
             report_stage("stage3", &s);
+        }
+        Command::Latent(a) => {
+            let cfg = Config::load(&a.config, &a.overrides)?;
+            let s = t1_train::train::latent::run::<Train>(&cfg, a.resume, &Default::default())?;
+            report_stage("latent", &s);
         }
         Command::Curriculum { file, overrides } => {
             let c = t1_train::curriculum::load(&file)?;

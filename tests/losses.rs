@@ -293,7 +293,10 @@ fn latent_alignment_losses_equal_the_pytorch_formulas_with_gradients() {
         .iter()
         .map(|x| x.as_bool().unwrap())
         .collect();
-    assert!(ignore.iter().any(|&x| x), "the fixture masks some documents");
+    assert!(
+        ignore.iter().any(|&x| x),
+        "the fixture masks some documents"
+    );
     for name in ["output_kl", "trajectory_cosine", "trajectory_kl"] {
         let lat = Tensor::<B, 3>::from_data(TensorData::new(floats(&f["latent"]), [b, k, d]), &dev)
             .require_grad();

@@ -232,3 +232,27 @@ fn grown_and_cast_models_train_under_autodiff() {
     let grads = m.forward(ids, None).0.sum().backward();
     assert!(m.model.norm.gamma.grad(&grads).is_some());
 }
+
+/// LaSER's trajectory targets: a segment ends at a sentence end or blank line, and at the end
+/// of the kept reasoning; token indices are relative to the first reasoning token.
+#[test]
+fn reasoning_segments_end_at_sentences_blank_lines_and_the_cut() {
+    let t = T1Tokenizer::load(&shipped()).unwrap();
+    let text = "Volo belongs to the guild. The guild keeps a loom\n\nso the loom is hollow";
+    let ids = t.encode(text).unwrap();
+    let ends = t.reasoning_segment_ends(text, 1000).unwrap();
+    assert_eq!(ends.len(), 3, "{ends:?}");
+    assert_eq!(*ends.last().unwrap(), ids.len() - 1);
+    // each segment's last token decodes to the text up to that boundary
+    let upto = |i: usize| t.decode(&ids[..=i], false).unwrap();
+    assert!(upto(ends[0]).ends_with("guild."), "{}", upto(ends[0]));
+    assert!(
+        upto(ends[1]).trim_end().ends_with("loom"),
+        "{}",
+        upto(ends[1])
+    );
+    // a cut keeps only the segments inside it, and the cut is the last end
+    let cut = t.reasoning_segment_ends(text, ends[0] + 2).unwrap();
+    assert_eq!(cut, vec![ends[0], ends[0] + 1]);
+    assert!(t.reasoning_segment_ends("", 10).unwrap().is_empty());
+}

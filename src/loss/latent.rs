@@ -133,7 +133,8 @@ mod tests {
     #[test]
     fn kl_is_zero_for_equal_views_and_positive_otherwise() {
         let dev = Default::default();
-        let q = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 0.2, -0.3, 0.5], [2, 2]), &dev);
+        let q =
+            Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 0.2, -0.3, 0.5], [2, 2]), &dev);
         let docs = Tensor::<B, 2>::from_data(
             TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0, -1.0, 0.3], [3, 2]),
             &dev,

@@ -173,7 +173,10 @@ mod tests {
             let got = latent_states(&model, &[prompt.clone()], 0, &o).unwrap(); // [1, 3, 16]
             // reference: grow the embedding sequence and run the plain causal forward each time
             let ids = Tensor::<B, 2, Int>::from_data(
-                TensorData::new(prompt.iter().map(|&t| t as i64).collect(), [1, prompt.len()]),
+                TensorData::new(
+                    prompt.iter().map(|&t| t as i64).collect(),
+                    [1, prompt.len()],
+                ),
                 &device,
             );
             let mut x = model.embed(ids);
@@ -229,7 +232,10 @@ mod tests {
             TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], [1, 3, 2]),
             &device,
         );
-        let mean: Vec<f32> = pool(s.clone(), LatentPooling::Mean).into_data().to_vec().unwrap();
+        let mean: Vec<f32> = pool(s.clone(), LatentPooling::Mean)
+            .into_data()
+            .to_vec()
+            .unwrap();
         let last: Vec<f32> = pool(s, LatentPooling::Last).into_data().to_vec().unwrap();
         assert_eq!(mean, vec![3.0, 4.0]);
         assert_eq!(last, vec![5.0, 6.0]);

@@ -275,6 +275,51 @@ impl T1Tokenizer {
         Ok((ids, prompt_len))
     }
 
+    /// Where the reasoning's segments end, for LaSER's trajectory alignment: token indices
+    /// (0-based, relative to the first reasoning token) of the last token of each segment, in
+    /// order, counting only the first `max_reasoning_tokens` tokens (as in
+    /// [`Self::query_with_reasoning`]). A segment ends at a blank line, after `.`, `!`, `?` or
+    /// `;` followed by whitespace, and at the end of the (kept) reasoning.
+    pub fn reasoning_segment_ends(
+        &self,
+        reasoning: &str,
+        max_reasoning_tokens: usize,
+    ) -> Result<Vec<usize>> {
+        let enc = self
+            .inner
+            .encode(reasoning, false)
+            .map_err(|e| Error::Runtime(format!("tokenizer: {e}")))?;
+        let n = enc.len().min(max_reasoning_tokens);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let offsets = &enc.get_offsets()[..n];
+        // byte positions where a segment ends (exclusive)
+        let bytes = reasoning.as_bytes();
+        let mut cuts = Vec::new();
+        for (i, &c) in bytes.iter().enumerate() {
+            let next = bytes.get(i + 1).copied();
+            let sentence = matches!(c, b'.' | b'!' | b'?' | b';')
+                && next.is_some_and(|x| x.is_ascii_whitespace());
+            let blank = c == b'\n' && next == Some(b'\n');
+            if sentence || blank {
+                cuts.push(i + 1);
+            }
+        }
+        let mut ends: Vec<usize> = Vec::new();
+        for cut in cuts {
+            // the last token starting before the cut
+            if let Some(t) = offsets.iter().rposition(|&(start, _)| start < cut)
+                && ends.last() != Some(&t)
+            {
+                ends.push(t);
+            }
+        }
+        ends.retain(|&t| t < n - 1);
+        ends.push(n - 1);
+        Ok(ends)
+    }
+
     /// Document view: `doc_instruction + title + text` (cut at `max_doc_tokens`) `+ <emb_token>`.
     /// Returns the ids and whether the document was truncated.
     pub fn doc_view(

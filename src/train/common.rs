@@ -20,13 +20,13 @@ use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{self, Best, RngState, TrainState};
 use crate::config::{Config, ModelSection, QueryView};
-use crate::model::latent::{LatentOptions, latent_vectors};
 use crate::data::{Dataset, Query};
 use crate::error::{Error, Result};
 use crate::eval::{Report, Run, evaluate};
 use crate::index::{DocIndex, embed_last};
 use crate::metrics::{MetricsSink, progress_bar};
 use crate::model::generate::{Embed, GenerateOptions, Sampler, generate};
+use crate::model::latent::{LatentOptions, latent_vectors};
 use crate::model::{Decoder, DecoderConfig, T1Tokenizer, load_hf, save_hf};
 use crate::run::RunDir;
 use crate::train::optim::{adamw, clip_global_norm, lr_at};
@@ -216,12 +216,34 @@ pub fn dense_eval<B: Backend>(
     let batch = cfg.raw.train.eval_batch_size;
     let index = DocIndex::build(model, tok, &ds.corpus, m.max_doc_tokens, batch, |_| {})?;
     let queries = ds.split_queries(split)?;
-    let qv = query_vectors(model, tok, &queries, view, m, &cfg.raw.latent.options(), batch)?;
+    let qv = query_vectors(
+        model,
+        tok,
+        &queries,
+        view,
+        m,
+        &cfg.raw.latent.options(),
+        batch,
+    )?;
+    rank_and_score(&index, qv, ds, split, &queries, cfg)
+}
+
+/// Ranks the corpus of `index` for query vectors `qv` `[q, d]` (the split's `queries`, in
+/// order), `excluded_ids` removed, `eval.depth` kept, and scores the run exactly as trec_eval.
+pub fn rank_and_score<B: Backend>(
+    index: &DocIndex<B>,
+    qv: Tensor<B, 2>,
+    ds: &Dataset,
+    split: &str,
+    queries: &[&Query],
+    cfg: &Config,
+) -> Result<(Report, Run)> {
+    let batch = cfg.raw.train.eval_batch_size;
     // excluded documents leave each query's ranking here, so the run keeps `depth` real hits
     let excluded_idx: Vec<std::collections::HashSet<usize>> =
         queries.iter().map(|q| ds.excluded(q)).collect();
     let depth = cfg.raw.eval.depth.min(ds.corpus.len());
-    let top = crate::index::top_k(&index, qv, &ds.corpus.ids, depth, batch, &excluded_idx)?;
+    let top = crate::index::top_k(index, qv, &ds.corpus.ids, depth, batch, &excluded_idx)?;
     let mut run = Run::new();
     for (q, hits) in queries.iter().zip(top) {
         let hits: Vec<(String, f64)> = hits

@@ -1,6 +1,7 @@
 //! Training loops: one file per stage, plus the pieces they share (optimizer, checkpoints).
 
 pub mod common;
+pub mod latent;
 pub mod optim;
 pub mod stage1;
 pub mod stage2;

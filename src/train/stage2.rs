@@ -45,14 +45,14 @@ use crate::train::common::{Goal, Trainer, model_section, query_vectors};
 use crate::train::stage1::Example;
 
 /// One training query: its teacher-forced query view, relevant and excluded document indices.
-struct TrainQuery {
-    id: String,
-    view: Example,
-    positives: Vec<usize>,
-    excluded: HashSet<usize>,
+pub(crate) struct TrainQuery {
+    pub(crate) id: String,
+    pub(crate) view: Example,
+    pub(crate) positives: Vec<usize>,
+    pub(crate) excluded: HashSet<usize>,
 }
 
-fn train_queries(
+pub(crate) fn train_queries(
     tok: &T1Tokenizer,
     ds: &Dataset,
     cfg: &Config,
@@ -89,7 +89,7 @@ fn train_queries(
 }
 
 /// Hard-negative pools from `hard_negatives.jsonl` (positives and excluded ids removed).
-fn file_negatives(ds: &Dataset, queries: &[TrainQuery]) -> Vec<Vec<usize>> {
+pub(crate) fn file_negatives(ds: &Dataset, queries: &[TrainQuery]) -> Vec<Vec<usize>> {
     queries
         .iter()
         .map(|q| {
@@ -127,7 +127,15 @@ fn mine<B: Backend>(
         })
         .collect();
     let latent = cfg.raw.latent.options(); // unused by the gold-reasoning view
-    let qv = query_vectors(model, tok, &all, QueryView::GoldReasoning, m, &latent, batch)?;
+    let qv = query_vectors(
+        model,
+        tok,
+        &all,
+        QueryView::GoldReasoning,
+        m,
+        &latent,
+        batch,
+    )?;
     let scores = index.scores(qv)?;
     Ok(queries
         .iter()
@@ -181,7 +189,7 @@ fn read_mined(
 
 /// `group_size` documents for query `q`: a random positive, then hard negatives from its pool
 /// (random order), then random documents that are neither relevant nor excluded.
-fn group(
+pub(crate) fn group(
     q: &TrainQuery,
     pool: &[usize],
     g: usize,
@@ -238,27 +246,7 @@ pub fn run<B: AutodiffBackend>(
             &format!("{no_reasoning} of {} training queries have no gold reasoning (embedded with empty reasoning)", queries.len()),
         )?;
     }
-    // documents of every view, tokenised once
-    let mut doc_views = Vec::with_capacity(ds.corpus.len());
-    let mut truncated = 0;
-    for i in 0..ds.corpus.len() {
-        let (ids, cut) =
-            tr.tok
-                .doc_view(&ds.corpus.titles[i], &ds.corpus.texts[i], m.max_doc_tokens)?;
-        truncated += cut as usize;
-        doc_views.push(ids);
-    }
-    if truncated > 0 {
-        tr.sinks.text(
-            tr.state.step,
-            "stage2/data",
-            &format!(
-                "{truncated} of {} documents cut at model.max_doc_tokens = {}",
-                ds.corpus.len(),
-                m.max_doc_tokens
-            ),
-        )?;
-    }
+    let doc_views = doc_views(&mut tr, &ds, &m, "stage2/data")?;
     // Mined pools are written per mining step, so a resume reloads exactly the pools in force.
     let mined_path = |step: u64| mined_file(&cfg.run_dir, step);
     let mut pools = file_negatives(&ds, &queries);
@@ -278,32 +266,11 @@ pub fn run<B: AutodiffBackend>(
         for _ in 0..t.grad_accum {
             let idx = tr.next_examples(queries.len(), t.batch_size);
             let g = s2.group_size;
-            let mut docs = Vec::with_capacity(idx.len() * g);
-            for &i in &idx {
-                let grp = group(&queries[i], &pools[i], g, ds.corpus.len(), &mut tr.rng);
-                if grp.len() < g {
-                    return Err(Error::Runtime(format!(
-                        "query {}: only {} documents available for a group of {g}",
-                        queries[i].id,
-                        grp.len()
-                    )));
-                }
-                docs.extend(grp);
-            }
+            let docs = batch_groups(&queries, &pools, &idx, g, ds.corpus.len(), &mut tr.rng)?;
             let q_rows: Vec<&Example> = idx.iter().map(|&i| &queries[i].view).collect();
-            let d_seqs: Vec<Example> = docs
-                .iter()
-                .map(|&d| Example {
-                    ids: doc_views[d].clone(),
-                    prompt_len: usize::MAX,
-                })
-                .collect();
-            let d_rows: Vec<&Example> = d_seqs.iter().collect();
-            tr.tokens += q_rows
-                .iter()
-                .chain(&d_rows)
-                .map(|e| e.ids.len())
-                .sum::<usize>();
+            tr.tokens += q_rows.iter().map(|e| e.ids.len()).sum::<usize>();
+            let (d_vec, d_tokens) = embed_docs(&tr.model, &doc_views, &docs, pad, device); // [n·g, d]
+            tr.tokens += d_tokens;
 
             let model = &tr.model;
             // queries: state at <emb_token> (the last token), SFT from the same forward pass
@@ -311,22 +278,9 @@ pub fn run<B: AutodiffBackend>(
             let s = qb.inputs.dims()[1];
             let (_, q_hidden) = model.forward(qb.inputs, Some(qb.attention));
             let q_vec = Decoder::hidden_at(q_hidden.clone(), qb.last); // [n, d]
-            let db = full_batch::<B>(&d_rows, pad, device);
-            let (_, d_hidden) = model.forward(db.inputs, Some(db.attention));
-            let d_vec = Decoder::hidden_at(d_hidden, db.last); // [n·g, d]
             // another query's copy of one of this query's relevant (or excluded) documents is no
             // negative: leave it out of this query's softmax
-            let mut ignore = Vec::with_capacity(idx.len() * docs.len());
-            for (r, &i) in idx.iter().enumerate() {
-                let q = &queries[i];
-                ignore.extend(docs.iter().enumerate().map(|(j, d)| {
-                    j != r * g && (q.positives.contains(d) || q.excluded.contains(d))
-                }));
-            }
-            let ignore = Tensor::<B, 2, burn::tensor::Bool>::from_data(
-                TensorData::new(ignore, [idx.len(), docs.len()]),
-                device,
-            );
+            let ignore = false_negatives::<B>(&queries, &idx, &docs, g, device);
             let nce = info_nce(q_vec, d_vec, g, s2.temperature, s2.symmetric, Some(ignore));
             let mut loss = nce.loss.clone();
             let mut sft_value = 0.0;
@@ -370,6 +324,106 @@ pub fn run<B: AutodiffBackend>(
     tr.finish(last_dev)
 }
 
+/// The documents of a batch: for each query index in `idx`, its group of `g` ([`group`]), flat
+/// `[b·g]`. Errors when the corpus cannot fill a group.
+pub(crate) fn batch_groups(
+    queries: &[TrainQuery],
+    pools: &[Vec<usize>],
+    idx: &[usize],
+    g: usize,
+    n_docs: usize,
+    rng: &mut impl Rng,
+) -> Result<Vec<usize>> {
+    let mut docs = Vec::with_capacity(idx.len() * g);
+    for &i in idx {
+        let grp = group(&queries[i], &pools[i], g, n_docs, rng);
+        if grp.len() < g {
+            return Err(Error::Runtime(format!(
+                "query {}: only {} documents available for a group of {g}",
+                queries[i].id,
+                grp.len()
+            )));
+        }
+        docs.extend(grp);
+    }
+    Ok(docs)
+}
+
+/// `<emb_token>` states `[n, d]` of documents `docs` (indices into `views`, one batch, with
+/// autograd when `B` has it), and the number of tokens processed.
+pub(crate) fn embed_docs<B: Backend>(
+    model: &Decoder<B>,
+    views: &[Vec<u32>],
+    docs: &[usize],
+    pad: u32,
+    device: &B::Device,
+) -> (Tensor<B, 2>, usize) {
+    let seqs: Vec<Example> = docs
+        .iter()
+        .map(|&d| Example {
+            ids: views[d].clone(),
+            prompt_len: usize::MAX,
+        })
+        .collect();
+    let rows: Vec<&Example> = seqs.iter().collect();
+    let tokens = rows.iter().map(|e| e.ids.len()).sum();
+    let db = full_batch::<B>(&rows, pad, device);
+    let (_, hidden) = model.forward(db.inputs, Some(db.attention));
+    (Decoder::hidden_at(hidden, db.last), tokens)
+}
+
+/// Every document's view, tokenised once (a count of cut documents goes to `tag` as text).
+pub(crate) fn doc_views<B: AutodiffBackend>(
+    tr: &mut Trainer<B>,
+    ds: &Dataset,
+    m: &crate::config::ModelSection,
+    tag: &str,
+) -> Result<Vec<Vec<u32>>> {
+    let mut views = Vec::with_capacity(ds.corpus.len());
+    let mut truncated = 0;
+    for i in 0..ds.corpus.len() {
+        let (ids, cut) =
+            tr.tok
+                .doc_view(&ds.corpus.titles[i], &ds.corpus.texts[i], m.max_doc_tokens)?;
+        truncated += cut as usize;
+        views.push(ids);
+    }
+    if truncated > 0 {
+        tr.sinks.text(
+            tr.state.step,
+            tag,
+            &format!(
+                "{truncated} of {} documents cut at model.max_doc_tokens = {}",
+                ds.corpus.len(),
+                m.max_doc_tokens
+            ),
+        )?;
+    }
+    Ok(views)
+}
+
+/// `[b, b·g]` mask of the batch's documents each query must not see: another group's copy of
+/// one of its relevant (or excluded) documents is no negative. `idx` the batch's query indices,
+/// `docs` their groups of `g` (the positive first).
+pub(crate) fn false_negatives<B: Backend>(
+    queries: &[TrainQuery],
+    idx: &[usize],
+    docs: &[usize],
+    g: usize,
+    device: &B::Device,
+) -> Tensor<B, 2, burn::tensor::Bool> {
+    let mut ignore = Vec::with_capacity(idx.len() * docs.len());
+    for (r, &i) in idx.iter().enumerate() {
+        let q = &queries[i];
+        ignore.extend(
+            docs.iter()
+                .enumerate()
+                .map(|(j, d)| j != r * g && (q.positives.contains(d) || q.excluded.contains(d))),
+        );
+    }
+    Tensor::from_data(TensorData::new(ignore, [idx.len(), docs.len()]), device)
+}
+
 /// `runs/<name>/mined_negatives/step-NNNNNN.jsonl`.
 fn mined_file(run_dir: &std::path::Path, step: u64) -> std::path::PathBuf {
     run_dir
@@ -380,15 +434,19 @@ fn mined_file(run_dir: &std::path::Path, step: u64) -> std::path::PathBuf {
 /// Right-padded whole sequences (every id is an input, so `<emb_token>` is the last input):
 /// inputs/attention `[b, s]`, next-token targets and trained mask `[b, s]` for the SFT term
 /// (trained: target index ≥ prompt length and inside the sequence), and each row's last index `[b]`.
-struct FullBatch<B: Backend> {
-    inputs: Tensor<B, 2, Int>,
-    attention: Tensor<B, 2, Int>,
-    targets: Tensor<B, 2, Int>,
-    trained: Tensor<B, 2, burn::tensor::Bool>,
-    last: Tensor<B, 1, Int>,
+pub(crate) struct FullBatch<B: Backend> {
+    pub(crate) inputs: Tensor<B, 2, Int>,
+    pub(crate) attention: Tensor<B, 2, Int>,
+    pub(crate) targets: Tensor<B, 2, Int>,
+    pub(crate) trained: Tensor<B, 2, burn::tensor::Bool>,
+    pub(crate) last: Tensor<B, 1, Int>,
 }
 
-fn full_batch<B: Backend>(rows: &[&Example], pad: u32, device: &B::Device) -> FullBatch<B> {
+pub(crate) fn full_batch<B: Backend>(
+    rows: &[&Example],
+    pad: u32,
+    device: &B::Device,
+) -> FullBatch<B> {
     let b = rows.len();
     let s = rows.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(1);
     let (mut inputs, mut attention, mut targets, mut trained) = (vec![], vec![], vec![], vec![]);

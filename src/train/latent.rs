@@ -1,0 +1,230 @@
+//! LaSER — latent reasoning by self-distillation (`t1-train latent --config FILE`, or a
+//! curriculum stage `kind = "latent"`). Usually starts from a stage-2 model.
+//!
+//! Each step takes `batch_size` training queries with their gold reasoning and, as in stage 2,
+//! a group of `latent.group_size` documents per query (a relevant one, hard negatives from
+//! `hard_negatives.jsonl`, random documents to fill). One shared backbone gives two query views:
+//!
+//! - explicit (teacher): `… <think> gold reasoning </think><emb_token>`, teacher forced; its
+//!   vector is the `<emb_token>` state and its trajectory the states at the ends of the
+//!   reasoning's segments (blank lines / sentence ends, `T1Tokenizer::reasoning_segment_ends`),
+//!   resampled to K positions (`loss::latent::resample_ends`);
+//! - latent (student): the prompt alone, then K latent steps (`model::latent`); its vector is the
+//!   pooled K states, its trajectory the K states.
+//!
+//! ```text
+//! loss = InfoNCE(latent) + λ₁ InfoNCE(explicit) + λ₂ KL(P_explicit ‖ P_latent)
+//!        + λ₃ trajectory(latent states, explicit segment ends) + sft_weight · SFT(explicit)
+//! ```
+//! over the batch's `b · group_size` documents (in-batch negatives; a query's relevant and
+//! excluded documents in other groups are left out of its softmax). With
+//! `latent.detach_teacher` the explicit side of the two alignments carries no gradient.
+//!
+//! Logs `latent/{loss, latent_nce, explicit_nce, output_kl, trajectory, sft_loss,
+//! latent_accuracy, explicit_accuracy, lr, grad_norm, tokens_per_s}`; every `train.eval_every`
+//! steps dense retrieval on dev with the latent view (`latent/dev/ndcg@10`, …), keeping the
+//! best in `runs/<name>/best/`.
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+
+use crate::config::{Config, QueryView};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::loss::latent::{resample_ends, score_kl, trajectory_loss};
+use crate::loss::{info_nce, sft_loss};
+use crate::model::Decoder;
+use crate::model::latent::{latent_states, pool};
+use crate::train::common::{Goal, StageSummary, Trainer, model_section};
+use crate::train::stage1::Example;
+use crate::train::stage2::{
+    batch_groups, doc_views, embed_docs, false_negatives, file_negatives, full_batch, train_queries,
+};
+
+/// Runs the latent stage to `train.steps` (or resumes it).
+pub fn run<B: AutodiffBackend>(
+    cfg: &Config,
+    resume: bool,
+    device: &B::Device,
+) -> Result<StageSummary> {
+    let mut tr = Trainer::<B>::start(cfg, "latent", resume, Goal::Maximize, "ndcg@10", device)?;
+    let ds = Dataset::load(&cfg.raw.data.dataset)?;
+    let m = model_section(cfg)?.clone();
+    let l = cfg.raw.latent.clone();
+    let t = cfg.raw.train.clone();
+    let (queries, no_reasoning) = train_queries(&tr.tok, &ds, cfg)?;
+    if queries.is_empty() {
+        return Err(Error::data(
+            &ds.root
+                .join("qrels")
+                .join(format!("{}.tsv", cfg.raw.data.train_split)),
+            1,
+            None,
+            "no training query has a relevant document: the latent stage has nothing to contrast"
+                .to_string(),
+        ));
+    }
+    if no_reasoning > 0 {
+        tr.sinks.text(
+            tr.state.step,
+            "latent/data",
+            &format!("{no_reasoning} of {} training queries have no gold reasoning (their explicit view has empty reasoning; trajectory targets fall back to </think>)", queries.len()),
+        )?;
+    }
+    // explicit-view positions of the K trajectory targets, per training query
+    let mut targets = Vec::with_capacity(queries.len());
+    for q in &queries {
+        let reasoning = ds
+            .query(&q.id)
+            .and_then(|x| x.reasoning.as_deref())
+            .unwrap_or("");
+        let ends: Vec<usize> = tr
+            .tok
+            .reasoning_segment_ends(reasoning, m.max_reasoning_tokens)?
+            .into_iter()
+            .map(|e| q.view.prompt_len + e)
+            .collect();
+        let end_think = q.view.ids.len() - 2; // … </think><emb_token>
+        targets.push(resample_ends(&ends, l.steps, end_think));
+    }
+    let doc_views = doc_views(&mut tr, &ds, &m, "latent/data")?;
+    let pools = file_negatives(&ds, &queries);
+    let opts = l.options();
+    let pad = tr.tok.pad;
+    let (k, d) = (l.steps, tr.model.config().hidden_size);
+    let mut last_dev = Vec::new();
+    while tr.running() {
+        tr.stop_if_interrupted()?;
+        let (mut sums, mut n_micro) = ([0.0f64; 8], 0.0);
+        for _ in 0..t.grad_accum {
+            let idx = tr.next_examples(queries.len(), t.batch_size);
+            let (b, g) = (idx.len(), l.group_size);
+            let docs = batch_groups(&queries, &pools, &idx, g, ds.corpus.len(), &mut tr.rng)?;
+            let q_rows: Vec<&Example> = idx.iter().map(|&i| &queries[i].view).collect();
+            let prompts: Vec<Vec<u32>> = q_rows
+                .iter()
+                .map(|e| e.ids[..e.prompt_len].to_vec())
+                .collect();
+            tr.tokens += q_rows.iter().map(|e| e.ids.len()).sum::<usize>()
+                + prompts.iter().map(|p| p.len() + k).sum::<usize>();
+            let (d_vec, d_tokens) = embed_docs(&tr.model, &doc_views, &docs, pad, device); // [b·g, d]
+            tr.tokens += d_tokens;
+            let ignore = false_negatives::<B>(&queries, &idx, &docs, g, device); // [b, b·g]
+            let model = &tr.model;
+
+            // explicit view (teacher): <emb_token> state and the K segment-end states
+            let qb = full_batch::<B>(&q_rows, pad, device);
+            let s = qb.inputs.dims()[1];
+            let (_, q_hidden) = model.forward(qb.inputs, Some(qb.attention)); // [b, s, d]
+            let t_vec = Decoder::hidden_at(q_hidden.clone(), qb.last); // [b, d]
+            let pos: Vec<i64> = idx
+                .iter()
+                .flat_map(|&i| targets[i].iter().map(|&p| p as i64))
+                .collect();
+            let pos = Tensor::<B, 1, Int>::from_data(TensorData::new(pos, [b * k]), device)
+                .reshape([b, k, 1])
+                .expand([b, k, d]);
+            let t_traj = q_hidden.clone().gather(1, pos); // [b, K, d]
+
+            // latent view (student): K steps after the prompt
+            let s_states = latent_states(model, &prompts, pad, &opts)?; // [b, K, d]
+            let s_vec = pool(s_states.clone(), opts.pooling); // [b, d]
+
+            let lat = info_nce(
+                s_vec.clone(),
+                d_vec.clone(),
+                g,
+                l.temperature,
+                false,
+                Some(ignore.clone()),
+            );
+            let exp = info_nce(
+                t_vec.clone(),
+                d_vec.clone(),
+                g,
+                l.teacher_temperature,
+                false,
+                Some(ignore.clone()),
+            );
+            let (t_vec, t_traj) = if l.detach_teacher {
+                (t_vec.detach(), t_traj.detach())
+            } else {
+                (t_vec, t_traj)
+            };
+            let out = score_kl(
+                s_vec,
+                t_vec,
+                d_vec.clone(),
+                l.temperature,
+                l.teacher_temperature,
+                Some(ignore.clone()),
+            );
+            let traj = trajectory_loss(
+                s_states,
+                t_traj,
+                l.trajectory,
+                d_vec,
+                l.temperature,
+                l.teacher_temperature,
+                Some(ignore),
+            );
+            let scalar = |x: &Tensor<B, 1>| x.clone().into_scalar().elem::<f64>();
+            let (lat_v, exp_v, out_v, traj_v) = (
+                scalar(&lat.loss),
+                scalar(&exp.loss),
+                scalar(&out),
+                scalar(&traj),
+            );
+            let mut loss = lat.loss;
+            for (w, term) in [
+                (l.explicit_weight, exp.loss),
+                (l.output_weight, out),
+                (l.trajectory_weight, traj),
+            ] {
+                if w > 0.0 {
+                    loss = loss + term * w;
+                }
+            }
+            let mut sft_v = 0.0;
+            if l.sft_weight > 0.0 {
+                let lp = model.token_logprobs(q_hidden, qb.targets, s);
+                let sft = sft_loss(lp, qb.trained);
+                sft_v = scalar(&sft.loss);
+                loss = loss + sft.loss * l.sft_weight;
+            }
+            let total = scalar(&loss);
+            tr.backward(loss);
+            for (acc, v) in sums.iter_mut().zip([
+                total,
+                lat_v,
+                exp_v,
+                out_v,
+                traj_v,
+                sft_v,
+                lat.accuracy,
+                exp.accuracy,
+            ]) {
+                *acc += v;
+            }
+            n_micro += 1.0;
+        }
+        let [loss, lat, exp, out, traj, sft, lat_acc, exp_acc] = sums.map(|v| v / n_micro);
+        tr.step(&[
+            ("loss", loss),
+            ("latent_nce", lat),
+            ("explicit_nce", exp),
+            ("output_kl", out),
+            ("trajectory", traj),
+            ("sft_loss", sft),
+            ("latent_accuracy", lat_acc),
+            ("explicit_accuracy", exp_acc),
+        ])?;
+        if tr.eval_due() {
+            last_dev = tr.eval_dev_dense(&ds, QueryView::Latent)?;
+        }
+        if tr.save_due() {
+            tr.save()?;
+        }
+    }
+    tr.finish(last_dev)
+}
