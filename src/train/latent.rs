@@ -30,7 +30,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 
 use crate::config::{Config, QueryView};
 use crate::data::Dataset;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::loss::latent::{resample_ends, score_kl, trajectory_loss};
 use crate::loss::{info_nce, sft_loss};
 use crate::model::Decoder;
@@ -52,18 +52,7 @@ pub fn run<B: AutodiffBackend>(
     let m = model_section(cfg)?.clone();
     let l = cfg.raw.latent.clone();
     let t = cfg.raw.train.clone();
-    let (queries, no_reasoning) = train_queries(&tr.tok, &ds, cfg)?;
-    if queries.is_empty() {
-        return Err(Error::data(
-            &ds.root
-                .join("qrels")
-                .join(format!("{}.tsv", cfg.raw.data.train_split)),
-            1,
-            None,
-            "no training query has a relevant document: the latent stage has nothing to contrast"
-                .to_string(),
-        ));
-    }
+    let (queries, no_reasoning) = train_queries(&tr.tok, &ds, cfg, "the latent stage")?;
     if no_reasoning > 0 {
         tr.sinks.text(
             tr.state.step,

@@ -52,10 +52,13 @@ pub(crate) struct TrainQuery {
     pub(crate) excluded: HashSet<usize>,
 }
 
+/// The training queries with a relevant document, and how many have no gold reasoning. Errors
+/// (naming `stage`) when none has a relevant document.
 pub(crate) fn train_queries(
     tok: &T1Tokenizer,
     ds: &Dataset,
     cfg: &Config,
+    stage: &str,
 ) -> Result<(Vec<TrainQuery>, usize)> {
     let m = model_section(cfg)?;
     let qrels = ds.split(&cfg.raw.data.train_split)?;
@@ -84,6 +87,16 @@ pub(crate) fn train_queries(
             positives,
             excluded: ds.excluded(q),
         });
+    }
+    if out.is_empty() {
+        return Err(Error::data(
+            &ds.root
+                .join("qrels")
+                .join(format!("{}.tsv", cfg.raw.data.train_split)),
+            1,
+            None,
+            format!("no training query has a relevant document: {stage} has nothing to contrast"),
+        ));
     }
     Ok((out, no_reasoning))
 }
@@ -227,18 +240,7 @@ pub fn run<B: AutodiffBackend>(
     let m = model_section(cfg)?.clone();
     let s2 = cfg.raw.stage2.clone();
     let t = cfg.raw.train.clone();
-    let (queries, no_reasoning) = train_queries(&tr.tok, &ds, cfg)?;
-    if queries.is_empty() {
-        return Err(Error::data(
-            &ds.root
-                .join("qrels")
-                .join(format!("{}.tsv", cfg.raw.data.train_split)),
-            1,
-            None,
-            "no training query has a relevant document: stage 2 has nothing to contrast"
-                .to_string(),
-        ));
-    }
+    let (queries, no_reasoning) = train_queries(&tr.tok, &ds, cfg, "stage 2")?;
     if no_reasoning > 0 {
         tr.sinks.text(
             tr.state.step,
