@@ -25,6 +25,9 @@ use t1_train::model::{
 type B = Flex;
 type AD = Autodiff<Flex>;
 
+/// G of the rollout line: rows sharing one prompt.
+const GROUP: usize = 4;
+
 struct Shapes {
     train_batch: usize,
     train_seq: usize,
@@ -77,15 +80,19 @@ fn train_tokens_per_s(dir: &Path, sh: &Shapes, reps: usize) -> f64 {
     (b * s) as f64 / secs
 }
 
-fn decode_tokens_per_s(dir: &Path, sh: &Shapes, reps: usize) -> f64 {
+/// Decode tokens/s for `decode_batch` rows of which every `group` consecutive rows share one
+/// prompt (`group = 1`: all distinct; `group = G`: a GRPO step's B × G rollouts, one prefill per
+/// query). Greedy, as the peer's decode: the work per row is the same whatever it draws.
+fn decode_tokens_per_s(dir: &Path, sh: &Shapes, reps: usize, group: usize) -> f64 {
     let model: Decoder<B> = load_hf(dir, &Default::default()).unwrap();
     let vocab = model.config().vocab_size;
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let prompts: Vec<Vec<u32>> = (0..sh.decode_batch)
-        .map(|_| {
-            (0..sh.prompt)
+    let prompts: Vec<Vec<u32>> = (0..sh.decode_batch / group)
+        .flat_map(|_| {
+            let p: Vec<u32> = (0..sh.prompt)
                 .map(|_| rng.random_range(0..vocab as u32))
-                .collect()
+                .collect();
+            std::iter::repeat_n(p, group)
         })
         .collect();
     let opts = GenerateOptions {
@@ -137,7 +144,8 @@ fn peer(dir: &Path, sh: &Shapes, reps: usize, threads: usize) -> Result<(f64, f6
 fn report(name: &str, dir: &Path, sh: &Shapes, reps: usize, threads: usize) {
     eprintln!("[{name}] measuring t1-train …");
     let train = train_tokens_per_s(dir, sh, reps);
-    let decode = decode_tokens_per_s(dir, sh, reps);
+    let decode = decode_tokens_per_s(dir, sh, reps, 1);
+    let grouped = decode_tokens_per_s(dir, sh, reps, GROUP);
     eprintln!("[{name}] measuring torch/transformers …");
     let peer = peer(dir, sh, reps, threads);
     let (pt, pd) = match &peer {
@@ -159,6 +167,13 @@ fn report(name: &str, dir: &Path, sh: &Shapes, reps: usize, threads: usize) {
         sh.decode_batch,
         sh.new_tokens,
         ratio(decode, peer.as_ref().ok().map(|p| p.1))
+    );
+    println!(
+        "{name:<22} rollouts {:>2}x{:<4} {grouped:>10.0} {decode:>10.0}  {:>6.2}x   (t1-train, one prefill per {GROUP} rows vs {:} distinct prompts)",
+        sh.decode_batch / GROUP,
+        GROUP,
+        grouped / decode,
+        sh.decode_batch
     );
     if let Err(e) = peer {
         println!("  (peer unavailable: {e})");

@@ -187,9 +187,33 @@ fn hot() -> Sampler {
 #[test]
 fn rollouts_match_the_uncached_forward() {
     let m = model("qwen2_untied");
+    let prompts = sequences(&[4, 7, 3, 7, 1, 5, 2, 6], m.config().vocab_size, 11);
+    check_rollouts_against_full(&m, &prompts);
+}
+
+/// Rows with the same prompt (a query's G rollouts) share one prefill: each row still samples
+/// from its own stream and equals the uncached forward of its own sequence.
+#[test]
+fn shared_prompts_are_prefilled_once_and_match_the_uncached_forward() {
+    let m = model("qwen2_untied");
+    let distinct = sequences(&[4, 7, 2], m.config().vocab_size, 12);
+    let prompts: Vec<Vec<u32>> = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+        .iter()
+        .map(|&i| distinct[i].clone())
+        .collect();
+    let rollouts = check_rollouts_against_full(&m, &prompts);
+    assert_ne!(
+        rollouts[0].tokens, rollouts[1].tokens,
+        "a group's rows differ"
+    );
+}
+
+fn check_rollouts_against_full(
+    m: &Decoder<B>,
+    prompts: &[Vec<u32>],
+) -> Vec<t1_train::model::Rollout> {
     let vocab = m.config().vocab_size;
     let d = m.config().hidden_size;
-    let prompts = sequences(&[4, 7, 3, 7, 1, 5, 2, 6], vocab, 11);
     let embed = Embed {
         end_think: (vocab - 2) as u32,
         emb: (vocab - 1) as u32,
@@ -198,7 +222,7 @@ fn rollouts_match_the_uncached_forward() {
     let mut stop: Vec<u32> = (0..vocab as u32 / 16).collect();
     stop.push(embed.end_think);
     let o = opts(hot(), 3, stop.clone(), Some(embed));
-    let rollouts = generate(&m, &prompts, &o, |_| {}).unwrap();
+    let rollouts = generate(m, prompts, &o, |_| {}).unwrap();
     let reasons: Vec<StopReason> = rollouts.iter().map(|r| r.stop).collect();
     assert!(
         reasons.iter().any(|r| matches!(r, StopReason::Token(_))),
@@ -211,7 +235,7 @@ fn rollouts_match_the_uncached_forward() {
         .zip(&rollouts)
         .map(|(p, r)| [p.clone(), r.tokens.clone(), r.forced.clone()].concat())
         .collect();
-    let (logits, hidden, s) = full_forward(&m, &full);
+    let (logits, hidden, s) = full_forward(m, &full);
     let t = 1.5f64;
     let mut worst_lp = 0.0f32;
     let mut worst_h = 0.0f32;
@@ -257,6 +281,7 @@ fn rollouts_match_the_uncached_forward() {
     }
     println!("max |logprob - full| = {worst_lp:.3e}, max |emb - full| = {worst_h:.3e}");
     assert!(worst_lp <= 1e-4 && worst_h <= 1e-4, "{worst_lp} {worst_h}");
+    rollouts
 }
 
 #[test]

@@ -196,6 +196,43 @@ impl<B: Backend> KvCache<B> {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+
+    /// A cache whose row `i` is a copy of this cache's row `rows[i]` (keys, values, padding
+    /// flags): one prefill of a prompt shared by several rows, e.g. a query's G rollouts.
+    pub fn select_rows(&self, rows: &[usize]) -> Self {
+        let device = self
+            .layers
+            .first()
+            .map(|l| l.k.device())
+            .unwrap_or_default();
+        let idx = Tensor::<B, 1, Int>::from_data(
+            burn::tensor::TensorData::new(
+                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [rows.len()],
+            ),
+            &device,
+        );
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| LayerKv {
+                k: l.k.clone().select(0, idx.clone()),
+                v: l.v.clone().select(0, idx.clone()),
+            })
+            .collect();
+        let cap = self.capacity;
+        let pad = rows
+            .iter()
+            .flat_map(|&r| self.pad[r * cap..(r + 1) * cap].iter().copied())
+            .collect();
+        KvCache {
+            layers,
+            len: self.len,
+            capacity: cap,
+            batch: rows.len(),
+            pad,
+        }
+    }
 }
 
 impl<B: Backend> Attention<B> {

@@ -269,15 +269,30 @@ pub fn generate<B: Backend>(
     let device = model.device();
     let p = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let forced_max = if opts.embed.is_some() { 2 } else { 0 };
-    let mut cache = KvCache::new(model, n, p + opts.max_new_tokens + forced_max);
+    let capacity = p + opts.max_new_tokens + forced_max;
     let temperature = opts.sampler.temperature();
 
-    // Prefill: left-padded prompts, positions counting real tokens from 0.
-    let mut ids = Vec::with_capacity(n * p);
-    let mut positions = Vec::with_capacity(n * p);
-    let mut pad = Vec::with_capacity(n * p);
-    let mut rows: Vec<Row> = Vec::with_capacity(n);
+    // Each distinct prompt is prefilled once (stage 3 repeats a query's prompt for its G
+    // rollouts); rows with the same prompt then get copies of its cache row. `first[u]` is the
+    // first row with distinct prompt u, `share[i]` row i's distinct prompt.
+    let mut first: Vec<usize> = Vec::new();
+    let mut share: Vec<usize> = Vec::with_capacity(n);
+    let mut seen: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
     for (i, prompt) in prompts.iter().enumerate() {
+        let u = *seen.entry(prompt.as_slice()).or_insert_with(|| {
+            first.push(i);
+            first.len() - 1
+        });
+        share.push(u);
+    }
+    let u = first.len();
+
+    // Prefill: left-padded distinct prompts, positions counting real tokens from 0.
+    let mut ids = Vec::with_capacity(u * p);
+    let mut positions = Vec::with_capacity(u * p);
+    let mut pad = Vec::with_capacity(u * p);
+    for &i in &first {
+        let prompt = &prompts[i];
         let lead = p - prompt.len();
         ids.extend(std::iter::repeat_n(opts.pad as i64, lead));
         ids.extend(prompt.iter().map(|&t| t as i64));
@@ -285,6 +300,9 @@ pub fn generate<B: Backend>(
         positions.extend(0..prompt.len() as i64);
         pad.extend(std::iter::repeat_n(true, lead));
         pad.extend(std::iter::repeat_n(false, prompt.len()));
+    }
+    let mut rows: Vec<Row> = Vec::with_capacity(n);
+    for (i, prompt) in prompts.iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
         rng.set_stream(i as u64);
         rows.push(Row {
@@ -303,11 +321,22 @@ pub fn generate<B: Backend>(
             },
         });
     }
-    let int2 =
-        |v: Vec<i64>, s: usize| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [n, s]), &device);
-    let hidden = model.forward_cached(int2(ids, p), int2(positions, p), &pad, &mut cache)?;
+    let int = |v: Vec<i64>, b: usize, s: usize| {
+        Tensor::<B, 2, Int>::from_data(TensorData::new(v, [b, s]), &device)
+    };
+    let mut cache = KvCache::new(model, u, capacity);
+    let hidden = model.forward_cached(int(ids, u, p), int(positions, u, p), &pad, &mut cache)?;
     let d = hidden.dims()[2];
-    let mut last = hidden.slice([0..n, p - 1..p, 0..d]); // [n, 1, d]
+    let mut last = hidden.slice([0..u, p - 1..p, 0..d]); // [u, 1, d]
+    if u < n {
+        cache = cache.select_rows(&share);
+        let sel = share.iter().map(|&x| x as i64).collect::<Vec<_>>();
+        last = last.select(
+            0,
+            Tensor::<B, 1, Int>::from_data(TensorData::new(sel, [n]), &device),
+        );
+    }
+    let int2 = |v: Vec<i64>, s: usize| int(v, n, s);
     let head = model.head_matrix(); // [d, V], made once (a tied head would be transposed per step)
     let mut fed: Vec<Option<u32>> = vec![None; n]; // what each row consumed in the last step
 
