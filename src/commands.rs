@@ -102,10 +102,11 @@ pub struct ViewRow {
     /// `bare`, `gold_reasoning`, `generated` or `latent`.
     pub view: String,
     pub metrics: crate::eval::Metrics,
-    /// Wall time to turn one query into its vector, one query at a time (mean over
-    /// `latency_queries` queries, after one untimed warm-up query).
+    /// Wall time to turn one query into its vector, one query at a time: the median over
+    /// `latency_queries` queries (after one untimed warm-up query).
     pub ms_per_query_batch1: f64,
-    /// The same over the whole split encoded `batch_size` queries at a time.
+    /// The whole split encoded `batch_size` queries at a time, per query: the median of
+    /// three passes.
     pub ms_per_query_batched: f64,
 }
 
@@ -127,7 +128,8 @@ impl ViewsReport {
         let mut out = format!(
             "# Query views on {} ({} queries), model `{}`\n\n\
              Latency: time to turn a query into its vector (document encoding and ranking excluded); \
-             batch 1 over {} queries, batched over all at {} per batch; {} threads.\n\n\
+             batch 1: median over {} queries; batched: all queries at {} per batch, median of 3 passes; \
+             {} threads.\n\n\
              | query view | nDCG@10 | Recall@100 | MRR@10 | ms/query (batch 1) | ms/query (batch {}) |\n\
              |---|---|---|---|---|---|\n",
             self.split,
@@ -152,6 +154,9 @@ impl ViewsReport {
         out
     }
 }
+
+/// Timed passes over the whole split for the batched latency (the median is reported).
+const BATCHED_REPEATS: usize = 3;
 
 /// `t1-train eval --config FILE --views bare,generated,latent`: dense retrieval on the eval split
 /// with each query view of the config's model (one document index for all), plus the cost of
@@ -200,15 +205,28 @@ pub fn eval_views<B: Backend>(
             let _ = v.clone().into_data(); // wait for the device
             Ok(v)
         };
+        // medians: a shared machine's hiccups hit single timings, not the middle of many
+        let median = |mut xs: Vec<f64>| {
+            xs.sort_by(f64::total_cmp);
+            xs[xs.len() / 2]
+        };
         encode(&queries[..1], 1)?; // warm-up
-        let t0 = std::time::Instant::now();
+        let mut one = Vec::with_capacity(n1);
         for q in &queries[..n1] {
+            let t0 = std::time::Instant::now();
             encode(std::slice::from_ref(q), 1)?;
+            one.push(t0.elapsed().as_secs_f64() * 1e3);
         }
-        let batch1 = t0.elapsed().as_secs_f64() * 1e3 / n1 as f64;
-        let t0 = std::time::Instant::now();
-        let qv = encode(&queries, batch)?;
-        let batched = t0.elapsed().as_secs_f64() * 1e3 / queries.len() as f64;
+        let batch1 = median(one);
+        let mut all = Vec::with_capacity(BATCHED_REPEATS);
+        let mut qv = None;
+        for _ in 0..BATCHED_REPEATS {
+            let t0 = std::time::Instant::now();
+            qv = Some(encode(&queries, batch)?);
+            all.push(t0.elapsed().as_secs_f64() * 1e3 / queries.len() as f64);
+        }
+        let batched = median(all);
+        let qv = qv.expect("at least one repeat");
         let (report, run) = rank_and_score(&index, qv, &ds, split, &queries, cfg)?;
         write_trec_run(
             &out.join(format!("{split}-{name}.run")),
