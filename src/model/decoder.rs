@@ -427,6 +427,38 @@ impl<B: Backend> Decoder<B> {
         self.forward_cached_embeds(self.embed(ids), positions, pad, cache)
     }
 
+    /// Prefills an empty `cache` with `prompts` (each non-empty), left-padded with `pad` to the
+    /// longest, positions counting each prompt's real tokens from 0. Returns the hidden states
+    /// `[n, p, d]`; every row's last prompt token is at column `p − 1`.
+    pub fn prefill(
+        &self,
+        prompts: &[&[u32]],
+        pad: u32,
+        cache: &mut KvCache<B>,
+    ) -> crate::Result<Tensor<B, 3>> {
+        let n = prompts.len();
+        let p = prompts.iter().map(|q| q.len()).max().unwrap_or(0);
+        let (mut ids, mut positions, mut flags) = (
+            Vec::with_capacity(n * p),
+            Vec::with_capacity(n * p),
+            Vec::with_capacity(n * p),
+        );
+        for prompt in prompts {
+            let lead = p - prompt.len();
+            ids.extend(std::iter::repeat_n(pad as i64, lead));
+            ids.extend(prompt.iter().map(|&t| t as i64));
+            positions.extend(std::iter::repeat_n(0i64, lead));
+            positions.extend(0..prompt.len() as i64);
+            flags.extend(std::iter::repeat_n(true, lead));
+            flags.extend(std::iter::repeat_n(false, prompt.len()));
+        }
+        let device = self.device();
+        let int2 = |v: Vec<i64>| {
+            Tensor::<B, 2, Int>::from_data(burn::tensor::TensorData::new(v, [n, p]), &device)
+        };
+        self.forward_cached(int2(ids), int2(positions), &flags, cache)
+    }
+
     /// [`Self::forward_cached`] from input embeddings `x` `[b, s, d]` instead of token ids (soft
     /// tokens or fed-back hidden states: the latent view). Differentiable under autodiff.
     pub fn forward_cached_embeds(

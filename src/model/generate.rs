@@ -287,20 +287,6 @@ pub fn generate<B: Backend>(
     }
     let u = first.len();
 
-    // Prefill: left-padded distinct prompts, positions counting real tokens from 0.
-    let mut ids = Vec::with_capacity(u * p);
-    let mut positions = Vec::with_capacity(u * p);
-    let mut pad = Vec::with_capacity(u * p);
-    for &i in &first {
-        let prompt = &prompts[i];
-        let lead = p - prompt.len();
-        ids.extend(std::iter::repeat_n(opts.pad as i64, lead));
-        ids.extend(prompt.iter().map(|&t| t as i64));
-        positions.extend(std::iter::repeat_n(0i64, lead));
-        positions.extend(0..prompt.len() as i64);
-        pad.extend(std::iter::repeat_n(true, lead));
-        pad.extend(std::iter::repeat_n(false, prompt.len()));
-    }
     let mut rows: Vec<Row> = Vec::with_capacity(n);
     for (i, prompt) in prompts.iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
@@ -321,11 +307,10 @@ pub fn generate<B: Backend>(
             },
         });
     }
-    let int = |v: Vec<i64>, b: usize, s: usize| {
-        Tensor::<B, 2, Int>::from_data(TensorData::new(v, [b, s]), &device)
-    };
+    // Prefill the distinct prompts (left-padded, positions counting real tokens from 0).
+    let distinct: Vec<&[u32]> = first.iter().map(|&i| prompts[i].as_slice()).collect();
     let mut cache = KvCache::new(model, u, capacity);
-    let hidden = model.forward_cached(int(ids, u, p), int(positions, u, p), &pad, &mut cache)?;
+    let hidden = model.prefill(&distinct, opts.pad, &mut cache)?; // [u, p, d]
     let d = hidden.dims()[2];
     let mut last = hidden.slice([0..u, p - 1..p, 0..d]); // [u, 1, d]
     if u < n {
@@ -336,7 +321,8 @@ pub fn generate<B: Backend>(
             Tensor::<B, 1, Int>::from_data(TensorData::new(sel, [n]), &device),
         );
     }
-    let int2 = |v: Vec<i64>, s: usize| int(v, n, s);
+    let int2 =
+        |v: Vec<i64>, s: usize| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [n, s]), &device);
     let head = model.head_matrix(); // [d, V], made once (a tied head would be transposed per step)
     let mut fed: Vec<Option<u32>> = vec![None; n]; // what each row consumed in the last step
 

@@ -70,23 +70,10 @@ pub fn latent_states<B: Backend>(
     }
     let p = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let mut cache = KvCache::new(model, n, p + opts.steps);
-    let (mut ids, mut positions, mut flags) = (
-        Vec::with_capacity(n * p),
-        Vec::with_capacity(n * p),
-        Vec::with_capacity(n * p),
-    );
-    for prompt in prompts {
-        let lead = p - prompt.len();
-        ids.extend(std::iter::repeat_n(pad as i64, lead));
-        ids.extend(prompt.iter().map(|&t| t as i64));
-        positions.extend(std::iter::repeat_n(0i64, lead));
-        positions.extend(0..prompt.len() as i64);
-        flags.extend(std::iter::repeat_n(true, lead));
-        flags.extend(std::iter::repeat_n(false, prompt.len()));
-    }
+    let rows: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let hidden = model.prefill(&rows, pad, &mut cache)?; // [n, p, d]
     let int2 =
         |v: Vec<i64>, s: usize| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [n, s]), &device);
-    let hidden = model.forward_cached(int2(ids, p), int2(positions, p), &flags, &mut cache)?;
     let mut last = hidden.slice([0..n, p - 1..p, 0..d]); // [n, 1, d]
     let table = match opts.feed {
         LatentFeed::SoftToken => Some(model.embedding_table()), // [V, d]
