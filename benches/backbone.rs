@@ -72,7 +72,7 @@ fn train_tokens_per_s(dir: &Path, sh: &Shapes, reps: usize) -> f64 {
     let secs = time(reps, || {
         let i = Tensor::<AD, 2, Int>::from_data(TensorData::new(inputs.clone(), [b, s]), &device);
         let t = Tensor::<AD, 2, Int>::from_data(TensorData::new(targets.clone(), [b, s]), &device);
-        let (_, hidden) = model.forward(i, None);
+        let hidden = model.hidden(i, None);
         let loss = model.token_logprobs(hidden, t, s).mean().neg();
         let grads = loss.backward();
         std::hint::black_box(grads);

@@ -377,7 +377,7 @@ fn token_logprobs_and_hidden_at_match_the_full_logits() {
     let (logits, hidden, s) = full_forward(&m, &rows);
     let ids: Vec<i64> = rows.iter().flatten().map(|&t| t as i64).collect();
     let targets: Vec<i64> = ids.iter().map(|&t| (t * 7 + 3) % vocab as i64).collect();
-    let (_, h) = m.forward(int2(ids, 2, s), None);
+    let h = m.hidden(int2(ids, 2, s), None);
     let lp = to_vec(m.token_logprobs(h.clone(), int2(targets.clone(), 2, s), 4));
     let mut worst = 0.0f32;
     for (i, &tgt) in targets.iter().enumerate() {

@@ -235,6 +235,16 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
+/// A linear layer over `[b, s, d_in]` as one `[b·s, d_in] × [d_in, d_out]` matmul → `[b, s, d_out]`.
+/// burn's `Linear` on a 3-D input broadcasts the weight and runs one GEMM per batch row, which
+/// re-packs the weight b times (at decode, s = 1: b matrix-vector products instead of one GEMM).
+fn proj<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, s, d] = x.dims();
+    let y = layer.forward(x.reshape([b * s, d]));
+    let n = y.dims()[1];
+    y.reshape([b, s, n])
+}
+
 impl<B: Backend> Attention<B> {
     /// `x` `[b, s, d]`, `cos`/`sin` `[b, 1, s, k]`, `mask` `[b, 1, 1, s, t]` (true = masked) → `[b, s, d]`.
     ///
@@ -260,9 +270,9 @@ impl<B: Backend> Attention<B> {
             };
             t.swap_dims(1, 2) // [b, n, s, k]
         };
-        let q = heads(self.q_proj.forward(x.clone()), h, &self.q_norm);
-        let key = heads(self.k_proj.forward(x.clone()), g, &self.k_norm);
-        let v = heads(self.v_proj.forward(x), g, &None);
+        let q = heads(proj(&self.q_proj, x.clone()), h, &self.q_norm);
+        let key = heads(proj(&self.k_proj, x.clone()), g, &self.k_norm);
+        let v = heads(proj(&self.v_proj, x), g, &None);
         let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
         let key = key.clone() * cos + rotate_half(key) * sin;
         let (key, v, kept) = match cache {
@@ -291,14 +301,18 @@ impl<B: Backend> Attention<B> {
             .reshape([b, h, s, k])
             .swap_dims(1, 2)
             .reshape([b, s, h * k]);
-        (self.o_proj.forward(out), kept)
+        (proj(&self.o_proj, out), kept)
     }
 }
 
 impl<B: Backend> Mlp<B> {
+    /// `[b, s, d]` → `[b, s, d]`, as 2-D matmuls over the `b·s` rows (see [`proj`]).
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, s, d] = x.dims();
+        let x = x.reshape([b * s, d]);
         self.down_proj
             .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+            .reshape([b, s, d])
     }
 }
 
@@ -508,7 +522,7 @@ impl<B: Backend> Decoder<B> {
     /// Logits `[b, s, V]` from hidden states `[b, s, d]` (tied head: the embedding matrix).
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => proj(head, hidden),
             None => {
                 let [b, s, d] = hidden.dims();
                 let w = self.model.embed_tokens.weight.val(); // [V, d]
@@ -588,11 +602,24 @@ impl<B: Backend> Decoder<B> {
 
     /// HF-style forward of right-padded (or unpadded) rows: `attention_mask` `[b, s]` is 1 for
     /// real tokens; positions count real tokens from 0. Returns (logits `[b, s, V]`, hidden `[b, s, d]`).
+    /// Training losses that need only some positions' log-probs use [`Decoder::hidden`] and
+    /// [`Decoder::token_logprobs`] instead: the full `[b, s, V]` logits are never materialised.
     pub fn forward(
         &self,
         ids: Tensor<B, 2, Int>,
         attention_mask: Option<Tensor<B, 2, Int>>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let hidden = self.hidden(ids, attention_mask);
+        (self.logits(hidden.clone()), hidden)
+    }
+
+    /// [`Decoder::forward`] without the LM head: last-layer hidden states `[b, s, d]` (after the
+    /// final norm) of right-padded rows, `attention_mask` `[b, s]` 1 on real tokens.
+    pub fn hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
         let [b, s] = ids.dims();
         let device = ids.device();
         let (positions, pad) = match attention_mask {
@@ -608,8 +635,7 @@ impl<B: Backend> Decoder<B> {
                 None,
             ),
         };
-        let hidden = self.hidden_states(ids, positions, pad);
-        (self.logits(hidden.clone()), hidden)
+        self.hidden_states(ids, positions, pad)
     }
 
     /// Number of parameters.

@@ -104,7 +104,7 @@ pub fn run<B: AutodiffBackend>(
             // explicit view (teacher): <emb_token> state and the K segment-end states
             let qb = full_batch::<B>(&q_rows, pad, device);
             let s = qb.inputs.dims()[1];
-            let (_, q_hidden) = model.forward(qb.inputs, Some(qb.attention)); // [b, s, d]
+            let q_hidden = model.hidden(qb.inputs, Some(qb.attention)); // [b, s, d]
             let t_vec = Decoder::hidden_at(q_hidden.clone(), qb.last); // [b, d]
             let pos: Vec<i64> = idx
                 .iter()

@@ -101,7 +101,7 @@ pub fn batch<B: Backend>(examples: &[&Example], pad: u32, device: &B::Device) ->
 /// Loss `[1]`, trained tokens, arg-max hits of one micro-batch.
 pub fn micro_batch<B: Backend>(model: &Decoder<B>, b: Batch<B>) -> (Tensor<B, 1>, usize, usize) {
     let s = b.inputs.dims()[1];
-    let (_, hidden) = model.forward(b.inputs, Some(b.attention));
+    let hidden = model.hidden(b.inputs, Some(b.attention));
     let (lp, hits) = model.token_logprobs_hits(hidden, b.targets, s);
     let hits = hits
         .bool_and(b.trained.clone())

@@ -278,7 +278,7 @@ pub fn run<B: AutodiffBackend>(
             // queries: state at <emb_token> (the last token), SFT from the same forward pass
             let qb = full_batch::<B>(&q_rows, pad, device);
             let s = qb.inputs.dims()[1];
-            let (_, q_hidden) = model.forward(qb.inputs, Some(qb.attention));
+            let q_hidden = model.hidden(qb.inputs, Some(qb.attention));
             let q_vec = Decoder::hidden_at(q_hidden.clone(), qb.last); // [n, d]
             // another query's copy of one of this query's relevant (or excluded) documents is no
             // negative: leave it out of this query's softmax
@@ -370,7 +370,7 @@ pub(crate) fn embed_docs<B: Backend>(
     let rows: Vec<&Example> = seqs.iter().collect();
     let tokens = rows.iter().map(|e| e.ids.len()).sum();
     let db = full_batch::<B>(&rows, pad, device);
-    let (_, hidden) = model.forward(db.inputs, Some(db.attention));
+    let hidden = model.hidden(db.inputs, Some(db.attention));
     (Decoder::hidden_at(hidden, db.last), tokens)
 }
 

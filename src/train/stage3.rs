@@ -144,7 +144,7 @@ fn logprobs<B: Backend>(
     c: &Completions<B>,
     t: f32,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let (_, hidden) = model.forward(c.inputs.clone(), Some(c.attention.clone()));
+    let hidden = model.hidden(c.inputs.clone(), Some(c.attention.clone()));
     let s = hidden.dims()[1];
     let emb = Decoder::hidden_at(hidden.clone(), c.emb_pos.clone());
     (
