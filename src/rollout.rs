@@ -5,8 +5,8 @@
 //! Layout: rollout `i·G + j` is the j-th sample of query i (rows of a group are consecutive, as
 //! `advantage::group_advantages` expects). Each row draws from its own ChaCha stream of `seed`.
 
-use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::data::Query;
 use crate::error::{Error, Result};
@@ -91,4 +91,211 @@ pub fn sample<B: Backend>(
         format_ok,
         group,
     })
+}
+
+/// Right-padded prompt + completion + forced (`</think>`, `<emb_token>`) sequences of some
+/// rollouts, as the policy update reads them. Only target positions from `first` on are kept
+/// (`first` + 1 = the shortest prompt): the log-probs, and so the `[b, ·, V]` logits, are computed
+/// for completion positions only, as TRL's `logits_to_keep`.
+pub struct Completions<B: Backend> {
+    /// Every token, `[b, s]` (the last real one, `<emb_token>`, is read for its state).
+    pub inputs: Tensor<B, 2, Int>,
+    /// 1 on real tokens `[b, s]`.
+    pub attention: Tensor<B, 2, Int>,
+    /// First kept target position (inputs `first..s` predict `targets`).
+    pub first: usize,
+    /// Next tokens of positions `first..s` `[b, s − first]`.
+    pub targets: Tensor<B, 2, Int>,
+    /// 1.0 at kept positions whose target is a sampled completion token (0 for masked rows) `[b, s − first]`.
+    pub mask: Tensor<B, 2>,
+    /// Sampling-time log-probs at those positions (0 elsewhere) `[b, s − first]`.
+    pub sampled: Tensor<B, 2>,
+    /// Completion tokens that count (Σ mask).
+    pub tokens: f64,
+    /// Position of each row's `<emb_token>` `[b]`.
+    pub emb_pos: Tensor<B, 1, Int>,
+    /// Rows that take part in the loss (not masked as truncated).
+    pub live: Vec<bool>,
+}
+
+impl<B: AutodiffBackend> Completions<B> {
+    /// The same tensors on the inner (non-autodiff) backend, for the frozen reference.
+    pub fn inner(&self) -> Completions<B::InnerBackend> {
+        Completions {
+            inputs: self.inputs.clone().inner(),
+            attention: self.attention.clone().inner(),
+            first: self.first,
+            targets: self.targets.clone().inner(),
+            mask: self.mask.clone().inner(),
+            sampled: self.sampled.clone().inner(),
+            tokens: self.tokens,
+            emb_pos: self.emb_pos.clone().inner(),
+            live: self.live.clone(),
+        }
+    }
+}
+
+/// The training tensors of rollouts `rows` (indices into `prompts`/`rollouts`), right-padded
+/// with `pad`; `mask_truncated` zeroes the mask of rows that hit `max_new_tokens`.
+pub fn completions<B: Backend>(
+    prompts: &[Vec<u32>],
+    rollouts: &[Rollout],
+    rows: &[usize],
+    pad: u32,
+    mask_truncated: bool,
+    device: &B::Device,
+) -> Completions<B> {
+    let seqs: Vec<Vec<u32>> = rows
+        .iter()
+        .map(|&i| {
+            let r = &rollouts[i];
+            [prompts[i].as_slice(), &r.tokens, &r.forced].concat()
+        })
+        .collect();
+    let b = rows.len();
+    // every token is an input (the last, <emb_token>, for its state); targets are shifted by one
+    let s = seqs.iter().map(|q| q.len()).max().unwrap_or(1).max(1);
+    // target position pos predicts token pos + 1: completions start at pos = prompt − 1
+    let first = rows
+        .iter()
+        .map(|&i| prompts[i].len().saturating_sub(1))
+        .min()
+        .unwrap_or(0)
+        .min(s - 1);
+    let kept = s - first;
+    let mut inputs = Vec::with_capacity(b * s);
+    let mut attention = Vec::with_capacity(b * s);
+    let (mut targets, mut mask, mut sampled) = (
+        Vec::with_capacity(b * kept),
+        Vec::with_capacity(b * kept),
+        Vec::with_capacity(b * kept),
+    );
+    let mut tokens = 0.0;
+    let mut emb_pos = Vec::with_capacity(b);
+    let mut lives = Vec::with_capacity(b);
+    for (r, &i) in rows.iter().enumerate() {
+        let q = &seqs[r];
+        let p = prompts[i].len();
+        let ro = &rollouts[i];
+        let live = !(mask_truncated && ro.truncated());
+        emb_pos.push(q.len() as i64 - 1);
+        lives.push(live);
+        for pos in 0..s {
+            inputs.push(if pos < q.len() { q[pos] } else { pad } as i64);
+            attention.push((pos < q.len()) as i64);
+        }
+        for pos in first..s {
+            let real = pos + 1 < q.len();
+            targets.push(if real { q[pos + 1] } else { pad } as i64);
+            // target pos + 1 is completion token (pos + 1 − p)
+            let c = (pos + 1)
+                .checked_sub(p)
+                .filter(|&c| real && c < ro.tokens.len());
+            let on = c.is_some() && live;
+            mask.push(if on { 1.0f32 } else { 0.0 });
+            sampled.push(c.map_or(0.0, |c| ro.logprobs[c]));
+            tokens += on as u32 as f64;
+        }
+    }
+    let int =
+        |v: Vec<i64>, w: usize| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [b, w]), device);
+    let float = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [b, kept]), device);
+    Completions {
+        inputs: int(inputs, s),
+        attention: int(attention, s),
+        first,
+        targets: int(targets, kept),
+        mask: float(mask),
+        sampled: float(sampled),
+        tokens,
+        emb_pos: Tensor::from_data(TensorData::new(emb_pos, [b]), device),
+        live: lives,
+    }
+}
+
+/// Log-probs `[b, s − first]` of the kept targets at temperature `t` (logits / t = (h / t)·W), and
+/// the `<emb_token>` states `[b, d]`, from one forward of `model`.
+pub fn logprobs<B: Backend>(
+    model: &Decoder<B>,
+    c: &Completions<B>,
+    t: f32,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let hidden = model.hidden(c.inputs.clone(), Some(c.attention.clone())); // [b, s, d]
+    let [b, s, d] = hidden.dims();
+    let emb = Decoder::hidden_at(hidden.clone(), c.emb_pos.clone());
+    let kept = hidden.slice([0..b, c.first..s, 0..d]); // [b, s − first, d]
+    (
+        model.token_logprobs(kept / t as f64, c.targets.clone(), s - c.first),
+        emb,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DecoderConfig;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::AutodiffModule;
+
+    type AD = Autodiff<Flex>;
+
+    /// The update's forward over right-padded prompt + completion rows, kept from the shortest
+    /// prompt on, gives back the decode loop's sampling log-probs at every masked position (so the
+    /// `first` offset, the shift and the padding line up), at a temperature ≠ 1; rows of other
+    /// lengths pad, and a truncated row is masked out when asked.
+    #[test]
+    fn completion_logprobs_match_the_sampling_logprobs() {
+        let device = Default::default();
+        let model: Decoder<AD> = DecoderConfig::tiny(48).init(&device);
+        let prompts: Vec<Vec<u32>> = vec![
+            vec![5, 6, 7, 8, 9, 10],
+            vec![5, 6, 7, 8, 9, 10],
+            vec![11, 12, 13],
+            vec![14, 15, 16, 17],
+        ];
+        let t = 0.7;
+        let opts = GenerateOptions {
+            sampler: Sampler::Random {
+                temperature: t,
+                top_k: None,
+                top_p: 1.0,
+            },
+            max_new_tokens: 6,
+            stop: vec![3, 4],
+            embed: Some(Embed {
+                end_think: 1,
+                emb: 2,
+            }),
+            pad: 0,
+            seed: 9,
+        };
+        let rollouts = generate(&model.valid(), &prompts, &opts, |_| {}).unwrap();
+        let rows: Vec<usize> = (0..prompts.len()).collect();
+        for mask_truncated in [false, true] {
+            let c = completions::<AD>(&prompts, &rollouts, &rows, 0, mask_truncated, &device);
+            assert_eq!(c.first, 2, "shortest prompt is 3 tokens");
+            let (lp, emb) = logprobs(&model, &c, t);
+            assert_eq!(emb.dims(), [4, model.config().hidden_size]);
+            let lp = lp.into_data().to_vec::<f32>().unwrap();
+            let mask = c.mask.clone().into_data().to_vec::<f32>().unwrap();
+            let sampled = c.sampled.clone().into_data().to_vec::<f32>().unwrap();
+            let w = c.targets.dims()[1];
+            let mut on = 0;
+            for (r, ro) in rollouts.iter().enumerate() {
+                let row_on: usize = (0..w).filter(|&j| mask[r * w + j] > 0.0).count();
+                let expect = if mask_truncated && ro.truncated() {
+                    0
+                } else {
+                    ro.tokens.len()
+                };
+                assert_eq!(row_on, expect, "row {r}");
+                for j in (0..w).filter(|&j| mask[r * w + j] > 0.0) {
+                    let (a, b) = (lp[r * w + j], sampled[r * w + j]);
+                    assert!((a - b).abs() < 1e-4, "row {r} pos {j}: {a} vs {b}");
+                    on += 1;
+                }
+            }
+            assert_eq!(c.tokens, on as f64);
+        }
+    }
 }

@@ -38,8 +38,8 @@ use std::io::Write;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 use rand::Rng;
 use t1_rewards::{Reward, RolloutOutcome, combine};
 
@@ -51,7 +51,7 @@ use crate::index::{DocIndex, rank_gold};
 use crate::loss::{GrpoParams, LossType, corpus_nce, grpo_loss};
 use crate::model::Decoder;
 use crate::model::generate::Sampler;
-use crate::rollout::{RolloutBatch, RolloutOptions, sample};
+use crate::rollout::{Completions, RolloutOptions, completions, logprobs, sample};
 use crate::train::common::StageSummary;
 use crate::train::common::{Goal, Trainer, load_backbone, model_section};
 
@@ -60,97 +60,6 @@ struct Target<'a> {
     query: &'a Query,
     gold: Vec<(usize, i32)>,
     excluded: HashSet<usize>,
-}
-
-/// Right-padded prompt + completion + forced (`</think>`, `<emb_token>`) sequences of some
-/// rollouts, for the policy's log-probs and (auxiliary InfoNCE) `<emb_token>` states.
-struct Completions<B: Backend> {
-    inputs: Tensor<B, 2, Int>,
-    attention: Tensor<B, 2, Int>,
-    targets: Tensor<B, 2, Int>,
-    /// 1.0 at target positions that are sampled completion tokens (0 for masked rows).
-    mask: Tensor<B, 2>,
-    /// Sampling-time log-probs at those positions (0 elsewhere).
-    sampled: Tensor<B, 2>,
-    tokens: f64,
-    /// Position of each row's `<emb_token>` `[b]`.
-    emb_pos: Tensor<B, 1, Int>,
-    /// Rows that take part in the loss (not masked as truncated).
-    live: Vec<bool>,
-}
-
-fn completions<B: Backend, I: Backend>(
-    batch: &RolloutBatch<I>,
-    rows: &[usize],
-    pad: u32,
-    mask_truncated: bool,
-    device: &B::Device,
-) -> Completions<B> {
-    let seqs: Vec<Vec<u32>> = rows
-        .iter()
-        .map(|&i| {
-            let r = &batch.rollouts[i];
-            [batch.prompts[i].as_slice(), &r.tokens, &r.forced].concat()
-        })
-        .collect();
-    let b = rows.len();
-    // every token is an input (the last, <emb_token>, for its state); targets are shifted by one
-    let s = seqs.iter().map(|q| q.len()).max().unwrap_or(1).max(1);
-    let (mut inputs, mut attention, mut targets, mut mask, mut sampled) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    let mut tokens = 0.0;
-    let mut emb_pos = Vec::with_capacity(b);
-    let mut lives = Vec::with_capacity(b);
-    for (r, &i) in rows.iter().enumerate() {
-        let q = &seqs[r];
-        let p = batch.prompts[i].len();
-        let ro = &batch.rollouts[i];
-        let live = !(mask_truncated && ro.truncated());
-        emb_pos.push(q.len() as i64 - 1);
-        lives.push(live);
-        for pos in 0..s {
-            let real = pos + 1 < q.len();
-            inputs.push(if pos < q.len() { q[pos] } else { pad } as i64);
-            attention.push((pos < q.len()) as i64);
-            targets.push(if real { q[pos + 1] } else { pad } as i64);
-            // target pos + 1 is completion token (pos + 1 − p)
-            let c = (pos + 1)
-                .checked_sub(p)
-                .filter(|&c| real && c < ro.tokens.len());
-            let on = c.is_some() && live;
-            mask.push(if on { 1.0f32 } else { 0.0 });
-            sampled.push(c.map_or(0.0, |c| ro.logprobs[c]));
-            tokens += on as u32 as f64;
-        }
-    }
-    let int = |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [b, s]), device);
-    let float = |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [b, s]), device);
-    Completions {
-        inputs: int(inputs),
-        attention: int(attention),
-        targets: int(targets),
-        mask: float(mask),
-        sampled: float(sampled),
-        tokens,
-        emb_pos: Tensor::from_data(TensorData::new(emb_pos, [b]), device),
-        live: lives,
-    }
-}
-
-/// Log-probs `[b, s]` of the targets at temperature `t` (logits / t = (h / t)·W), and the
-/// `<emb_token>` states `[b, d]`.
-fn logprobs<B: Backend>(
-    model: &Decoder<B>,
-    c: &Completions<B>,
-    t: f32,
-) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let hidden = model.hidden(c.inputs.clone(), Some(c.attention.clone()));
-    let s = hidden.dims()[1];
-    let emb = Decoder::hidden_at(hidden.clone(), c.emb_pos.clone());
-    (
-        model.token_logprobs(hidden / t as f64, c.targets.clone(), s),
-        emb,
-    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -346,7 +255,16 @@ pub fn run<B: AutodiffBackend>(
             .collect();
         let parts: Vec<Completions<B>> = chunks
             .iter()
-            .map(|c| completions::<B, _>(&batch, c, tr.tok.pad, s3.mask_truncated, device))
+            .map(|c| {
+                completions::<B>(
+                    &batch.prompts,
+                    &batch.rollouts,
+                    c,
+                    tr.tok.pad,
+                    s3.mask_truncated,
+                    device,
+                )
+            })
             .collect();
         let total_tokens: f64 = parts.iter().map(|c| c.tokens).sum();
         // dapo: Σ over the whole batch ÷ its tokens; the trainer divides each micro-batch by grad_accum
@@ -355,21 +273,7 @@ pub fn run<B: AutodiffBackend>(
             .iter()
             .map(|c| {
                 reference.as_ref().map(|r| {
-                    let lp = logprobs(
-                        r,
-                        &Completions {
-                            inputs: c.inputs.clone().inner(),
-                            attention: c.attention.clone().inner(),
-                            targets: c.targets.clone().inner(),
-                            mask: c.mask.clone().inner(),
-                            sampled: c.sampled.clone().inner(),
-                            tokens: c.tokens,
-                            emb_pos: c.emb_pos.clone().inner(),
-                            live: c.live.clone(),
-                        },
-                        s3.temperature,
-                    )
-                    .0;
+                    let lp = logprobs(r, &c.inner(), s3.temperature).0;
                     Tensor::from_inner(lp)
                 })
             })
