@@ -1,45 +1,70 @@
-//! Backbone throughput on CPU, side by side with PyTorch/transformers on the same model and shapes
-//! in the same run (ratios; absolute times drift on shared machines).
+//! t1-train on CPU, side by side with the PyTorch stack on the same work in the same run
+//! (ratios; absolute times drift on shared machines).
 //!
 //!     cargo bench --bench backbone                 # tiny preset + SmolLM2 (when fetched)
 //!     cargo bench --bench backbone -- --quick      # fewer repetitions
 //!
-//! For each model: forward+backward tokens/s (teacher-forced next-token cross-entropy, batch × seq
-//! tokens per step) and greedy decode tokens/s with the KV cache (batch rows × new tokens). The
-//! peer is `scripts/bench_backbone.py` (torch + transformers), run on the very same HF folder
-//! (the tiny preset is saved to a temp folder first) with the same thread count. Without torch
-//! the peer column says so and only t1-train's figures print.
+//! For each model, each line is one measurement in its own process (this binary re-run with
+//! `--child`, the peer `scripts/bench_peer.py`), so each side's peak memory (VmHWM / ru_maxrss)
+//! is that work's alone:
+//! - `fwd+bwd`: teacher-forced next-token cross-entropy, forward + backward (no optimizer step),
+//!   tokens/s;
+//! - `decode`: greedy decode with the KV cache, B·G rows of distinct prompts, exactly N new tokens
+//!   each (`generate` with `min_new_tokens`), tokens/s;
+//! - `grpo`: one GRPO optimizer step on B prompts × G rollouts — sampling at temperature 1 forced
+//!   to N tokens, policy log-probs, reference log-probs and k3 KL (β = 0.04), the `dapo` loss,
+//!   backward, clipping at 1.0, AdamW — against TRL's `GRPOTrainer` with the same knobs
+//!   (gradient checkpointing off on both sides; TRL turns it on by default); seconds per step, the
+//!   ratio is TRL's time over t1-train's (> 1: t1-train is faster). t1-train runs stage 3's own
+//!   code (`rollout::completions`/`logprobs`, `loss::grpo_loss`, `advantage`, `clip_global_norm`);
+//!   what it leaves out, for both sides, is the reward (random numbers here).
+//! - `index`: document encoding (last-token state of the base model, no gradient), documents/s,
+//!   against a transformers base-model forward of the same batches;
+//! - `rollouts`: t1-train alone — the `decode` work with each prompt shared by G rows (one
+//!   prefill per query, as stage 3 samples) over the same rows with distinct prompts.
+//!
+//! Without torch (or trl) the peer column says why and t1-train's figures still print.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use t1_train::advantage::{ScaleRewards, group_advantages};
+use t1_train::index::embed_last;
+use t1_train::loss::{GrpoParams, KlEstimator, LossType, grpo_loss};
 use t1_train::model::{
     Decoder, DecoderConfig, GenerateOptions, Sampler, generate, load_hf, save_hf,
 };
+use t1_train::rollout::{completions, logprobs};
+use t1_train::train::optim::{adamw, clip_global_norm};
 
 type B = Flex;
 type AD = Autodiff<Flex>;
 
-/// G of the rollout line: rows sharing one prompt.
-const GROUP: usize = 4;
+/// β of the `grpo` line (TRL's former default; > 0 so the reference forward is part of the step).
+const BETA: f64 = 0.04;
+/// `loss_type` of the `grpo` line (TRL's default), as `scripts/bench_peer.py` numbers it.
+const LOSS: (LossType, u32) = (LossType::Dapo, 2);
 
 struct Shapes {
-    train_batch: usize,
-    train_seq: usize,
-    decode_batch: usize,
+    train: [usize; 2],
+    /// B prompts × G rollouts, prompt tokens, new tokens (decode, rollouts and grpo lines).
+    b: usize,
+    g: usize,
     prompt: usize,
-    new_tokens: usize,
+    new: usize,
+    /// Documents, tokens per document, batch.
+    index: [usize; 3],
 }
 
-fn ids(rng: &mut ChaCha8Rng, b: usize, s: usize, vocab: usize) -> Vec<i64> {
-    (0..b * s)
-        .map(|_| rng.random_range(0..vocab as i64))
-        .collect()
+fn random_ids(rng: &mut ChaCha8Rng, n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.random_range(0..vocab as u32)).collect()
 }
 
 /// Median seconds of `reps` runs after one warm-up.
@@ -56,155 +81,413 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-fn train_tokens_per_s(dir: &Path, sh: &Shapes, reps: usize) -> f64 {
+fn train(dir: &Path, reps: usize, batch: usize, seq: usize) -> f64 {
     let device = Default::default();
     let model: Decoder<AD> = load_hf(dir, &device).unwrap();
-    let vocab = model.config().vocab_size;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let (b, s) = (sh.train_batch, sh.train_seq);
-    let x = ids(&mut rng, b, s + 1, vocab);
-    let inputs: Vec<i64> = (0..b)
-        .flat_map(|r| x[r * (s + 1)..r * (s + 1) + s].to_vec())
+    let x: Vec<i64> = random_ids(&mut rng, batch * (seq + 1), model.config().vocab_size)
+        .into_iter()
+        .map(i64::from)
         .collect();
-    let targets: Vec<i64> = (0..b)
-        .flat_map(|r| x[r * (s + 1) + 1..(r + 1) * (s + 1)].to_vec())
-        .collect();
+    let rows = |lo: usize| -> Vec<i64> {
+        (0..batch)
+            .flat_map(|r| x[r * (seq + 1) + lo..r * (seq + 1) + lo + seq].to_vec())
+            .collect()
+    };
+    let (inputs, targets) = (rows(0), rows(1));
     let secs = time(reps, || {
-        let i = Tensor::<AD, 2, Int>::from_data(TensorData::new(inputs.clone(), [b, s]), &device);
-        let t = Tensor::<AD, 2, Int>::from_data(TensorData::new(targets.clone(), [b, s]), &device);
+        let i =
+            Tensor::<AD, 2, Int>::from_data(TensorData::new(inputs.clone(), [batch, seq]), &device);
+        let t = Tensor::<AD, 2, Int>::from_data(
+            TensorData::new(targets.clone(), [batch, seq]),
+            &device,
+        );
         let hidden = model.hidden(i, None);
-        let loss = model.token_logprobs(hidden, t, s).mean().neg();
-        let grads = loss.backward();
-        std::hint::black_box(grads);
+        let loss = model.token_logprobs(hidden, t, seq).mean().neg();
+        std::hint::black_box(loss.backward());
     });
-    (b * s) as f64 / secs
+    (batch * seq) as f64 / secs
 }
 
-/// Decode tokens/s for `decode_batch` rows of which every `group` consecutive rows share one
-/// prompt (`group = 1`: all distinct; `group = G`: a GRPO step's B × G rollouts, one prefill per
-/// query). Greedy, as the peer's decode: the work per row is the same whatever it draws.
-fn decode_tokens_per_s(dir: &Path, sh: &Shapes, reps: usize, group: usize) -> f64 {
+/// `rows` prompts of which every `group` consecutive ones are the same.
+fn prompts(vocab: usize, rows: usize, group: usize, len: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..rows / group)
+        .flat_map(|_| std::iter::repeat_n(random_ids(&mut rng, len, vocab), group))
+        .collect()
+}
+
+/// Greedy decode tokens/s of `sh.b · sh.g` rows, prompts shared by `group` rows.
+fn decode(dir: &Path, reps: usize, sh: &Shapes, group: usize) -> f64 {
     let model: Decoder<B> = load_hf(dir, &Default::default()).unwrap();
-    let vocab = model.config().vocab_size;
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let prompts: Vec<Vec<u32>> = (0..sh.decode_batch / group)
-        .flat_map(|_| {
-            let p: Vec<u32> = (0..sh.prompt)
-                .map(|_| rng.random_range(0..vocab as u32))
-                .collect();
-            std::iter::repeat_n(p, group)
-        })
-        .collect();
+    let rows = sh.b * sh.g;
+    let p = prompts(model.config().vocab_size, rows, group, sh.prompt, 1);
     let opts = GenerateOptions {
         sampler: Sampler::Greedy,
-        max_new_tokens: sh.new_tokens,
+        max_new_tokens: sh.new,
         stop: vec![],
         embed: None,
         pad: 0,
         seed: 0,
     };
     let secs = time(reps, || {
-        let r = generate(&model, &prompts, &opts, |_| {}).unwrap();
-        assert!(r.iter().all(|r| r.tokens.len() == sh.new_tokens));
+        let r = generate(&model, &p, &opts, |_| {}).unwrap();
+        assert!(r.iter().all(|r| r.tokens.len() == sh.new));
     });
-    (sh.decode_batch * sh.new_tokens) as f64 / secs
+    (rows * sh.new) as f64 / secs
 }
 
-/// The peer's figures: `{"train": tok/s, "decode": tok/s}` or the reason it could not run.
-fn peer(dir: &Path, sh: &Shapes, reps: usize, threads: usize) -> Result<(f64, f64), String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_backbone.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(dir)
-        .args(
-            [
-                sh.train_batch,
-                sh.train_seq,
-                sh.decode_batch,
-                sh.prompt,
-                sh.new_tokens,
-                reps,
-                threads,
-            ]
-            .map(|v| v.to_string()),
-        )
-        .output()
-        .map_err(|e| format!("python3: {e}"))?;
+/// Median seconds of one GRPO step (after a first, warm-up step).
+fn grpo(dir: &Path, reps: usize, sh: &Shapes) -> f64 {
+    let device = Default::default();
+    let mut model: Decoder<AD> = load_hf(dir, &device).unwrap();
+    let reference: Decoder<B> = load_hf(dir, &device).unwrap();
+    let mut optim = adamw((0.9, 0.999), 1e-8, 0.0).init::<AD, Decoder<AD>>();
+    let (g, n) = (sh.g, sh.b * sh.g);
+    let vocab = model.config().vocab_size;
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let params = |num_items: f64| GrpoParams {
+        epsilon_low: 0.2,
+        epsilon_high: 0.2,
+        beta: BETA,
+        kl: KlEstimator::K3,
+        loss_type: LOSS.0,
+        max_completion_length: sh.new,
+        num_items,
+    };
+    let mut times = Vec::new();
+    for step in 0..=reps {
+        let p = prompts(vocab, n, g, sh.prompt, 100 + step as u64);
+        let started = Instant::now();
+        // 1. sample (the policy's inner model, as stage 3)
+        let opts = GenerateOptions {
+            sampler: Sampler::Random {
+                temperature: 1.0,
+                top_k: None,
+                top_p: 1.0,
+            },
+            max_new_tokens: sh.new,
+            stop: vec![],
+            embed: None,
+            pad: 0,
+            seed: step as u64,
+        };
+        let rollouts = generate(&model.valid(), &p, &opts, |_| {}).unwrap();
+        assert!(rollouts.iter().all(|r| r.tokens.len() == sh.new));
+        // 2.–4. rewards (random, as the peer's) and group advantages
+        let rewards: Vec<Option<f32>> = (0..n).map(|_| Some(rng.random::<f32>())).collect();
+        let adv = group_advantages(&rewards, g, ScaleRewards::Group);
+        // 5. log-probs of policy and reference, loss; 6. backward, clip, AdamW
+        let rows: Vec<usize> = (0..n).collect();
+        let c = completions::<AD>(&p, &rollouts, &rows, 0, false, &device);
+        let reference_lp = Tensor::from_inner(logprobs(&reference, &c.inner(), 1.0).0);
+        let (lp, _) = logprobs(&model, &c, 1.0);
+        let a = Tensor::<AD, 1>::from_data(TensorData::new(adv.values, [n]), &device);
+        let out = grpo_loss(
+            lp.clone(),
+            lp.detach(),
+            Some(reference_lp),
+            a,
+            c.mask.clone(),
+            &params(c.tokens),
+        );
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        let (grads, _) = clip_global_norm(&model, grads, Some(1.0));
+        model = optim.step(1e-6, model, grads);
+        times.push(started.elapsed().as_secs_f64());
+    }
+    let mut t = times[1..].to_vec();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn index(dir: &Path, reps: usize, docs: usize, len: usize, batch: usize) -> f64 {
+    let model: Decoder<B> = load_hf(dir, &Default::default()).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let seqs: Vec<Vec<u32>> = (0..docs)
+        .map(|_| random_ids(&mut rng, len, model.config().vocab_size))
+        .collect();
+    let secs = time(reps, || {
+        let v = embed_last(&model, &seqs, batch, 0, |_| {});
+        std::hint::black_box(v.clone().div(v.powi_scalar(2).sum_dim(1).sqrt()));
+    });
+    docs as f64 / secs
+}
+
+/// Peak resident memory of this process so far, MiB (Linux `VmHWM`; NaN elsewhere).
+fn peak_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// `--child WORK DIR REPS SHAPE…`: one measurement, one JSON line on stdout.
+fn child(args: &[String]) {
+    let work = args[0].as_str();
+    let dir = Path::new(&args[1]);
+    let n: Vec<usize> = args[2..].iter().map(|a| a.parse().unwrap()).collect();
+    let reps = n[0];
+    let sh = |n: &[usize]| Shapes {
+        train: [0, 0],
+        b: n[0],
+        g: n[1],
+        prompt: n[2],
+        new: n[3],
+        index: [0, 0, 0],
+    };
+    let value = match work {
+        "train" => train(dir, reps, n[1], n[2]),
+        "decode" => decode(dir, reps, &sh(&n[1..]), 1),
+        "rollouts" => {
+            let s = sh(&n[1..]);
+            decode(dir, reps, &s, s.g)
+        }
+        "grpo" => grpo(dir, reps, &sh(&n[1..])),
+        "index" => index(dir, reps, n[1], n[2], n[3]),
+        _ => panic!("unknown work {work}"),
+    };
+    println!(
+        "{}",
+        serde_json::json!({"value": value, "peak_mb": peak_mb()})
+    );
+}
+
+struct Figure {
+    value: f64,
+    peak_mb: f64,
+}
+
+fn parse(
+    out: std::io::Result<std::process::Output>,
+    who: &str,
+) -> Result<(Figure, serde_json::Value), String> {
+    let out = out.map_err(|e| format!("{who}: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(err.lines().last().unwrap_or("failed").to_string());
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("failed");
+        return Err(format!("{who}: {last}"));
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    Ok((
-        v["train"].as_f64().unwrap_or(f64::NAN),
-        v["decode"].as_f64().unwrap_or(f64::NAN),
-    ))
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{who}: {e}"))?;
+    let f = Figure {
+        value: v["value"].as_f64().unwrap_or(f64::NAN),
+        peak_mb: v["peak_mb"].as_f64().unwrap_or(f64::NAN),
+    };
+    Ok((f, v))
 }
 
-fn report(name: &str, dir: &Path, sh: &Shapes, reps: usize, threads: usize) {
-    eprintln!("[{name}] measuring t1-train …");
-    let train = train_tokens_per_s(dir, sh, reps);
-    let decode = decode_tokens_per_s(dir, sh, reps, 1);
-    let grouped = decode_tokens_per_s(dir, sh, reps, GROUP);
-    eprintln!("[{name}] measuring torch/transformers …");
-    let peer = peer(dir, sh, reps, threads);
-    let (pt, pd) = match &peer {
-        Ok((t, d)) => (format!("{t:>10.0}"), format!("{d:>10.0}")),
-        Err(_) => (format!("{:>10}", "n/a"), format!("{:>10}", "n/a")),
-    };
-    let ratio = |ours: f64, theirs: Option<f64>| match theirs {
-        Some(t) => format!("{:>6.2}x", ours / t),
-        None => format!("{:>7}", "-"),
-    };
-    println!(
-        "{name:<22} fwd+bwd {:>3}x{:<4} {train:>10.0} {pt}  {}",
-        sh.train_batch,
-        sh.train_seq,
-        ratio(train, peer.as_ref().ok().map(|p| p.0))
-    );
-    println!(
-        "{name:<22} decode  {:>3}x{:<4} {decode:>10.0} {pd}  {}",
-        sh.decode_batch,
-        sh.new_tokens,
-        ratio(decode, peer.as_ref().ok().map(|p| p.1))
-    );
-    println!(
-        "{name:<22} rollouts {:>2}x{:<4} {grouped:>10.0} {decode:>10.0}  {:>6.2}x   (t1-train, one prefill per {GROUP} rows vs {:} distinct prompts)",
-        sh.decode_batch / GROUP,
-        GROUP,
-        grouped / decode,
-        sh.decode_batch
-    );
-    if let Err(e) = peer {
-        println!("  (peer unavailable: {e})");
+fn ours(work: &str, dir: &Path, reps: usize, shape: &[usize]) -> Result<Figure, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new(exe)
+        .arg("--child")
+        .arg(work)
+        .arg(dir)
+        .arg(reps.to_string())
+        .args(shape.iter().map(|v| v.to_string()))
+        .output();
+    parse(out, "t1-train").map(|(f, _)| f)
+}
+
+fn peer(
+    work: &str,
+    dir: &Path,
+    reps: usize,
+    threads: usize,
+    shape: &[String],
+    versions: &mut Option<serde_json::Value>,
+) -> Result<Figure, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg(root.join("scripts/bench_peer.py"))
+        .arg(work)
+        .arg(dir)
+        .arg(root.join("curricula/default/tokenizer.json"))
+        .arg(reps.to_string())
+        .arg(threads.to_string())
+        .args(shape)
+        .output();
+    let (f, v) = parse(out, "peer")?;
+    if let Some(obj) = v["versions"].as_object() {
+        let all = versions.get_or_insert_with(|| serde_json::json!({}));
+        for (k, x) in obj {
+            all[k] = x.clone();
+        }
     }
+    Ok(f)
+}
+
+/// One table line: t1-train's figure, the peer's, the speed ratio, and both peak memories.
+#[allow(clippy::too_many_arguments)]
+fn line(
+    model: &str,
+    what: &str,
+    shape: &str,
+    unit: &str,
+    ours: Result<Figure, String>,
+    theirs: Result<Figure, String>,
+    lower_is_better: bool,
+    notes: &mut Vec<String>,
+) {
+    let fmt = |r: &Result<Figure, String>| match r {
+        Ok(f) if lower_is_better => format!("{:>10.3}", f.value),
+        Ok(f) => format!("{:>10.1}", f.value),
+        Err(_) => format!("{:>10}", "n/a"),
+    };
+    let mem = |r: &Result<Figure, String>| match r {
+        Ok(f) => format!("{:>7.0}", f.peak_mb),
+        Err(_) => format!("{:>7}", "n/a"),
+    };
+    let ratio = match (&ours, &theirs) {
+        (Ok(a), Ok(b)) if lower_is_better => format!("{:>6.2}x", b.value / a.value),
+        (Ok(a), Ok(b)) => format!("{:>6.2}x", a.value / b.value),
+        _ => format!("{:>7}", "-"),
+    };
+    println!(
+        "{model:<22} {what:<9} {shape:<14} {unit:<9} {} {}  {ratio}  {} {}",
+        fmt(&ours),
+        fmt(&theirs),
+        mem(&ours),
+        mem(&theirs)
+    );
+    for e in [ours.err(), theirs.err()].into_iter().flatten() {
+        notes.push(format!("{model} {what}: {e}"));
+    }
+}
+
+fn report(
+    name: &str,
+    dir: &Path,
+    sh: &Shapes,
+    reps: usize,
+    threads: usize,
+    versions: &mut Option<serde_json::Value>,
+    notes: &mut Vec<String>,
+) {
+    let s = |v: &[usize]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let bgpn = [sh.b, sh.g, sh.prompt, sh.new];
+    eprintln!("[{name}] fwd+bwd …");
+    line(
+        name,
+        "fwd+bwd",
+        &format!("{}x{}", sh.train[0], sh.train[1]),
+        "tok/s",
+        ours("train", dir, reps, &sh.train),
+        peer("train", dir, reps, threads, &s(&sh.train), versions),
+        false,
+        notes,
+    );
+    eprintln!("[{name}] decode …");
+    let rows = sh.b * sh.g;
+    line(
+        name,
+        "decode",
+        &format!("{rows}x{}", sh.new),
+        "tok/s",
+        ours("decode", dir, reps, &bgpn),
+        peer(
+            "decode",
+            dir,
+            reps,
+            threads,
+            &s(&[rows, sh.prompt, sh.new]),
+            versions,
+        ),
+        false,
+        notes,
+    );
+    eprintln!("[{name}] grpo step …");
+    let mut peer_grpo = s(&bgpn);
+    peer_grpo.push(((BETA * 1e6).round() as u64).to_string());
+    peer_grpo.push(LOSS.1.to_string());
+    line(
+        name,
+        "grpo",
+        &format!("{}x{}x{}", sh.b, sh.g, sh.new),
+        "s/step",
+        ours("grpo", dir, reps, &bgpn),
+        peer("grpo", dir, reps, threads, &peer_grpo, versions),
+        true,
+        notes,
+    );
+    eprintln!("[{name}] index …");
+    line(
+        name,
+        "index",
+        &format!("{}x{}", sh.index[0], sh.index[1]),
+        "docs/s",
+        ours("index", dir, reps, &sh.index),
+        peer("index", dir, reps, threads, &s(&sh.index), versions),
+        false,
+        notes,
+    );
+    eprintln!("[{name}] shared-prefill rollouts …");
+    line(
+        name,
+        "rollouts",
+        &format!("{}x{}x{}", sh.b, sh.g, sh.new),
+        "tok/s",
+        ours("rollouts", dir, reps, &bgpn),
+        ours("decode", dir, reps, &bgpn).map_err(|e| e.replace("t1-train", "t1-train distinct")),
+        false,
+        notes,
+    );
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        return child(&args[i + 1..]);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
     let reps = if quick { 2 } else { 5 };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "t1-train backbone benchmark, CPU (flex), {threads} threads; tokens/s, median of {reps}"
+        "t1-train vs the PyTorch stack, CPU (burn flex), {threads} threads, median of {reps}; \
+         ratio > 1: t1-train is faster (grpo: peer s/step ÷ t1-train s/step); peak MiB per process"
     );
     println!(
-        "{:<22} {:<7} {:<8} {:>10} {:>10}  {:>7}",
-        "model", "what", "shape", "t1-train", "torch", "ratio"
+        "{:<22} {:<9} {:<14} {:<9} {:>10} {:>10}  {:>7}  {:>7} {:>7}",
+        "model", "what", "shape", "unit", "t1-train", "peer", "ratio", "MiB t1", "MiB peer"
     );
+    let mut versions = None;
+    let mut notes = Vec::new();
 
     let tmp = tempfile::tempdir().unwrap();
     let tiny_dir = tmp.path().join("tiny");
     let tiny: Decoder<B> = DecoderConfig::tiny(1024).init(&Default::default());
     save_hf(&tiny, &tiny_dir).unwrap();
     let tiny_shapes = Shapes {
-        train_batch: 8,
-        train_seq: 128,
-        decode_batch: 16,
+        train: [8, 128],
+        b: 4,
+        g: 4,
         prompt: 32,
-        new_tokens: 64,
+        new: 64,
+        index: [256, 64, 32],
     };
     let name = format!("tiny (Qwen3, {:.2}M)", tiny.num_params() as f64 / 1e6);
-    report(&name, &tiny_dir, &tiny_shapes, reps, threads);
+    report(
+        &name,
+        &tiny_dir,
+        &tiny_shapes,
+        reps,
+        threads,
+        &mut versions,
+        &mut notes,
+    );
 
     let smol: PathBuf = std::env::var_os("T1_SMOLLM2_DIR")
         .map(PathBuf::from)
@@ -213,14 +496,30 @@ fn main() {
         });
     if smol.join("model.safetensors").exists() {
         let shapes = Shapes {
-            train_batch: 2,
-            train_seq: 128,
-            decode_batch: 8,
+            train: [2, 128],
+            b: 2,
+            g: 4,
             prompt: 32,
-            new_tokens: 32,
+            new: 32,
+            index: [64, 128, 16],
         };
-        report("SmolLM2-135M (Llama)", &smol, &shapes, reps.min(3), threads);
+        report(
+            "SmolLM2-135M (Llama)",
+            &smol,
+            &shapes,
+            reps.min(3),
+            threads,
+            &mut versions,
+            &mut notes,
+        );
     } else {
         println!("SmolLM2-135M: skipped, run `python3 scripts/fetch_smollm2.py` first");
+    }
+    match versions {
+        Some(v) => println!("peer versions: {v}"),
+        None => println!("peer: not available"),
+    }
+    for n in notes {
+        println!("  {n}");
     }
 }
