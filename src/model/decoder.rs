@@ -135,12 +135,45 @@ impl DecoderConfig {
     }
 }
 
-/// `cat([-x2, x1])` over the last dim (HF `rotate_half`).
-fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, h, s, k] = x.dims();
-    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..k / 2]);
-    let x2 = x.slice([0..b, 0..h, 0..s, k / 2..k]);
-    Tensor::cat(vec![x2.neg(), x1], 3)
+/// RoPE factors of one forward, laid out so every layer's rotation is contiguous element-wise
+/// work plus one small matmul (burn-flex runs broadcasts over middle dims and non-contiguous
+/// views element by element; these shapes take its SIMD paths):
+/// `x·cos + rotate_half(x)·sin` with `rotate_half(x) = x·R`, `R` `[k, k]` the signed permutation
+/// of HF's `rotate_half` (`cat([-x2, x1])`), on `x` `[b, s, n, k]`.
+struct Rope<B: Backend> {
+    /// `[b, s, h, k]` (query heads) and `[b, s, g, k]` (key heads), materialised once per forward.
+    cos_q: Tensor<B, 4>,
+    sin_q: Tensor<B, 4>,
+    cos_k: Tensor<B, 4>,
+    sin_k: Tensor<B, 4>,
+    rot: Tensor<B, 2>,
+}
+
+impl<B: Backend> Rope<B> {
+    /// From `cos`, `sin` `[b, s, 1, k]`.
+    fn new(cos: Tensor<B, 4>, sin: Tensor<B, 4>, h: usize, g: usize) -> Self {
+        let k = cos.dims()[3];
+        let mut r = vec![0f32; k * k];
+        for j in 0..k / 2 {
+            r[(j + k / 2) * k + j] = -1.0; // out[j] = −x[j + k/2]
+            r[j * k + j + k / 2] = 1.0; // out[j + k/2] = x[j]
+        }
+        let rot = Tensor::from_data(burn::tensor::TensorData::new(r, [k, k]), &cos.device());
+        Rope {
+            cos_q: cos.clone().repeat_dim(2, h),
+            sin_q: sin.clone().repeat_dim(2, h),
+            cos_k: cos.repeat_dim(2, g),
+            sin_k: sin.repeat_dim(2, g),
+            rot,
+        }
+    }
+
+    /// Rotates `x` `[b, s, n, k]` (n = h or g) by `cos`, `sin` of the same shape.
+    fn apply(&self, x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, s, n, k] = x.dims();
+        let rotated = x.clone().reshape([b * s * n, k]).matmul(self.rot.clone());
+        x * cos.clone() + rotated.reshape([b, s, n, k]) * sin.clone()
+    }
 }
 
 /// Key/value buffers of one layer `[b, g, capacity, k]`.
@@ -246,7 +279,7 @@ fn proj<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
 }
 
 impl<B: Backend> Attention<B> {
-    /// `x` `[b, s, d]`, `cos`/`sin` `[b, 1, s, k]`, `mask` `[b, 1, 1, s, t]` (true = masked) → `[b, s, d]`.
+    /// `x` `[b, s, d]`, `rope` the forward's RoPE factors, `mask` `[b, 1, 1, s, t]` (true = masked) → `[b, s, d]`.
     ///
     /// With `cache = Some((kv, start))` the new keys/values are written to columns
     /// `start..start + s` of the layer's buffers and attention reads columns `0..start + s`
@@ -254,27 +287,26 @@ impl<B: Backend> Attention<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: Tensor<B, 4>,
-        sin: Tensor<B, 4>,
+        rope: &Rope<B>,
         mask: Tensor<B, 5, Bool>,
         cache: Option<(LayerKv<B>, usize)>,
     ) -> (Tensor<B, 3>, Option<LayerKv<B>>) {
         let [b, s, _] = x.dims();
         let (h, g, k) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let r = h / g;
+        // per-head norm and RoPE on the contiguous [b, s, n, k] layout, then [b, n, s, k]
         let heads = |t: Tensor<B, 3>, n: usize, norm: &Option<RmsNorm<B>>| {
             let t = t.reshape([b, s, n, k]);
-            let t = match norm {
+            match norm {
                 Some(nrm) => nrm.forward(t),
                 None => t,
-            };
-            t.swap_dims(1, 2) // [b, n, s, k]
+            }
         };
         let q = heads(proj(&self.q_proj, x.clone()), h, &self.q_norm);
+        let q = rope.apply(q, &rope.cos_q, &rope.sin_q).swap_dims(1, 2);
         let key = heads(proj(&self.k_proj, x.clone()), g, &self.k_norm);
-        let v = heads(proj(&self.v_proj, x), g, &None);
-        let q = q.clone() * cos.clone() + rotate_half(q) * sin.clone();
-        let key = key.clone() * cos + rotate_half(key) * sin;
+        let key = rope.apply(key, &rope.cos_k, &rope.sin_k).swap_dims(1, 2);
+        let v = heads(proj(&self.v_proj, x), g, &None).swap_dims(1, 2);
         let (key, v, kept) = match cache {
             Some((kv, start)) => {
                 let end = start + s;
@@ -325,14 +357,14 @@ impl<B: Backend> Decoder<B> {
         self.model.embed_tokens.weight.val().device()
     }
 
-    /// `cos`, `sin` `[b, 1, s, k]` for absolute positions `[b, s]`.
+    /// `cos`, `sin` `[b, s, 1, k]` for absolute positions `[b, s]`.
     fn rope(&self, positions: Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [b, s] = positions.dims();
         let half = self.inv_freq.len();
         let inv = Tensor::<B, 1>::from_floats(self.inv_freq.as_slice(), &positions.device())
             .reshape([1, 1, half]);
         let angles = positions.float().reshape([b, s, 1]) * inv; // [b, s, k/2]
-        let emb = Tensor::cat(vec![angles.clone(), angles], 2).unsqueeze_dim::<4>(1); // [b, 1, s, k]
+        let emb = Tensor::cat(vec![angles.clone(), angles], 2).unsqueeze_dim::<4>(2); // [b, s, 1, k]
         (emb.clone().cos(), emb.sin())
     }
 
@@ -402,12 +434,13 @@ impl<B: Backend> Decoder<B> {
             .map(|c| std::mem::take(&mut c.layers).into_iter());
         let start = cache.as_ref().map_or(0, |c| c.len);
         let mut kept = Vec::new();
+        let c = &self.config;
+        let rope = Rope::new(cos, sin, c.num_attention_heads, c.num_key_value_heads);
         for layer in &self.model.layers {
             let kv = kvs.as_mut().and_then(|it| it.next()).map(|kv| (kv, start));
             let (a, kv) = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
-                cos.clone(),
-                sin.clone(),
+                &rope,
                 mask.clone(),
                 kv,
             );
