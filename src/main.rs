@@ -8,11 +8,14 @@ use t1_train::config::{Config, QueryView};
 use t1_train::model::Sampler;
 use t1_train::{Error, commands};
 
-/// The compute backend: CPU (flex) by default, CUDA with `--features cuda`.
-#[cfg(not(feature = "cuda"))]
+/// The compute backend: CPU (flex) by default, CUDA with `--features cuda`, wgpu (Vulkan/Metal/
+/// DX12) with `--features wgpu` (CUDA wins when both are on).
+#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
 type Compute = burn::backend::Flex;
 #[cfg(feature = "cuda")]
 type Compute = burn::backend::Cuda;
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+type Compute = burn::backend::Wgpu;
 /// The compute backend with autodiff, for the training stages.
 type Train = burn::backend::Autodiff<Compute>;
 
