@@ -168,8 +168,17 @@ impl<B: Backend> Rope<B> {
         }
     }
 
-    /// Rotates `x` `[b, s, n, k]` (n = h or g) by `cos`, `sin` of the same shape.
-    fn apply(&self, x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    /// Rotates queries `[b, s, h, k]`.
+    fn queries(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.rotate(x, &self.cos_q, &self.sin_q)
+    }
+
+    /// Rotates keys `[b, s, g, k]`.
+    fn keys(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.rotate(x, &self.cos_k, &self.sin_k)
+    }
+
+    fn rotate(&self, x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, s, n, k] = x.dims();
         let rotated = x.clone().reshape([b * s * n, k]).matmul(self.rot.clone());
         x * cos.clone() + rotated.reshape([b, s, n, k]) * sin.clone()
@@ -303,9 +312,9 @@ impl<B: Backend> Attention<B> {
             }
         };
         let q = heads(proj(&self.q_proj, x.clone()), h, &self.q_norm);
-        let q = rope.apply(q, &rope.cos_q, &rope.sin_q).swap_dims(1, 2);
+        let q = rope.queries(q).swap_dims(1, 2);
         let key = heads(proj(&self.k_proj, x.clone()), g, &self.k_norm);
-        let key = rope.apply(key, &rope.cos_k, &rope.sin_k).swap_dims(1, 2);
+        let key = rope.keys(key).swap_dims(1, 2);
         let v = heads(proj(&self.v_proj, x), g, &None).swap_dims(1, 2);
         let (key, v, kept) = match cache {
             Some((kv, start)) => {
