@@ -4,7 +4,9 @@
 //!     cargo build --release --example profile
 //!     target/release/examples/profile train   # SmolLM2-135M: forward, then forward+backward, 2 × 128 tokens
 //!     target/release/examples/profile decode  # SmolLM2-135M: greedy decode, 8 rows × 32 tokens after 32
+//!     target/release/examples/profile steps   # SmolLM2-135M: decode steps alone (8 rows, 1-token prompts)
 //!     target/release/examples/profile index   # tiny preset: encode 256 documents × 64 tokens, batch 32
+//!     target/release/examples/profile grpo    # SmolLM2-135M: the bench's GRPO step (2 × 4 × 32), per phase
 //!     RAYON_NUM_THREADS=1 perf record --call-graph dwarf target/release/examples/profile index
 //!
 //! (single-threaded, the GEMM work stays on the caller's stack and `perf report --children`
@@ -14,9 +16,14 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Int, Tensor, TensorData};
 use t1_train::index::embed_last;
+use t1_train::loss::{GrpoParams, KlEstimator, LossType, grpo_loss};
 use t1_train::model::{Decoder, DecoderConfig, GenerateOptions, Sampler, generate, load_hf};
+use t1_train::rollout::{completions, logprobs};
+use t1_train::train::optim::{adamw, clip_global_norm};
 
 type AD = Autodiff<Flex>;
 
@@ -69,11 +76,45 @@ fn decode() {
         pad: 0,
         seed: 0,
     };
+    let prefill = GenerateOptions {
+        max_new_tokens: 1,
+        ..opts.clone()
+    };
     for _ in 0..3 {
+        let t0 = Instant::now();
+        let r = generate(&model, &prompts, &prefill, |_| {}).unwrap();
+        assert_eq!(r[0].tokens.len(), 1);
+        let p = t0.elapsed();
         let t0 = Instant::now();
         let r = generate(&model, &prompts, &opts, |_| {}).unwrap();
         assert_eq!(r[0].tokens.len(), 32);
-        eprintln!("decode {:?}", t0.elapsed());
+        eprintln!(
+            "prefill + 1 token {p:?}, prefill + 32 tokens {:?}",
+            t0.elapsed()
+        );
+    }
+}
+
+/// Decode steps alone: 8 rows of a 1-token prompt, 64 new tokens.
+fn steps() {
+    let model: Decoder<Flex> = load_hf(smollm2(), &Default::default()).unwrap();
+    let prompts: Vec<Vec<u32>> = (0..8).map(|r| vec![(r * 977 % 49152) as u32]).collect();
+    let opts = GenerateOptions {
+        sampler: Sampler::Greedy,
+        max_new_tokens: 64,
+        stop: vec![],
+        embed: None,
+        pad: 0,
+        seed: 0,
+    };
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let r = generate(&model, &prompts, &opts, |_| {}).unwrap();
+        assert_eq!(r[0].tokens.len(), 64);
+        eprintln!(
+            "64 steps of 8 rows: {:.1} ms/step",
+            t0.elapsed().as_secs_f64() * 1e3 / 64.0
+        );
     }
 }
 
@@ -93,11 +134,89 @@ fn index() {
     }
 }
 
+/// The bench's SmolLM2 GRPO step, timed per phase: sampling, reference log-probs, policy
+/// log-probs + loss, backward, clipping + AdamW.
+fn grpo() {
+    let device = Default::default();
+    let mut model: Decoder<AD> = load_hf(smollm2(), &device).unwrap();
+    let reference: Decoder<Flex> = load_hf(smollm2(), &device).unwrap();
+    let mut optim = adamw((0.9, 0.999), 1e-8, 0.0).init::<AD, Decoder<AD>>();
+    let (g, n, new) = (4usize, 8usize, 32usize);
+    let params = GrpoParams {
+        epsilon_low: 0.2,
+        epsilon_high: 0.2,
+        beta: 0.04,
+        kl: KlEstimator::K3,
+        loss_type: LossType::Dapo,
+        max_completion_length: new,
+        num_items: 0.0,
+    };
+    for step in 0..4u64 {
+        let prompts: Vec<Vec<u32>> = (0..n)
+            .map(|r| {
+                let q = (r / g) as u64 + 10 * step;
+                (0..32u64)
+                    .map(|i| ((q * 977 + i * 7919) % 49152) as u32)
+                    .collect()
+            })
+            .collect();
+        let mut t = Instant::now();
+        let lap = |what: &str, t: &mut Instant| {
+            eprint!("{what} {:.2}s  ", t.elapsed().as_secs_f64());
+            *t = Instant::now();
+        };
+        let opts = GenerateOptions {
+            sampler: Sampler::Random {
+                temperature: 1.0,
+                top_k: None,
+                top_p: 1.0,
+            },
+            max_new_tokens: new,
+            stop: vec![],
+            embed: None,
+            pad: 0,
+            seed: step,
+        };
+        let rollouts = generate(&model.valid(), &prompts, &opts, |_| {}).unwrap();
+        lap("sample", &mut t);
+        let rows: Vec<usize> = (0..n).collect();
+        let c = completions::<AD>(&prompts, &rollouts, &rows, 0, false, &device);
+        let reference_lp = Tensor::from_inner(logprobs(&reference, &c.inner(), 1.0).0);
+        let _ = reference_lp.clone().sum().into_scalar();
+        lap("reference", &mut t);
+        let (lp, _) = logprobs(&model, &c, 1.0);
+        let adv: Vec<f32> = (0..n).map(|i| (i % 3) as f32 - 1.0).collect();
+        let a = Tensor::<AD, 1>::from_data(TensorData::new(adv, [n]), &device);
+        let p = GrpoParams {
+            num_items: c.tokens,
+            ..params.clone()
+        };
+        let out = grpo_loss(
+            lp.clone(),
+            lp.detach(),
+            Some(reference_lp),
+            a,
+            c.mask.clone(),
+            &p,
+        );
+        let _ = out.loss.clone().into_scalar();
+        lap("policy-fwd", &mut t);
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        lap("backward", &mut t);
+        let (grads, _) = clip_global_norm(&model, grads, Some(1.0));
+        model = optim.step(1e-6, model, grads);
+        lap("clip+adamw", &mut t);
+        eprintln!();
+    }
+}
+
 fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("train") => train(),
         Some("decode") => decode(),
         Some("index") => index(),
-        _ => eprintln!("usage: profile train|decode|index"),
+        Some("grpo") => grpo(),
+        Some("steps") => steps(),
+        _ => eprintln!("usage: profile train|decode|steps|index|grpo"),
     }
 }

@@ -14,6 +14,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor};
 
 use super::config::{DecoderConfig, Family};
+use super::kernels;
 
 /// Grouped-query self-attention with HF (rotate-half) RoPE and optional per-head q/k RMSNorm.
 #[derive(Module, Debug)]
@@ -282,9 +283,23 @@ impl<B: Backend> KvCache<B> {
 /// re-packs the weight b times (at decode, s = 1: b matrix-vector products instead of one GEMM).
 fn proj<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [b, s, d] = x.dims();
-    let y = layer.forward(x.reshape([b * s, d]));
+    let y = rows(layer, x.reshape([b * s, d]));
     let n = y.dims()[1];
     y.reshape([b, s, n])
+}
+
+/// A linear layer over rows `[m, d_in]` → `[m, d_out]`. At decode (few rows, CPU backend, no
+/// autodiff) the matmul is [`kernels::matmul`]'s streaming kernel; elsewhere burn's `Linear`.
+fn rows<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let w = layer.weight.val();
+    if !kernels::applies(&x, &w) {
+        return layer.forward(x);
+    }
+    let y = kernels::matmul(x, w);
+    match &layer.bias {
+        Some(bias) => y + bias.val().unsqueeze(),
+        None => y,
+    }
 }
 
 impl<B: Backend> Attention<B> {
@@ -351,9 +366,8 @@ impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, d] = x.dims();
         let x = x.reshape([b * s, d]);
-        self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
-            .reshape([b, s, d])
+        let gated = silu(rows(&self.gate_proj, x.clone())) * rows(&self.up_proj, x);
+        rows(&self.down_proj, gated).reshape([b, s, d])
     }
 }
 
