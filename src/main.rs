@@ -381,6 +381,7 @@ fn run(cli: Cli) -> Result<(), Error> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // clap prints usage errors and exits with 2
+    t1_train::model::kernels::tune_allocator();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
