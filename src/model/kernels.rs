@@ -73,11 +73,33 @@ pub fn applies<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> bool {
 }
 
 /// The burn-flex tensor behind `t` (None on any other backend, autodiff included).
-fn flex<B: Backend>(t: &Tensor<B, 2>) -> Option<FlexTensor> {
-    match t.clone().into_primitive() {
-        TensorPrimitive::Float(p) => (&p as &dyn Any).downcast_ref::<FlexTensor>().cloned(),
-        TensorPrimitive::QFloat(_) => None,
+fn flex<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
+    into_flex(t.clone()).ok()
+}
+
+/// `t` as the burn-flex tensor it is on the CPU backend (`Err(t)` back on any other backend).
+/// Owning it (not a clone) lets a kernel write into its buffer when nothing else holds it.
+pub fn into_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<FlexTensor, Tensor<B, D>> {
+    match t.into_primitive() {
+        TensorPrimitive::Float(p) => match (Box::new(p) as Box<dyn Any>).downcast::<FlexTensor>() {
+            Ok(f) => Ok(*f),
+            Err(p) => {
+                let p = p
+                    .downcast::<B::FloatTensorPrimitive>()
+                    .expect("the primitive is the backend's float tensor");
+                Err(Tensor::from_primitive(TensorPrimitive::Float(*p)))
+            }
+        },
+        q => Err(Tensor::from_primitive(q)),
     }
+}
+
+/// A burn-flex tensor back as a `Tensor<B, D>` (None unless `B` is the CPU backend).
+pub fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Option<Tensor<B, D>> {
+    let prim = (Box::new(t) as Box<dyn Any>)
+        .downcast::<B::FloatTensorPrimitive>()
+        .ok()?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(*prim)))
 }
 
 fn skinny<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
@@ -95,10 +117,7 @@ fn skinny<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>
         k,
         n,
     );
-    let prim = (Box::new(out) as Box<dyn Any>)
-        .downcast::<B::FloatTensorPrimitive>()
-        .ok()?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(*prim)))
+    from_flex(out)
 }
 
 /// `out[m, n] = x[m, k] · w[k, n]`, all row-major and contiguous; column blocks in parallel.

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use indicatif::ProgressBar;
@@ -29,7 +29,7 @@ use crate::model::generate::{Embed, GenerateOptions, Sampler, generate};
 use crate::model::latent::{LatentOptions, latent_vectors};
 use crate::model::{Decoder, DecoderConfig, T1Tokenizer, load_hf, save_hf};
 use crate::run::RunDir;
-use crate::train::optim::{adamw, clip_global_norm, lr_at};
+use crate::train::optim::{AdamW, adamw, clip_global_norm, lr_at};
 
 /// The `[model]` section, or an error saying the stage needs it.
 pub fn model_section(cfg: &Config) -> Result<&ModelSection> {
