@@ -303,7 +303,7 @@ fn rows<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
 }
 
 impl<B: Backend> Attention<B> {
-    /// `x` `[b, s, d]`, `rope` the forward's RoPE factors, `mask` `[b, 1, 1, s, t]` (true = masked) → `[b, s, d]`.
+    /// `x` `[b, s, d]`, `rope` the forward's RoPE factors, `mask` `[b, g, r, s, t]` (true = masked) → `[b, s, d]`.
     ///
     /// With `cache = Some((kv, start))` the new keys/values are written to columns
     /// `start..start + s` of the layer's buffers and attention reads columns `0..start + s`
@@ -459,6 +459,14 @@ impl<B: Backend> Decoder<B> {
         let mut kept = Vec::new();
         let c = &self.config;
         let rope = Rope::new(cos, sin, c.num_attention_heads, c.num_key_value_heads);
+        // The mask in the scores' own layout [b, g, r, s, t], materialised once for all layers:
+        // burn-flex applies a mask broadcast over the head dims element by element (its strided
+        // path, in every layer's forward and backward); a same-shape mask takes its SIMD path.
+        let [b, _, _, sq, t] = mask.dims();
+        let g = c.num_key_value_heads;
+        let r = c.num_attention_heads / g;
+        let mask =
+            Tensor::<B, 5, Bool>::from_data(mask.expand([b, g, r, sq, t]).into_data(), &x.device());
         for layer in &self.model.layers {
             let kv = kvs.as_mut().and_then(|it| it.next()).map(|kv| (kv, start));
             let (a, kv) = layer.self_attn.forward(
