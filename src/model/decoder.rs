@@ -11,7 +11,7 @@ use burn::module::{Initializer, Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use super::config::{DecoderConfig, Family};
 use super::kernels;
@@ -600,9 +600,11 @@ impl<B: Backend> Decoder<B> {
     }
 
     /// Log-probabilities of `targets` `[b, s]` under the logits of `hidden` `[b, s, d]` → `[b, s]`:
-    /// `logit[target] − logsumexp(logits)`, computed `chunk` positions at a time so only a
-    /// `[b, chunk, V]` slice of logits exists at once (never the full `[b, s, V]` in inference;
-    /// under autodiff each chunk is kept for backward, but no log-softmax copy is made).
+    /// `logit[target] − logsumexp(logits)`. On the CPU backend (with or without autodiff) this is
+    /// one fused op ([`super::head`]): logits exist a `[128, V]` chunk at a time and none is kept
+    /// for backward, which recomputes them. Elsewhere it is computed with tensor ops `chunk`
+    /// positions at a time, so only a `[b, chunk, V]` slice of logits exists at once in inference
+    /// (under autodiff each chunk is kept for backward, but no log-softmax copy is made).
     pub fn token_logprobs(
         &self,
         hidden: Tensor<B, 3>,
@@ -621,6 +623,13 @@ impl<B: Backend> Decoder<B> {
         chunk: usize,
     ) -> (Tensor<B, 2>, Tensor<B, 2, Bool>) {
         let [b, s, d] = hidden.dims();
+        // the CPU backend: one fused op that keeps no [b, s, V] logits for backward
+        let flat = hidden.clone().reshape([b * s, d]);
+        let ids = targets.clone().reshape([b * s]);
+        if let Some((lp, hits)) = super::head::token_logprobs(&flat, &self.head_rows(), &ids) {
+            let hits = Tensor::from_data(TensorData::new(hits, [b, s]), &lp.device());
+            return (lp.reshape([b, s]), hits);
+        }
         let chunk = chunk.max(1);
         let (lps, hits): (Vec<Tensor<B, 2>>, Vec<Tensor<B, 2, Bool>>) = (0..s)
             .step_by(chunk)
@@ -642,6 +651,15 @@ impl<B: Backend> Decoder<B> {
             })
             .unzip();
         (Tensor::cat(lps, 1), Tensor::cat(hits, 1))
+    }
+
+    /// The LM head as `[V, d]` rows (the tied embeddings, or the untied head transposed — a
+    /// view, not a copy): `logits = hidden · head_rows()ᵀ`.
+    fn head_rows(&self) -> Tensor<B, 2> {
+        match &self.lm_head {
+            Some(head) => head.weight.val().transpose(),
+            None => self.model.embed_tokens.weight.val(),
+        }
     }
 
     /// Hidden states at one position per row: `hidden` `[b, s, d]`, `positions` `[b]` → `[b, d]`

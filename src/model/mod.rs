@@ -4,6 +4,7 @@
 pub mod config;
 pub mod decoder;
 pub mod generate;
+pub mod head;
 pub mod kernels;
 pub mod latent;
 pub mod tokenizer;
