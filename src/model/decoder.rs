@@ -289,13 +289,17 @@ fn proj<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
 }
 
 /// A linear layer over rows `[m, d_in]` → `[m, d_out]`. At decode (few rows, CPU backend, no
-/// autodiff) the matmul is [`kernels::matmul`]'s streaming kernel; elsewhere burn's `Linear`.
+/// autodiff) the matmul is [`kernels::matmul`]'s streaming kernel; otherwise on the CPU backend
+/// [`super::linear::matmul`] (gemm into unfilled buffers, own backward); elsewhere burn's `Linear`.
 fn rows<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     let w = layer.weight.val();
-    if !kernels::applies(&x, &w) {
+    let y = if kernels::applies(&x, &w) {
+        kernels::matmul(x, w)
+    } else if let Some(y) = super::linear::matmul(&x, &w) {
+        y
+    } else {
         return layer.forward(x);
-    }
-    let y = kernels::matmul(x, w);
+    };
     match &layer.bias {
         Some(bias) => y + bias.val().unsqueeze(),
         None => y,

@@ -47,8 +47,8 @@ fn chunk_rows(v: usize) -> usize {
     (LOGITS_BUDGET / (4 * v.max(1))).max(1)
 }
 
-type AD = Autodiff<Flex>;
-type AdPrim = burn::tensor::ops::FloatTensor<AD>;
+pub(super) type AD = Autodiff<Flex>;
+pub(super) type AdPrim = burn::tensor::ops::FloatTensor<AD>;
 
 /// `log_softmax(h · Wᵀ)[target]` per row and whether the target is the arg-max: `hidden`
 /// `[N, d]`, `weight` `[V, d]` (any strides), `targets` `[N]` in `0..V` → (`[N]`, `[N]` bools as
@@ -82,7 +82,7 @@ fn chunked<B: Backend>(
             return None;
         }
         let out = forward(hf, wf, &tgt, rows, false);
-        return Some((back::<B>(Box::new(vec_tensor(&out.logprobs)))?, out.hits));
+        return Some((back::<B, 1>(Box::new(vec_tensor(&out.logprobs)))?, out.hits));
     }
     // training: autodiff over the CPU backend
     let (ha, wa) = (h.downcast_ref::<AdPrim>()?, w.downcast_ref::<AdPrim>()?);
@@ -110,23 +110,23 @@ fn chunked<B: Backend>(
         ),
         OpsKind::UnTracked(prep) => prep.finish(lp),
     };
-    Some((back::<B>(Box::new(prim))?, out.hits))
+    Some((back::<B, 1>(Box::new(prim))?, out.hits))
 }
 
 /// The float primitive behind `t`, type-erased for downcasting.
-fn prim<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<Box<dyn Any>> {
+pub(super) fn prim<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<Box<dyn Any>> {
     match t.clone().into_primitive() {
         TensorPrimitive::Float(p) => Some(Box::new(p)),
         _ => None,
     }
 }
 
-fn back<B: Backend>(p: Box<dyn Any>) -> Option<Tensor<B, 1>> {
+pub(super) fn back<B: Backend, const D: usize>(p: Box<dyn Any>) -> Option<Tensor<B, D>> {
     let p = p.downcast::<B::FloatTensorPrimitive>().ok()?;
     Some(Tensor::from_primitive(TensorPrimitive::Float(*p)))
 }
 
-fn f32s(h: &FlexTensor, w: &FlexTensor) -> bool {
+pub(super) fn f32s(h: &FlexTensor, w: &FlexTensor) -> bool {
     h.dtype() == DType::F32 && w.dtype() == DType::F32
 }
 
@@ -153,14 +153,14 @@ fn vec_tensor(x: &[f32]) -> FlexTensor {
 
 /// A 2-D matrix as gemm sees it: base pointer and (row, column) strides in elements.
 #[derive(Clone, Copy)]
-struct Mat {
-    ptr: *const f32,
-    rs: isize,
-    cs: isize,
+pub(super) struct Mat {
+    pub(super) ptr: *const f32,
+    pub(super) rs: isize,
+    pub(super) cs: isize,
 }
 
 impl Mat {
-    fn of(t: &FlexTensor) -> Self {
+    pub(super) fn of(t: &FlexTensor) -> Self {
         let l = t.layout();
         let s = l.strides();
         let data = t.storage::<f32>();
@@ -179,7 +179,7 @@ impl Mat {
             ..self
         }
     }
-    fn t(self) -> Self {
+    pub(super) fn t(self) -> Self {
         Self {
             rs: self.cs,
             cs: self.rs,
@@ -193,7 +193,16 @@ impl Mat {
 /// # Safety
 /// The matrices must be valid for the given shape and strides, `dst` writable and disjoint.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm(m: usize, n: usize, k: usize, dst: *mut f32, ld: usize, acc: bool, a: Mat, b: Mat) {
+pub(super) unsafe fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    ld: usize,
+    acc: bool,
+    a: Mat,
+    b: Mat,
+) {
     unsafe {
         gemm::gemm(
             m,
@@ -299,7 +308,7 @@ fn forward(
     out
 }
 
-fn dims(t: &FlexTensor) -> [usize; 2] {
+pub(super) fn dims(t: &FlexTensor) -> [usize; 2] {
     let s = t.layout().shape();
     [s[0], s[1]]
 }

@@ -7,6 +7,7 @@ pub mod generate;
 pub mod head;
 pub mod kernels;
 pub mod latent;
+pub mod linear;
 pub mod tokenizer;
 pub mod weights;
 
