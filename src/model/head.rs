@@ -69,10 +69,8 @@ fn chunked<B: Backend>(
     targets: &Tensor<B, 1, Int>,
     rows: usize,
 ) -> Option<(Tensor<B, 1>, Vec<bool>)> {
-    let (h, w) = (prim(hidden), prim(weight));
+    let (h, w) = (prim(hidden)?, prim(weight)?);
     let [v, _] = weight.dims();
-    let (h, w) = (h?, w?);
-    let tgt = target_ids(targets, v);
     // inference: the CPU backend itself
     if let (Some(hf), Some(wf)) = (
         h.downcast_ref::<FlexTensor>(),
@@ -81,6 +79,7 @@ fn chunked<B: Backend>(
         if !f32s(hf, wf) {
             return None;
         }
+        let tgt = target_ids(targets, v);
         let out = forward(hf, wf, &tgt, rows, false);
         return Some((back::<B, 1>(Box::new(vec_tensor(&out.logprobs)))?, out.hits));
     }
@@ -89,6 +88,7 @@ fn chunked<B: Backend>(
     if !f32s(&ha.primitive, &wa.primitive) {
         return None;
     }
+    let tgt = target_ids(targets, v);
     // (untracked, the kept logits are dropped below with the rest)
     let out = forward(&ha.primitive, &wa.primitive, &tgt, rows, true);
     let lp = vec_tensor(&out.logprobs);
