@@ -605,8 +605,9 @@ impl<B: Backend> Decoder<B> {
 
     /// Log-probabilities of `targets` `[b, s]` under the logits of `hidden` `[b, s, d]` → `[b, s]`:
     /// `logit[target] − logsumexp(logits)`. On the CPU backend (with or without autodiff) this is
-    /// one fused op ([`super::head`]): logits exist a `[128, V]` chunk at a time and none is kept
-    /// for backward, which recomputes them. Elsewhere it is computed with tensor ops `chunk`
+    /// one fused op ([`super::head`]): while all positions' logits fit its budget they are one
+    /// buffer, the only `[b·s, V]` tensor kept for backward; past it they are computed in chunks
+    /// and backward recomputes them, so none is kept. Elsewhere it is computed with tensor ops `chunk`
     /// positions at a time, so only a `[b, chunk, V]` slice of logits exists at once in inference
     /// (under autodiff each chunk is kept for backward, but no log-softmax copy is made).
     pub fn token_logprobs(
@@ -627,7 +628,7 @@ impl<B: Backend> Decoder<B> {
         chunk: usize,
     ) -> (Tensor<B, 2>, Tensor<B, 2, Bool>) {
         let [b, s, d] = hidden.dims();
-        // the CPU backend: one fused op that keeps no [b, s, V] logits for backward
+        // the CPU backend: one fused op (at most one [b·s, V] buffer kept for backward)
         let flat = hidden.clone().reshape([b * s, d]);
         let ids = targets.clone().reshape([b * s]);
         if let Some((lp, hits)) = super::head::token_logprobs(&flat, &self.head_rows(), &ids) {

@@ -1,4 +1,6 @@
-//! A CPU kernel for the decode loop's skinny matmuls.
+//! A CPU kernel for the decode loop's skinny matmuls, and the CPU-backend plumbing the fused ops
+//! ([`super::head`], [`super::linear`]) share: reaching the burn-flex tensor behind a `Tensor`
+//! (with or without autodiff), gemm over strided matrices, f32 tensors without a copy.
 //!
 //! At decode time every projection is `[m, k] × [k, n]` with few rows (m = the rollouts in
 //! flight) and a weight too large for the cache, so the work is streaming the weight from memory.
@@ -20,7 +22,7 @@ use std::any::Any;
 use std::sync::Once;
 
 use burn::prelude::Backend;
-use burn::tensor::{Shape, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
@@ -96,10 +98,121 @@ pub fn into_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<FlexTens
 
 /// A burn-flex tensor back as a `Tensor<B, D>` (None unless `B` is the CPU backend).
 pub fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Option<Tensor<B, D>> {
-    let prim = (Box::new(t) as Box<dyn Any>)
-        .downcast::<B::FloatTensorPrimitive>()
-        .ok()?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(*prim)))
+    back(Box::new(t))
+}
+
+/// The float primitive of the CPU backend under autodiff (what the fused ops downcast to).
+pub(crate) type AdPrim = burn::tensor::ops::FloatTensor<burn::backend::Autodiff<burn_flex::Flex>>;
+
+/// The float primitive behind `t`, type-erased for downcasting (a [`FlexTensor`] on the CPU
+/// backend, an autodiff tensor over it under autodiff; None for quantized tensors).
+pub(crate) fn prim<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<Box<dyn Any>> {
+    match t.clone().into_primitive() {
+        TensorPrimitive::Float(p) => Some(Box::new(p)),
+        _ => None,
+    }
+}
+
+/// A type-erased primitive back as a `Tensor<B, D>` (None unless it is `B`'s float primitive).
+pub(crate) fn back<B: Backend, const D: usize>(p: Box<dyn Any>) -> Option<Tensor<B, D>> {
+    let p = p.downcast::<B::FloatTensorPrimitive>().ok()?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(*p)))
+}
+
+/// Both tensors hold f32.
+pub(crate) fn f32s(h: &FlexTensor, w: &FlexTensor) -> bool {
+    h.dtype() == DType::F32 && w.dtype() == DType::F32
+}
+
+/// A 2-D matrix as gemm sees it: base pointer and (row, column) strides in elements.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat {
+    pub(crate) ptr: *const f32,
+    pub(crate) rs: isize,
+    pub(crate) cs: isize,
+}
+
+impl Mat {
+    pub(crate) fn of(t: &FlexTensor) -> Self {
+        let l = t.layout();
+        let s = l.strides();
+        let data = t.storage::<f32>();
+        // SAFETY: start_offset is within the storage the layout describes.
+        let ptr = unsafe { data.as_ptr().add(l.start_offset()) };
+        Self {
+            ptr,
+            rs: s[0],
+            cs: s[1],
+        }
+    }
+    pub(crate) fn row(self, r: usize) -> Self {
+        // SAFETY: callers stay within the matrix's rows.
+        Self {
+            ptr: unsafe { self.ptr.offset(r as isize * self.rs) },
+            ..self
+        }
+    }
+    pub(crate) fn t(self) -> Self {
+        Self {
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+}
+
+/// `dst[m, n] (+)= a[m, k] · b[k, n]`; `dst` row-major with row stride `ld`.
+///
+/// # Safety
+/// The matrices must be valid for the given shape and strides, `dst` writable and disjoint.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    ld: usize,
+    acc: bool,
+    a: Mat,
+    b: Mat,
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            ld as isize,
+            acc,
+            a.ptr,
+            a.cs,
+            a.rs,
+            b.ptr,
+            b.cs,
+            b.rs,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        )
+    }
+}
+
+/// Rows and columns of a 2-D tensor.
+pub(crate) fn dims(t: &FlexTensor) -> [usize; 2] {
+    let s = t.layout().shape();
+    [s[0], s[1]]
+}
+
+/// A contiguous f32 tensor over `data` (no copy; burn-flex's `FlexTensor::empty` would zero-fill
+/// and copy a buffer first).
+pub(crate) fn f32_tensor(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    debug_assert_eq!(data.len(), shape.iter().product::<usize>());
+    let layout = burn_flex::Layout::contiguous(Shape::from(shape));
+    FlexTensor::new(burn::tensor::Bytes::from_elems(data), layout, DType::F32)
 }
 
 fn skinny<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
@@ -108,7 +221,7 @@ fn skinny<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>
     }
     let ([m, k], [_, n]) = (x.dims(), w.dims());
     let (xt, wt) = (flex(x)?, flex(w)?);
-    let mut out = FlexTensor::empty(Shape::from(vec![m, n]), burn::tensor::DType::F32);
+    let mut out = FlexTensor::empty(Shape::from(vec![m, n]), DType::F32);
     rowmajor(
         xt.as_slice::<f32>()?,
         wt.as_slice::<f32>()?,
@@ -231,7 +344,8 @@ mod tests {
             assert!(applies(&x, &w), "{m}×{k}×{n} should take the kernel");
             let got = matmul(x.clone(), w.clone()).into_data();
             let want = x.matmul(w).into_data();
-            got.assert_approx_eq::<f32>(&want, burn::tensor::Tolerance::absolute(1e-4));
+            // summation order differs from gemm, so the error grows with the sums: relative bound
+            got.assert_approx_eq::<f32>(&want, burn::tensor::Tolerance::rel_abs(1e-5, 1e-4));
         }
     }
 

@@ -18,10 +18,10 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::prelude::Backend;
-use burn::tensor::{Bytes, DType, Shape, Tensor};
-use burn_flex::{Flex, FlexTensor, Layout};
+use burn::tensor::{DType, Shape, Tensor};
+use burn_flex::{Flex, FlexTensor};
 
-use super::head::{AdPrim, Mat, back, dims, f32s, gemm, prim};
+use super::kernels::{AdPrim, Mat, back, dims, f32_tensor, f32s, gemm, prim};
 
 /// `x` `[m, k]` × `w` `[k, n]` → `[m, n]` on the CPU backend (with or without autodiff); `None`
 /// elsewhere.
@@ -76,8 +76,7 @@ fn product(a: Mat, b: Mat, [m, k, n]: [usize; 3]) -> FlexTensor {
         let mut buf = ManuallyDrop::new(buf);
         Vec::from_raw_parts(buf.as_mut_ptr().cast::<f32>(), len, buf.capacity())
     };
-    let layout = Layout::contiguous(Shape::from(vec![m, n]));
-    FlexTensor::new(Bytes::from_elems(buf), layout, DType::F32)
+    f32_tensor(buf, vec![m, n])
 }
 
 #[derive(Debug)]
@@ -133,11 +132,11 @@ mod tests {
             let grads = (want * g).sum().backward();
             dx.to_data().assert_approx_eq::<f32>(
                 &x.grad(&grads).unwrap().to_data(),
-                burn::tensor::Tolerance::absolute(1e-4),
+                burn::tensor::Tolerance::rel_abs(1e-5, 1e-4),
             );
             dw.to_data().assert_approx_eq::<f32>(
                 &w.grad(&grads).unwrap().to_data(),
-                burn::tensor::Tolerance::absolute(1e-4),
+                burn::tensor::Tolerance::rel_abs(1e-5, 1e-4),
             );
             // a strided operand (a transposed view) works too
             let wt = Tensor::<Flex, 2>::random([n, k], Distribution::Default, &dev);
