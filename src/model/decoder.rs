@@ -136,12 +136,22 @@ impl DecoderConfig {
     }
 }
 
-/// RoPE factors of one forward, laid out so every layer's rotation is contiguous element-wise
-/// work plus one small matmul (burn-flex runs broadcasts over middle dims and non-contiguous
-/// views element by element; these shapes take its SIMD paths):
-/// `x·cos + rotate_half(x)·sin` with `rotate_half(x) = x·R`, `R` `[k, k]` the signed permutation
-/// of HF's `rotate_half` (`cat([-x2, x1])`), on `x` `[b, s, n, k]`.
+/// RoPE factors of one forward. On the CPU backend each rotation is one fused op
+/// ([`super::fused::rope`]) that also writes the heads-first layout attention reads. Elsewhere the
+/// factors are laid out so every layer's rotation is contiguous element-wise work plus one small
+/// matmul (burn-flex runs broadcasts over middle dims and non-contiguous views element by element;
+/// these shapes take its SIMD paths): `x·cos + rotate_half(x)·sin` with `rotate_half(x) = x·R`,
+/// `R` `[k, k]` the signed permutation of HF's `rotate_half` (`cat([-x2, x1])`), on `x`
+/// `[b, s, n, k]`, then swapped to `[b, n, s, k]`.
 struct Rope<B: Backend> {
+    /// `[b, s, 1, k]`.
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    /// The tensor-op version's factors, made only where the fused op does not apply.
+    unfused: Option<Unfused<B>>,
+}
+
+struct Unfused<B: Backend> {
     /// `[b, s, h, k]` (query heads) and `[b, s, g, k]` (key heads), materialised once per forward.
     cos_q: Tensor<B, 4>,
     sin_q: Tensor<B, 4>,
@@ -151,38 +161,55 @@ struct Rope<B: Backend> {
 }
 
 impl<B: Backend> Rope<B> {
-    /// From `cos`, `sin` `[b, s, 1, k]`.
+    /// From `cos`, `sin` `[b, s, 1, k]`, for `h` query and `g` key heads.
     fn new(cos: Tensor<B, 4>, sin: Tensor<B, 4>, h: usize, g: usize) -> Self {
+        let unfused = (!super::fused::applies(&cos)).then(|| Unfused::new(&cos, &sin, h, g));
+        Rope { cos, sin, unfused }
+    }
+
+    /// Rotates queries `[b, s, h, k]` → `[b, h, s, k]`.
+    fn queries(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match &self.unfused {
+            Some(u) => u.rotate(x, &u.cos_q, &u.sin_q),
+            None => self.fused(x),
+        }
+    }
+
+    /// Rotates keys `[b, s, g, k]` → `[b, g, s, k]`.
+    fn keys(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match &self.unfused {
+            Some(u) => u.rotate(x, &u.cos_k, &u.sin_k),
+            None => self.fused(x),
+        }
+    }
+
+    fn fused(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        super::fused::rope(&x, &self.cos, &self.sin)
+            .expect("the fused RoPE applies to this backend's f32 tensors")
+    }
+}
+
+impl<B: Backend> Unfused<B> {
+    fn new(cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, h: usize, g: usize) -> Self {
         let k = cos.dims()[3];
         let mut r = vec![0f32; k * k];
         for j in 0..k / 2 {
             r[(j + k / 2) * k + j] = -1.0; // out[j] = −x[j + k/2]
             r[j * k + j + k / 2] = 1.0; // out[j + k/2] = x[j]
         }
-        let rot = Tensor::from_data(burn::tensor::TensorData::new(r, [k, k]), &cos.device());
-        Rope {
+        Unfused {
+            rot: Tensor::from_data(burn::tensor::TensorData::new(r, [k, k]), &cos.device()),
             cos_q: cos.clone().repeat_dim(2, h),
             sin_q: sin.clone().repeat_dim(2, h),
-            cos_k: cos.repeat_dim(2, g),
-            sin_k: sin.repeat_dim(2, g),
-            rot,
+            cos_k: cos.clone().repeat_dim(2, g),
+            sin_k: sin.clone().repeat_dim(2, g),
         }
-    }
-
-    /// Rotates queries `[b, s, h, k]`.
-    fn queries(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.rotate(x, &self.cos_q, &self.sin_q)
-    }
-
-    /// Rotates keys `[b, s, g, k]`.
-    fn keys(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.rotate(x, &self.cos_k, &self.sin_k)
     }
 
     fn rotate(&self, x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, s, n, k] = x.dims();
         let rotated = x.clone().reshape([b * s * n, k]).matmul(self.rot.clone());
-        x * cos.clone() + rotated.reshape([b, s, n, k]) * sin.clone()
+        (x * cos.clone() + rotated.reshape([b, s, n, k]) * sin.clone()).swap_dims(1, 2)
     }
 }
 
@@ -306,6 +333,15 @@ fn rows<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     }
 }
 
+/// RMSNorm over the last dimension: one fused op on the CPU backend ([`super::fused`]),
+/// burn's `RmsNorm` elsewhere.
+fn norm<B: Backend, const D: usize>(layer: &RmsNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    match super::fused::rms_norm(&x, &layer.gamma.val(), layer.epsilon) {
+        Some(y) => y,
+        None => layer.forward(x),
+    }
+}
+
 impl<B: Backend> Attention<B> {
     /// `x` `[b, s, d]`, `rope` the forward's RoPE factors, `mask` `[b, g, r, s, t]` (true = masked) → `[b, s, d]`.
     ///
@@ -323,17 +359,17 @@ impl<B: Backend> Attention<B> {
         let (h, g, k) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let r = h / g;
         // per-head norm and RoPE on the contiguous [b, s, n, k] layout, then [b, n, s, k]
-        let heads = |t: Tensor<B, 3>, n: usize, norm: &Option<RmsNorm<B>>| {
+        let heads = |t: Tensor<B, 3>, n: usize, head_norm: &Option<RmsNorm<B>>| {
             let t = t.reshape([b, s, n, k]);
-            match norm {
-                Some(nrm) => nrm.forward(t),
+            match head_norm {
+                Some(nrm) => norm(nrm, t),
                 None => t,
             }
         };
         let q = heads(proj(&self.q_proj, x.clone()), h, &self.q_norm);
-        let q = rope.queries(q).swap_dims(1, 2);
+        let q = rope.queries(q);
         let key = heads(proj(&self.k_proj, x.clone()), g, &self.k_norm);
-        let key = rope.keys(key).swap_dims(1, 2);
+        let key = rope.keys(key);
         let v = heads(proj(&self.v_proj, x), g, &None).swap_dims(1, 2);
         let (key, v, kept) = match cache {
             Some((kv, start)) => {
@@ -370,7 +406,11 @@ impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, d] = x.dims();
         let x = x.reshape([b * s, d]);
-        let gated = silu(rows(&self.gate_proj, x.clone())) * rows(&self.up_proj, x);
+        let (gate, up) = (rows(&self.gate_proj, x.clone()), rows(&self.up_proj, x));
+        let gated = match super::fused::swiglu(&gate, &up) {
+            Some(y) => y,
+            None => silu(gate) * up,
+        };
         rows(&self.down_proj, gated).reshape([b, s, d])
     }
 }
@@ -474,7 +514,7 @@ impl<B: Backend> Decoder<B> {
         for layer in &self.model.layers {
             let kv = kvs.as_mut().and_then(|it| it.next()).map(|kv| (kv, start));
             let (a, kv) = layer.self_attn.forward(
-                layer.input_layernorm.forward(x.clone()),
+                norm(&layer.input_layernorm, x.clone()),
                 &rope,
                 mask.clone(),
                 kv,
@@ -484,13 +524,13 @@ impl<B: Backend> Decoder<B> {
             x = x_mid.clone()
                 + layer
                     .mlp
-                    .forward(layer.post_attention_layernorm.forward(x_mid));
+                    .forward(norm(&layer.post_attention_layernorm, x_mid));
         }
         if let Some(c) = cache {
             c.layers = kept;
             c.len += s;
         }
-        self.model.norm.forward(x)
+        norm(&self.model.norm, x)
     }
 
     /// Incremental forward against a KV cache: `ids`, `positions` `[b, s]` are the next `s`
