@@ -184,8 +184,15 @@ impl<B: Backend> Rope<B> {
     }
 
     fn fused(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        super::fused::rope(&x, &self.cos, &self.sin)
-            .expect("the fused RoPE applies to this backend's f32 tensors")
+        match super::fused::rope(&x, &self.cos, &self.sin) {
+            Some(y) => y,
+            // activations of another dtype than the angles: the tensor-op version
+            None => {
+                let n = x.dims()[2];
+                let u = Unfused::new(&self.cos, &self.sin, n, n);
+                u.rotate(x, &u.cos_q, &u.sin_q)
+            }
+        }
     }
 }
 

@@ -25,7 +25,6 @@
 //! rounding, not bit for bit (tests compare values and gradients with burn's ops).
 
 use std::any::Any;
-use std::mem::{ManuallyDrop, MaybeUninit};
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -36,7 +35,7 @@ use burn::tensor::{DType, Tensor};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::kernels::{AdPrim, back, f32_tensor, prim};
+use super::kernels::{AdPrim, back, f32_tensor, filled, prim, unfilled};
 
 /// Elements one rayon task handles at least (smaller work stays on one thread).
 const GRAIN: usize = 16 * 1024;
@@ -156,14 +155,16 @@ impl<const N: usize> Inputs<N> {
             .all(|p| p.downcast_ref::<FlexTensor>().is_some_and(f32))
         {
             return Some(Self::Plain(
-                ps.map(|p| *p.downcast::<FlexTensor>().unwrap()),
+                ps.map(|p| *p.downcast::<FlexTensor>().expect("checked above")),
             ));
         }
         if ps.iter().all(|p| {
             p.downcast_ref::<AdPrim>()
                 .is_some_and(|a| f32(&a.primitive))
         }) {
-            return Some(Self::Tracked(ps.map(|p| *p.downcast::<AdPrim>().unwrap())));
+            return Some(Self::Tracked(
+                ps.map(|p| *p.downcast::<AdPrim>().expect("checked above")),
+            ));
         }
         None
     }
@@ -190,22 +191,6 @@ fn shape(t: &FlexTensor) -> Vec<usize> {
 /// Rows per task for rows of `d` elements.
 fn rows_per_task(d: usize) -> usize {
     GRAIN.div_ceil(d.max(1))
-}
-
-/// A buffer of `len` floats that the caller fills completely before [`filled`].
-fn unfilled(len: usize) -> Vec<MaybeUninit<f32>> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: MaybeUninit elements need no initialisation.
-    unsafe { v.set_len(len) };
-    v
-}
-
-/// # Safety
-/// Every element must have been written.
-unsafe fn filled(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
-    let mut v = ManuallyDrop::new(v);
-    // SAFETY: all elements are initialised (the caller's promise); same layout as f32.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
 }
 
 /// RMSNorm forward over contiguous `x` `[.., d]`, `gamma` `[d]` → (`y`, `1 / rms` per row).

@@ -215,6 +215,22 @@ pub(crate) fn f32_tensor(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::new(burn::tensor::Bytes::from_elems(data), layout, DType::F32)
 }
 
+/// A buffer of `len` floats that the caller fills completely before [`filled`].
+pub(crate) fn unfilled(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit elements need no initialisation.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// # Safety
+/// Every element must have been written.
+pub(crate) unsafe fn filled(v: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: all elements are initialised (the caller's promise); same layout as f32.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
+}
+
 fn skinny<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     if !applies(x, w) {
         return None;

@@ -11,8 +11,6 @@
 //! cases, so results equal burn's `Linear` bit for bit (test). Elsewhere (GPU backends, f16,
 //! `k = 0`) it returns `None` and the caller runs burn's op.
 
-use std::mem::{ManuallyDrop, MaybeUninit};
-
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -21,7 +19,7 @@ use burn::prelude::Backend;
 use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::{Flex, FlexTensor};
 
-use super::kernels::{AdPrim, Mat, back, dims, f32_tensor, f32s, gemm, prim};
+use super::kernels::{AdPrim, Mat, back, dims, f32_tensor, f32s, filled, gemm, prim, unfilled};
 
 /// `x` `[m, k]` × `w` `[k, n]` → `[m, n]` on the CPU backend (with or without autodiff); `None`
 /// elsewhere.
@@ -64,18 +62,11 @@ pub fn matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B
 /// `a` `[m, k]` · `b` `[k, n]` into a new contiguous `[m, n]` tensor (k > 0).
 fn product(a: Mat, b: Mat, [m, k, n]: [usize; 3]) -> FlexTensor {
     debug_assert!(k > 0);
-    let len = m * n;
-    let mut buf: Vec<MaybeUninit<f32>> = Vec::with_capacity(len);
-    // SAFETY: MaybeUninit elements need no initialisation.
-    unsafe { buf.set_len(len) };
+    let mut buf = unfilled(m * n);
     // SAFETY: a and b are valid [m, k] and [k, n] matrices; buf holds m·n floats, row stride n.
     unsafe { gemm(m, n, k, buf.as_mut_ptr().cast(), n, false, a, b) };
-    // SAFETY: with read_dst = false and k > 0 gemm wrote every element of the m × n output, so the
-    // buffer is initialised; MaybeUninit<f32> and f32 have the same layout.
-    let buf = unsafe {
-        let mut buf = ManuallyDrop::new(buf);
-        Vec::from_raw_parts(buf.as_mut_ptr().cast::<f32>(), len, buf.capacity())
-    };
+    // SAFETY: with read_dst = false and k > 0 gemm wrote every element of the m × n output.
+    let buf = unsafe { filled(buf) };
     f32_tensor(buf, vec![m, n])
 }
 
