@@ -23,7 +23,8 @@ WORK and SHAPE (all integers):
                                    documents/s
 
 Prints one JSON object: {"value", "unit", "peak_mb" (ru_maxrss of this process), "threads",
-"versions"}. fp32, eager attention (t1-train has no fused CPU attention either). TOKENIZER is a
+"versions"}. fp32, `sdpa` attention (transformers' default, torch's fused CPU attention; t1-train
+runs its own fused attention, `model::attention`). TOKENIZER is a
 tokenizer.json for folders without one (only `grpo` needs a tokenizer). Tested with torch 2.15.0,
 transformers 5.23.0, trl 1.16.0, datasets 5.2.0.
 """
@@ -51,8 +52,12 @@ def timed(reps, fn):
     return statistics.median(out)
 
 
+# transformers' default attention; T1_PEER_ATTN=eager gives the unfused tensor-op version.
+ATTN = os.environ.get("T1_PEER_ATTN", "sdpa")
+
+
 def load(d):
-    return AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
+    return AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation=ATTN)
 
 
 def train(d, reps, batch, seq):
@@ -164,7 +169,7 @@ def grpo(d, tok_file, reps, b, g, prompt, new, beta_e6, loss):
             beta=beta_e6 / 1e6, loss_type=["grpo", "bnpo", "dapo", "dr_grpo"][loss],
             learning_rate=1e-6, max_grad_norm=1.0, logging_steps=10**6, save_strategy="no",
             dataloader_num_workers=0, seed=0, disable_dropout=True, gradient_checkpointing=False,
-            model_init_kwargs={"dtype": "float32", "attn_implementation": "eager"},
+            model_init_kwargs={"dtype": "float32", "attn_implementation": ATTN},
         )
         trainer = GRPOTrainer(model=d, reward_funcs=reward, args=args, train_dataset=dataset,
                               processing_class=tok, callbacks=[clock])
@@ -190,7 +195,8 @@ def main():
         value, unit = grpo(d, tok_file, reps, *shape)
     else:
         sys.exit(f"unknown work {work!r}: train, decode, grpo, index")
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__,
+                "attention": ATTN}
     if work == "grpo":
         import trl
         versions["trl"] = trl.__version__

@@ -6,7 +6,8 @@ transformers builds straight from the GGUF (`from_pretrained(dir, gguf_file=...)
 identical, and the tokenizer gives the same ids. Then writes tests/fixtures/smollm2/:
 
 - expected.safetensors: `input_ids` [1, s] of "The capital of France is", the float32 `logits`
-  [1, s, 49152] transformers computes for them, `greedy` [16] (16 greedy tokens of
+  [1, s, 49152] transformers computes for them, `logits_f64` (the same forward in float64,
+  rounded to float32 at the end: the exact answer up to one float32 rounding), `greedy` [16] (16 greedy tokens of
   `generate(do_sample=False)`), and the chat-template ids of the query view's user turn.
 - expected.json: the same prompt and greedy continuation as text, and the rendered chat template.
 
@@ -14,6 +15,7 @@ Rerun:
     python3 scripts/fetch_smollm2.py
     pip install torch==2.15.0 transformers==5.23.0 accelerate gguf==0.19.0 safetensors && python3 scripts/golden_smollm2.py
 """
+import copy
 import importlib.metadata
 import json
 import os
@@ -65,13 +67,18 @@ model = AutoModelForCausalLM.from_pretrained(str(FOLDER), dtype=torch.float32).e
 ids = torch.tensor([tok(PROMPT)["input_ids"]])
 with torch.no_grad():
     logits = model(input_ids=ids).logits.float()
+    # The same forward in float64, rounded to float32 at the end: the reference both float32
+    # computations (transformers' above, t1-train's in the test) are measured against.
+    exact = copy.deepcopy(model).double()(input_ids=ids).logits.float()
     greedy = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                             max_new_tokens=16, min_new_tokens=16)[0, ids.shape[1]:]
 chat = tok.apply_chat_template([{"role": "user", "content": QUERY_TURN}], tokenize=False,
                                add_generation_prompt=True)
 chat_ids = torch.tensor(tok(chat)["input_ids"])
 OUT.mkdir(parents=True, exist_ok=True)
-save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous(), "greedy": greedy.contiguous(),
+print(f"transformers float32 vs float64 logits: max abs {(logits - exact).abs().max().item():.3e}")
+save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous(),
+           "logits_f64": exact.contiguous(), "greedy": greedy.contiguous(),
            "chat_ids": chat_ids.contiguous()}, str(OUT / "expected.safetensors"))
 (OUT / "expected.json").write_text(json.dumps({
     "prompt": PROMPT,

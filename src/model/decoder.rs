@@ -220,6 +220,40 @@ impl<B: Backend> Unfused<B> {
     }
 }
 
+/// A forward's attention mask `[b, 1, 1, s, t]` (true = hidden), in the form each attention path
+/// reads: on the host for the fused CPU attention (`model::attention`), and for burn's ops in the
+/// scores' own layout `[b, g, r, s, t]`, materialised once for all layers on first use (burn-flex
+/// applies a mask broadcast over the head dims element by element, its strided path, in every
+/// layer's forward and backward; a same-shape mask takes its SIMD path).
+struct AttnMask<B: Backend> {
+    host: Option<super::attention::Mask>,
+    mask: Tensor<B, 5, Bool>,
+    expanded: std::cell::OnceCell<Tensor<B, 5, Bool>>,
+}
+
+impl<B: Backend> AttnMask<B> {
+    /// `fused`: whether the fused attention applies to this forward's activations.
+    fn new(mask: Tensor<B, 5, Bool>, fused: bool) -> Self {
+        let host = fused.then(|| super::attention::Mask::of(&mask)).flatten();
+        AttnMask {
+            host,
+            mask,
+            expanded: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// `[b, g, r, s, t]` for `g` key/value heads of `r` query heads each.
+    fn expanded(&self, g: usize, r: usize) -> Tensor<B, 5, Bool> {
+        self.expanded
+            .get_or_init(|| {
+                let [b, _, _, s, t] = self.mask.dims();
+                let full = self.mask.clone().expand([b, g, r, s, t]);
+                Tensor::from_data(full.into_data(), &self.mask.device())
+            })
+            .clone()
+    }
+}
+
 /// Key/value buffers of one layer `[b, g, capacity, k]`.
 #[derive(Debug, Clone)]
 struct LayerKv<B: Backend> {
@@ -359,7 +393,7 @@ impl<B: Backend> Attention<B> {
         &self,
         x: Tensor<B, 3>,
         rope: &Rope<B>,
-        mask: Tensor<B, 5, Bool>,
+        mask: &AttnMask<B>,
         cache: Option<(LayerKv<B>, usize)>,
     ) -> (Tensor<B, 3>, Option<LayerKv<B>>) {
         let [b, s, _] = x.dims();
@@ -391,13 +425,21 @@ impl<B: Backend> Attention<B> {
             }
             None => (key, v, None),
         };
+        let scale = 1.0 / (k as f32).sqrt();
+        let fused = mask
+            .host
+            .as_ref()
+            .and_then(|m| super::attention::attention(&q, &key, &v, m, scale));
+        if let Some(out) = fused {
+            return (proj(&self.o_proj, out), kept);
+        }
         let t = key.dims()[2];
         // Grouped attention without repeating K/V: the r query heads of group g share its keys.
         let q = q.reshape([b, g, r * s, k]);
         let scores = q.matmul(key.swap_dims(2, 3)) / (k as f64).sqrt(); // [b, g, r*s, t]
         let scores = scores
             .reshape([b, g, r, s, t])
-            .mask_fill(mask, f32::NEG_INFINITY);
+            .mask_fill(mask.expanded(g, r), f32::NEG_INFINITY);
         let probs = softmax(scores, 4).reshape([b, g, r * s, t]);
         let out = probs.matmul(v); // [b, g, r*s, k]
         let out = out
@@ -510,22 +552,13 @@ impl<B: Backend> Decoder<B> {
         let mut kept = Vec::new();
         let c = &self.config;
         let rope = Rope::new(cos, sin, c.num_attention_heads, c.num_key_value_heads);
-        // The mask in the scores' own layout [b, g, r, s, t], materialised once for all layers:
-        // burn-flex applies a mask broadcast over the head dims element by element (its strided
-        // path, in every layer's forward and backward); a same-shape mask takes its SIMD path.
-        let [b, _, _, sq, t] = mask.dims();
-        let g = c.num_key_value_heads;
-        let r = c.num_attention_heads / g;
-        let mask =
-            Tensor::<B, 5, Bool>::from_data(mask.expand([b, g, r, sq, t]).into_data(), &x.device());
+        let mask = AttnMask::new(mask, super::fused::applies(&x));
         for layer in &self.model.layers {
             let kv = kvs.as_mut().and_then(|it| it.next()).map(|kv| (kv, start));
-            let (a, kv) = layer.self_attn.forward(
-                norm(&layer.input_layernorm, x.clone()),
-                &rope,
-                mask.clone(),
-                kv,
-            );
+            let (a, kv) =
+                layer
+                    .self_attn
+                    .forward(norm(&layer.input_layernorm, x.clone()), &rope, &mask, kv);
             kept.extend(kv);
             let x_mid = x + a;
             x = x_mid.clone()

@@ -142,13 +142,13 @@ pub fn applies<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
 
 /// An op's input primitives: all plain burn-flex f32 tensors (no autodiff), or all autodiff
 /// tensors over them.
-enum Inputs<const N: usize> {
+pub(super) enum Inputs<const N: usize> {
     Plain([FlexTensor; N]),
     Tracked([AdPrim; N]),
 }
 
 impl<const N: usize> Inputs<N> {
-    fn of(ps: [Box<dyn Any>; N]) -> Option<Self> {
+    pub(super) fn of(ps: [Box<dyn Any>; N]) -> Option<Self> {
         let f32 = |t: &FlexTensor| t.dtype() == DType::F32;
         if ps
             .iter()

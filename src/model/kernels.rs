@@ -176,6 +176,41 @@ pub(crate) unsafe fn gemm(
     a: Mat,
     b: Mat,
 ) {
+    // SAFETY: the caller's promise.
+    unsafe { gemm_on(m, n, k, dst, ld, acc, a, b, gemm::Parallelism::Rayon(0)) }
+}
+
+/// [`gemm`] on the calling thread only (for work that is already split into parallel tasks).
+///
+/// # Safety
+/// As for [`gemm`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    ld: usize,
+    acc: bool,
+    a: Mat,
+    b: Mat,
+) {
+    // SAFETY: the caller's promise.
+    unsafe { gemm_on(m, n, k, dst, ld, acc, a, b, gemm::Parallelism::None) }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_on(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    ld: usize,
+    acc: bool,
+    a: Mat,
+    b: Mat,
+    par: gemm::Parallelism,
+) {
     unsafe {
         gemm::gemm(
             m,
@@ -196,7 +231,7 @@ pub(crate) unsafe fn gemm(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            par,
         )
     }
 }

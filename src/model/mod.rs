@@ -1,6 +1,7 @@
 //! The backbone: decoder (config, attention, MLP, RoPE, norm), HF weight I/O, tokenizer views,
 //! generation. Generic over `B: Backend`; the concrete backend is named only in `main.rs`.
 
+pub mod attention;
 pub mod config;
 pub mod decoder;
 pub mod fused;
