@@ -40,7 +40,7 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::fused::Inputs;
-use super::kernels::{AdPrim, Mat, back, f32_tensor, filled, gemm_serial, prim, unfilled};
+use super::kernels::{AdPrim, Mat, Threads, back, f32_tensor, filled, gemm, prim, unfilled};
 
 /// Which keys each query may not see: `[b, s, t]` row-major, true = hidden. Built once per
 /// forward on the host and shared by all layers (the same for every head).
@@ -190,7 +190,7 @@ fn forward(
         let p = p.as_mut_ptr().cast::<f32>();
         // SAFETY: [s, k] · [k, t] into this task's own [s, t] block of P.
         unsafe {
-            gemm_serial(
+            gemm(
                 s,
                 t,
                 k,
@@ -199,6 +199,7 @@ fn forward(
                 false,
                 block(q, bi, hi),
                 block(key, bi, gi).t(),
+                Threads::One,
             )
         };
         // SAFETY: gemm wrote all s·t elements of the block.
@@ -210,7 +211,7 @@ fn forward(
         // SAFETY: [s, t] · [t, k] into rows bi·s.., columns hi·k.. of the output: this
         // task's own block (row stride h·k).
         unsafe {
-            gemm_serial(
+            gemm(
                 s,
                 k,
                 t,
@@ -219,6 +220,7 @@ fn forward(
                 false,
                 dense_mat(p, t),
                 block(v, bi, gi),
+                Threads::One,
             )
         };
     });
@@ -293,9 +295,9 @@ impl Backward<Flex, 3> for AttentionOp {
                     let p = &probs[(bi * h + hi) * s * t..][..s * t];
                     let pm = dense_mat(p.as_ptr(), t); // [s, t]
                     // dv_g [t, k] (+)= Pᵀ [t, s] · dO [s, k]
-                    gemm_serial(t, k, s, dv_g, k, acc, pm.t(), d_o);
+                    gemm(t, k, s, dv_g, k, acc, pm.t(), d_o, Threads::One);
                     // dP [s, t] = dO [s, k] · v_gᵀ [k, t]
-                    gemm_serial(
+                    gemm(
                         s,
                         t,
                         k,
@@ -304,6 +306,7 @@ impl Backward<Flex, 3> for AttentionOp {
                         false,
                         d_o,
                         block(&v, bi, gi).t(),
+                        Threads::One,
                     );
                     for (dsr, pr) in ds.chunks_mut(t).zip(p.chunks(t)) {
                         let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
@@ -314,9 +317,29 @@ impl Backward<Flex, 3> for AttentionOp {
                     let dsm = dense_mat(ds.as_ptr(), t); // [s, t]
                     // dq_h [s, k] = dS [s, t] · k_g [t, k]
                     let dq_h = dq_p.0.add((bi * h + hi) * s * k);
-                    gemm_serial(s, k, t, dq_h, k, false, dsm, block(&key, bi, gi));
+                    gemm(
+                        s,
+                        k,
+                        t,
+                        dq_h,
+                        k,
+                        false,
+                        dsm,
+                        block(&key, bi, gi),
+                        Threads::One,
+                    );
                     // dk_g [t, k] (+)= dSᵀ [t, s] · q_h [s, k]
-                    gemm_serial(t, k, s, dk_g, k, acc, dsm.t(), block(&q, bi, hi));
+                    gemm(
+                        t,
+                        k,
+                        s,
+                        dk_g,
+                        k,
+                        acc,
+                        dsm.t(),
+                        block(&q, bi, hi),
+                        Threads::One,
+                    );
                 }
             }
         });
@@ -338,26 +361,10 @@ impl Backward<Flex, 3> for AttentionOp {
 
 #[cfg(test)]
 mod tests {
+    use super::super::kernels::testing::{AD, close, random, twin};
     use super::*;
-    use burn::backend::Autodiff;
+    use burn::tensor::TensorData;
     use burn::tensor::activation::softmax;
-    use burn::tensor::{Distribution, TensorData, Tolerance};
-
-    type AD = Autodiff<Flex>;
-
-    fn random<B: Backend, const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
-        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
-    }
-
-    /// A separate leaf with `t`'s values for the reference's graph (see `fused::tests::twin`).
-    fn twin<const D: usize>(t: &Tensor<AD, D>) -> Tensor<AD, D> {
-        Tensor::from_data(t.to_data(), &t.device()).require_grad()
-    }
-
-    fn close<B: Backend, const D: usize>(got: Tensor<B, D>, want: Tensor<B, D>) {
-        got.into_data()
-            .assert_approx_eq::<f32>(&want.into_data(), Tolerance::rel_abs(1e-4, 1e-4));
-    }
 
     /// burn's ops as the decoder ran them before this op: repeat K/V per query head, scores,
     /// scale, mask, softmax, · v, merge heads.

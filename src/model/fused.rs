@@ -389,28 +389,9 @@ impl Backward<Flex, 2> for SwigluOp {
 
 #[cfg(test)]
 mod tests {
+    use super::super::kernels::testing::{AD, close, random, twin};
     use super::*;
-    use burn::backend::Autodiff;
     use burn::tensor::activation::silu;
-    use burn::tensor::{Distribution, Tolerance};
-
-    type AD = Autodiff<Flex>;
-
-    fn random<B: Backend, const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
-        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
-    }
-
-    /// A separate leaf with `t`'s values, for the reference's graph. (With one leaf in both
-    /// graphs, burn's autodiff now and then gave the second graph a wrong gradient for it when
-    /// tests ran concurrently: ≈ 1 run in 100, the reference disagreeing with a rerun of itself.)
-    fn twin<const D: usize>(t: &Tensor<AD, D>) -> Tensor<AD, D> {
-        Tensor::from_data(t.to_data(), &t.device()).require_grad()
-    }
-
-    fn close<B: Backend, const D: usize>(got: Tensor<B, D>, want: Tensor<B, D>) {
-        got.into_data()
-            .assert_approx_eq::<f32>(&want.into_data(), Tolerance::rel_abs(1e-4, 1e-4));
-    }
 
     /// Values and both gradients against burn's `RmsNorm`, on rows shorter and longer than one
     /// task, a transposed (non-contiguous) input, and without autodiff.

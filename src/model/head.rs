@@ -35,7 +35,7 @@ use burn::tensor::{DType, Int, Shape, Tensor};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::kernels::{AdPrim, Mat, back, dims, f32_tensor, f32s, gemm, prim};
+use super::kernels::{AdPrim, Mat, Threads, back, dims, f32_tensor, f32s, gemm, prim};
 
 /// Bytes of logits computed at once (and, when all rows fit, kept for backward): SmolLM2
 /// (V = 49 152) fits 1 365 rows. Fewer, larger chunks also matter for speed: gemm packs the
@@ -139,7 +139,19 @@ struct Forward {
 /// `logits[c, V]` of rows `r0..r0 + c` into `buf`.
 fn logits(h: Mat, w: Mat, r0: usize, c: usize, [v, d]: [usize; 2], buf: &mut [f32]) {
     // SAFETY: h has ≥ r0 + c rows of d, w is [V, d]; buf holds c·V floats.
-    unsafe { gemm(c, v, d, buf.as_mut_ptr(), v, false, h.row(r0), w.t()) }
+    unsafe {
+        gemm(
+            c,
+            v,
+            d,
+            buf.as_mut_ptr(),
+            v,
+            false,
+            h.row(r0),
+            w.t(),
+            Threads::All,
+        )
+    }
 }
 
 /// Max, in 16 lanes so that it vectorises.
@@ -281,12 +293,12 @@ fn backward(
         if let Some(dh) = dh.as_mut() {
             let dst = dh.storage_mut::<f32>()[r0 * d..].as_mut_ptr();
             // SAFETY: dh is [N, d] contiguous; dl [c, V]; w [V, d].
-            unsafe { gemm(c, d, v, dst, d, false, dl, w) }
+            unsafe { gemm(c, d, v, dst, d, false, dl, w, Threads::All) }
         }
         if let Some(dw) = dw.as_mut() {
             let dst = dw.storage_mut::<f32>().as_mut_ptr();
             // SAFETY: dw is [V, d] contiguous; dlᵀ [V, c]; h rows r0..r0 + c [c, d].
-            unsafe { gemm(v, d, c, dst, d, r0 > 0, dl.t(), h.row(r0)) }
+            unsafe { gemm(v, d, c, dst, d, r0 > 0, dl.t(), h.row(r0), Threads::All) }
         }
     }
     (dh, dw)

@@ -161,6 +161,15 @@ impl Mat {
     }
 }
 
+/// How many threads one [`gemm`] call uses.
+#[derive(Clone, Copy)]
+pub(crate) enum Threads {
+    /// rayon's pool (gemm splits the product).
+    All,
+    /// The calling thread only (for work already split into parallel tasks).
+    One,
+}
+
 /// `dst[m, n] (+)= a[m, k] · b[k, n]`; `dst` row-major with row stride `ld`.
 ///
 /// # Safety
@@ -175,42 +184,12 @@ pub(crate) unsafe fn gemm(
     acc: bool,
     a: Mat,
     b: Mat,
+    threads: Threads,
 ) {
-    // SAFETY: the caller's promise.
-    unsafe { gemm_on(m, n, k, dst, ld, acc, a, b, gemm::Parallelism::Rayon(0)) }
-}
-
-/// [`gemm`] on the calling thread only (for work that is already split into parallel tasks).
-///
-/// # Safety
-/// As for [`gemm`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_serial(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    ld: usize,
-    acc: bool,
-    a: Mat,
-    b: Mat,
-) {
-    // SAFETY: the caller's promise.
-    unsafe { gemm_on(m, n, k, dst, ld, acc, a, b, gemm::Parallelism::None) }
-}
-
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_on(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    ld: usize,
-    acc: bool,
-    a: Mat,
-    b: Mat,
-    par: gemm::Parallelism,
-) {
+    let par = match threads {
+        Threads::All => gemm::Parallelism::Rayon(0),
+        Threads::One => gemm::Parallelism::None,
+    };
     unsafe {
         gemm::gemm(
             m,
@@ -421,5 +400,34 @@ mod tests {
         assert!(!applies(&xa, &wa));
         let y = matmul(xa, wa).into_data().to_vec::<f32>().unwrap();
         assert!(y.iter().all(|&v| v == 16.0));
+    }
+}
+
+/// Helpers the fused ops' tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use burn::backend::Autodiff;
+    use burn::prelude::Backend;
+    use burn::tensor::{Distribution, Tensor, Tolerance};
+    use burn_flex::Flex;
+
+    pub(crate) type AD = Autodiff<Flex>;
+
+    /// Standard normal values.
+    pub(crate) fn random<B: Backend, const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+    }
+
+    /// A separate leaf with `t`'s values, for the reference's graph. (With one leaf in both
+    /// graphs, burn's autodiff now and then gave the second graph a wrong gradient for it when
+    /// tests ran concurrently: ≈ 1 run in 100, the reference disagreeing with a rerun of itself.)
+    pub(crate) fn twin<const D: usize>(t: &Tensor<AD, D>) -> Tensor<AD, D> {
+        Tensor::from_data(t.to_data(), &t.device()).require_grad()
+    }
+
+    /// Equal up to f32 rounding in a different summation order.
+    pub(crate) fn close<B: Backend, const D: usize>(got: Tensor<B, D>, want: Tensor<B, D>) {
+        got.into_data()
+            .assert_approx_eq::<f32>(&want.into_data(), Tolerance::rel_abs(1e-4, 1e-4));
     }
 }

@@ -19,7 +19,9 @@ use burn::prelude::Backend;
 use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::{Flex, FlexTensor};
 
-use super::kernels::{AdPrim, Mat, back, dims, f32_tensor, f32s, filled, gemm, prim, unfilled};
+use super::kernels::{
+    AdPrim, Mat, Threads, back, dims, f32_tensor, f32s, filled, gemm, prim, unfilled,
+};
 
 /// `x` `[m, k]` × `w` `[k, n]` → `[m, n]` on the CPU backend (with or without autodiff); `None`
 /// elsewhere.
@@ -64,7 +66,19 @@ fn product(a: Mat, b: Mat, [m, k, n]: [usize; 3]) -> FlexTensor {
     debug_assert!(k > 0);
     let mut buf = unfilled(m * n);
     // SAFETY: a and b are valid [m, k] and [k, n] matrices; buf holds m·n floats, row stride n.
-    unsafe { gemm(m, n, k, buf.as_mut_ptr().cast(), n, false, a, b) };
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            buf.as_mut_ptr().cast(),
+            n,
+            false,
+            a,
+            b,
+            Threads::All,
+        )
+    };
     // SAFETY: with read_dst = false and k > 0 gemm wrote every element of the m × n output.
     let buf = unsafe { filled(buf) };
     f32_tensor(buf, vec![m, n])
