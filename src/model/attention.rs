@@ -39,7 +39,7 @@ use burn::tensor::{Bool, Tensor};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::fused::Inputs;
+use super::fused::{Inputs, dense, elems};
 use super::kernels::{AdPrim, Mat, Threads, back, f32_tensor, filled, gemm, prim, unfilled};
 
 /// Which keys each query may not see: `[b, s, t]` row-major, true = hidden. Built once per
@@ -259,11 +259,7 @@ impl Backward<Flex, 3> for AttentionOp {
     type State = (FlexTensor, FlexTensor, FlexTensor, Vec<f32>, Dims, f32);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let d_out = grads.consume::<Flex>(&ops.node);
-        let d_out = match d_out.as_slice::<f32>() {
-            Some(_) => d_out,
-            None => d_out.to_contiguous(),
-        };
+        let d_out = dense(&grads.consume::<Flex>(&ops.node));
         let (q, key, v, probs, d, scale) = ops.state;
         let Dims { b, h, g, s, t, k } = d;
         let r = h / g;
@@ -277,7 +273,7 @@ impl Backward<Flex, 3> for AttentionOp {
             Shared(dk.as_mut_ptr().cast()),
             Shared(dv.as_mut_ptr().cast()),
         );
-        let dop = d_out.as_slice::<f32>().expect("contiguous f32").as_ptr();
+        let dop = elems(&d_out).as_ptr();
         let dop = Shared(dop.cast_mut());
         (0..b * g).into_par_iter().for_each(|bg| {
             let (bi, gi) = (bg / g, bg % g);

@@ -171,7 +171,7 @@ impl<const N: usize> Inputs<N> {
 }
 
 /// `t` with a contiguous f32 buffer (itself when it already has one; a cheap `Arc` clone).
-fn dense(t: &FlexTensor) -> FlexTensor {
+pub(super) fn dense(t: &FlexTensor) -> FlexTensor {
     match t.as_slice::<f32>() {
         Some(_) => t.clone(),
         None => t.to_contiguous(),
@@ -179,7 +179,7 @@ fn dense(t: &FlexTensor) -> FlexTensor {
 }
 
 /// The contiguous f32 elements of a tensor that [`dense`] returned.
-fn elems(t: &FlexTensor) -> &[f32] {
+pub(super) fn elems(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("a dense f32 tensor")
 }
 
