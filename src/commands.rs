@@ -33,6 +33,7 @@ pub fn eval<B: Backend>(cfg: &Config, device: &B::Device) -> Result<Report> {
     let bar = progress_bar(queries.len() as u64, "eval", cfg.raw.logging.progress);
     let mut sinks = run_dir.sinks(&cfg.raw.logging, bar.clone())?;
     let mut run = Run::new();
+    let mut reasoning = None;
     match e.retriever {
         RetrieverKind::Bm25 => {
             let index = Bm25::build(&ds.corpus, e.bm25_k1, e.bm25_b);
@@ -57,9 +58,10 @@ pub fn eval<B: Backend>(cfg: &Config, device: &B::Device) -> Result<Report> {
         RetrieverKind::Dense => {
             bar.set_message("encoding documents and queries");
             let (model, tok) = crate::train::common::load_backbone::<B>(cfg, device)?;
-            let (_, dense) =
+            let (_, dense, generated) =
                 crate::train::common::dense_eval(&model, &tok, &ds, split, e.query_view, cfg)?;
             run = dense;
+            reasoning = generated;
             bar.set_position(queries.len() as u64);
         }
     }
@@ -76,6 +78,14 @@ pub fn eval<B: Backend>(cfg: &Config, device: &B::Device) -> Result<Report> {
     let json = serde_json::to_string_pretty(&report)
         .map_err(|err| crate::Error::Runtime(format!("cannot serialise the report: {err}")))?;
     crate::run::write_atomic(&out.join(format!("{split}.json")), json.as_bytes())?;
+    if let Some(reasoning) = &reasoning {
+        write_reasoning(
+            &out.join(format!("{split}.reasoning.jsonl")),
+            &queries,
+            reasoning,
+            &report,
+        )?;
+    }
     let tags: Vec<(String, f64)> = report
         .mean
         .named()
@@ -94,6 +104,30 @@ pub fn eval<B: Backend>(cfg: &Config, device: &B::Device) -> Result<Report> {
     )?;
     sinks.flush()?;
     Ok(report)
+}
+
+/// `eval/<split>.reasoning.jsonl` for the `generated` view: per query (split order) its id and
+/// text, the model's greedy reasoning, the dataset's gold reasoning (null where it has none) and
+/// the query's nDCG@10 — for reading what the model wrote where retrieval failed.
+fn write_reasoning(
+    path: &Path,
+    queries: &[&crate::data::Query],
+    reasoning: &[String],
+    report: &Report,
+) -> Result<()> {
+    let mut text = String::new();
+    for (q, r) in queries.iter().zip(reasoning) {
+        let line = serde_json::json!({
+            "query_id": q.id,
+            "query": q.text,
+            "reasoning": r,
+            "gold_reasoning": q.reasoning,
+            "ndcg@10": report.per_query.get(&q.id).map(|m| m.ndcg_at_10),
+        });
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    crate::run::write_atomic(path, text.as_bytes())
 }
 
 /// One row of `t1-train eval --views`: a query view's retrieval quality and query cost.
@@ -201,7 +235,7 @@ pub fn eval_views<B: Backend>(
             .unwrap_or_else(|| format!("{view:?}"));
         bar.set_message(name.clone());
         let encode = |qs: &[&crate::data::Query], b: usize| -> Result<burn::tensor::Tensor<B, 2>> {
-            let v = query_vectors(&model, &tok, qs, view, m, &latent, b)?;
+            let (v, _) = query_vectors(&model, &tok, qs, view, m, &latent, b)?;
             let _ = v.clone().into_data(); // wait for the device
             Ok(v)
         };

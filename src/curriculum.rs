@@ -298,7 +298,7 @@ fn report<B: AutodiffBackend>(
         |label: &str, cfg: &Config, view: QueryView, rows: &mut Vec<ReportRow>| -> Result<()> {
             say(&format!("report: {label}, {view:?} queries on {split}"));
             let (model, tok) = load_backbone::<B::InnerBackend>(cfg, device)?;
-            let (report, _) = dense_eval(&model, &tok, &ds, &split, view, cfg)?;
+            let (report, _, _) = dense_eval(&model, &tok, &ds, &split, view, cfg)?;
             num_queries = report.num_queries;
             let Metrics {
                 ndcg_at_10,

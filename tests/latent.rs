@@ -97,6 +97,33 @@ fn latent_stage_learns_moves_every_parameter_and_compares_views() {
     let md = std::fs::read_to_string(run.join("eval/views.md")).unwrap();
     assert!(md.contains("| latent |"), "{md}");
 
+    // a plain eval with the generated view also writes what the model reasoned, per query
+    let o = t1(&[
+        "eval",
+        "--config",
+        eval_cfg.to_str().unwrap(),
+        "--set",
+        "eval.query_view=\"generated\"",
+        "--set",
+        "eval.retriever=\"dense\"",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval/test.json")).unwrap())
+            .unwrap();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(run.join("eval/test.reasoning.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(lines.len() as u64, report["num_queries"].as_u64().unwrap());
+    for l in &lines {
+        let id = l["query_id"].as_str().unwrap();
+        assert!(l["reasoning"].is_string() && l["query"].is_string(), "{l}");
+        assert_eq!(l["ndcg@10"], report["per_query"][id]["ndcg_at_10"], "{l}");
+    }
+
     // an unknown view is a usage error naming the choices
     let o = t1(&[
         "eval",

@@ -68,6 +68,26 @@ fn stage3_smoke_updates_the_policy_and_logs() {
     // μ = 2: the second pass sees a moved policy, so the ratio leaves 1 and the KL is non-zero
     assert!(scalar(&run, "stage3/kl").iter().any(|(_, x)| *x > 0.0));
     assert_eq!(scalar(&run, "stage3/dev/ndcg@10").len(), 1);
+    // where each step's wall clock went: the batch's own phases count on the first of its μ = 2
+    // updates, the policy pass and the optimizer on every update
+    for tag in [
+        "stage3/time/sample_s",
+        "stage3/time/rank_reward_s",
+        "stage3/time/reference_s",
+    ] {
+        let v = scalar(&run, tag);
+        assert_eq!(v.len(), 4, "{tag}");
+        for (i, (_, secs)) in v.iter().enumerate() {
+            assert!((i % 2 == 0) == (*secs > 0.0), "{tag}: {v:?}");
+        }
+    }
+    for tag in ["stage3/time/policy_s", "stage3/time/optimizer_s"] {
+        let v = scalar(&run, tag);
+        assert!(
+            v.len() == 4 && v.iter().all(|(_, s)| *s > 0.0),
+            "{tag}: {v:?}"
+        );
+    }
     assert!(
         std::fs::read_to_string(run.join("rollouts.jsonl"))
             .unwrap()

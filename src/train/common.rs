@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::Tensor;
@@ -118,8 +118,9 @@ pub fn query_view_ids(
 }
 
 /// Query vectors `[q, d]` (not normalised) for `queries` under `view`; `Generated` decodes
-/// greedily with the KV cache and reads `<emb_token>` in the same loop; `Latent` runs the
-/// `latent` view's K steps after the prompt (`model::latent`).
+/// greedily with the KV cache and reads `<emb_token>` in the same loop, and also returns the
+/// decoded reasoning (one per query); `Latent` runs the `latent` view's K steps after the prompt
+/// (`model::latent`).
 pub fn query_vectors<B: Backend>(
     model: &Decoder<B>,
     tok: &T1Tokenizer,
@@ -128,31 +129,34 @@ pub fn query_vectors<B: Backend>(
     m: &ModelSection,
     latent: &LatentOptions,
     batch_size: usize,
-) -> Result<Tensor<B, 2>> {
+) -> Result<(Tensor<B, 2>, Option<Vec<String>>)> {
     if view == QueryView::Latent {
         let prompts = queries
             .iter()
             .map(|q| tok.query_prompt(&q.text, m.max_query_tokens))
             .collect::<Result<Vec<_>>>()?;
-        return latent_vectors(model, &prompts, tok.pad, latent, batch_size);
+        return Ok((
+            latent_vectors(model, &prompts, tok.pad, latent, batch_size)?,
+            None,
+        ));
     }
     if view != QueryView::Generated {
         let seqs = queries
             .iter()
             .map(|q| query_view_ids(tok, q, view, m))
             .collect::<Result<Vec<_>>>()?;
-        return Ok(embed_last(model, &seqs, batch_size, tok.pad, |_| {}));
+        return Ok((embed_last(model, &seqs, batch_size, tok.pad, |_| {}), None));
     }
     let texts: Vec<&str> = queries.iter().map(|q| q.text.as_str()).collect();
-    Ok(greedy_reasoning(
+    let (vectors, reasoning) = greedy_reasoning(
         model,
         tok,
         &texts,
         m.max_query_tokens,
         m.max_reasoning_tokens,
         batch_size,
-    )?
-    .0)
+    )?;
+    Ok((vectors, Some(reasoning)))
 }
 
 /// The model's greedy reasoning for each query text (query view, KV cache, `batch_size` at a
@@ -203,7 +207,9 @@ pub fn greedy_reasoning<B: Backend>(
 }
 
 /// Dense retrieval on `split`: documents through the document view, queries through `view`,
-/// cosine scores, `excluded_ids` removed, trec_eval-exact metrics. Returns the report and run.
+/// cosine scores, `excluded_ids` removed, trec_eval-exact metrics. Returns the report, the run
+/// and, for the `generated` view, the greedy reasoning of each of the split's queries (in
+/// `Dataset::split_queries` order).
 pub fn dense_eval<B: Backend>(
     model: &Decoder<B>,
     tok: &T1Tokenizer,
@@ -211,12 +217,12 @@ pub fn dense_eval<B: Backend>(
     split: &str,
     view: QueryView,
     cfg: &Config,
-) -> Result<(Report, Run)> {
+) -> Result<(Report, Run, Option<Vec<String>>)> {
     let m = model_section(cfg)?;
     let batch = cfg.raw.train.eval_batch_size;
     let index = DocIndex::build(model, tok, &ds.corpus, m.max_doc_tokens, batch, |_| {})?;
     let queries = ds.split_queries(split)?;
-    let qv = query_vectors(
+    let (qv, reasoning) = query_vectors(
         model,
         tok,
         &queries,
@@ -225,7 +231,8 @@ pub fn dense_eval<B: Backend>(
         &cfg.raw.latent.options(),
         batch,
     )?;
-    rank_and_score(&index, qv, ds, split, &queries, cfg)
+    let (report, run) = rank_and_score(&index, qv, ds, split, &queries, cfg)?;
+    Ok((report, run, reasoning))
 }
 
 /// Ranks the corpus of `index` for query vectors `qv` `[q, d]` (the split's `queries`, in
@@ -424,7 +431,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.accum.accumulate(&self.model, grads);
     }
 
-    /// Clip, schedule, AdamW step; logs `stage/{lr, grad_norm, tokens_per_s}` plus `scalars`.
+    /// Clip, schedule, AdamW step; logs `stage/{lr, grad_norm, tokens_per_s, time/optimizer_s}`
+    /// plus `scalars`.
     ///
     /// A step whose `loss` scalar or gradient norm is NaN/inf is skipped instead: no update, the
     /// step still counts, `stage/nonfinite_steps` is logged. More than `train.max_nonfinite_steps`
@@ -451,7 +459,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             t.min_lr_ratio,
             t.schedule,
         );
+        let optimizer_started = Instant::now();
         self.model = self.optim.step(lr, self.model.clone(), grads);
+        if let Some(device) = self.model.devices().first() {
+            // GPU backends queue work: wait for the update before reading the clock (no-op on CPU)
+            let _ = B::sync(device);
+        }
+        let optimizer_secs = optimizer_started.elapsed().as_secs_f64();
         self.state.step += 1;
         let secs = self.step_started.elapsed().as_secs_f64().max(1e-9);
         let mut all: Vec<(String, f64)> = scalars
@@ -460,6 +474,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             .collect();
         all.push((format!("{}/lr", self.stage), lr));
         all.push((format!("{}/grad_norm", self.stage), norm));
+        all.push((format!("{}/time/optimizer_s", self.stage), optimizer_secs));
         all.push((
             format!("{}/tokens_per_s", self.stage),
             self.tokens as f64 / secs,
@@ -593,7 +608,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Dense retrieval on the dev split through `view`: logs `<stage>/dev/*`, keeps the best
     /// model (via [`Self::record_eval`]) and returns the metrics.
     pub fn eval_dev_dense(&mut self, ds: &Dataset, view: QueryView) -> Result<Vec<(String, f64)>> {
-        let (report, _) = dense_eval(
+        let (report, _, _) = dense_eval(
             &self.model.valid(),
             &self.tok,
             ds,

@@ -140,7 +140,7 @@ fn mine<B: Backend>(
         })
         .collect();
     let latent = cfg.raw.latent.options(); // unused by the gold-reasoning view
-    let qv = query_vectors(
+    let (qv, _) = query_vectors(
         model,
         tok,
         &all,

@@ -29,7 +29,10 @@
 //! Logs `stage3/{reward, reward_std, reward/<name>, frac_reward_zero_std, gold_rank_mean,
 //! gold_rank_median, hit@10, completion_len_mean, completion_len_max, truncated_frac,
 //! format_frac, clip_low, clip_high, clip_region, kl, entropy, loss, aux_infonce (when on),
-//! rollouts_per_s, lr, grad_norm, tokens_per_s}`; every `train.eval_every` steps dense dev retrieval with greedy reasoning
+//! rollouts_per_s, lr, grad_norm, tokens_per_s}` and where a step's wall clock went:
+//! `stage3/time/{refresh_s, sample_s, rank_reward_s, reference_s, policy_s, optimizer_s}` (index
+//! rebuild, decode loop, ranking + rewards + advantages, reference log-probs, policy forward +
+//! backward, clip + AdamW); every `train.eval_every` steps dense dev retrieval with greedy reasoning
 //! (`stage3/dev/ndcg@10`, best model kept) and a few rollouts to `rollouts.jsonl` and
 //! TensorBoard text.
 
@@ -60,6 +63,32 @@ struct Target<'a> {
     query: &'a Query,
     gold: Vec<(usize, i32)>,
     excluded: HashSet<usize>,
+}
+
+/// Wall-clock seconds per phase of a step. `lap` waits for the device's queued work first
+/// (`Backend::sync`; a no-op on the CPU backend), so asynchronous GPU backends time each phase's
+/// own work rather than its launches.
+struct PhaseClock<'a, B: AutodiffBackend> {
+    device: &'a B::Device,
+    since: Instant,
+}
+
+impl<'a, B: AutodiffBackend> PhaseClock<'a, B> {
+    fn start(device: &'a B::Device) -> Self {
+        Self {
+            device,
+            since: Instant::now(),
+        }
+    }
+
+    /// Seconds since the previous lap (or the start); restarts the clock.
+    fn lap(&mut self) -> f64 {
+        // a failed sync surfaces at the next tensor read with its own error; timing stays best-effort
+        let _ = B::sync(self.device);
+        let secs = self.since.elapsed().as_secs_f64();
+        self.since = Instant::now();
+        secs
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -175,6 +204,7 @@ pub fn run<B: AutodiffBackend>(
     let mut last_dev = Vec::new();
     while tr.running() {
         tr.stop_if_interrupted()?;
+        let mut clock = PhaseClock::<B>::start(device);
         if s3.refresh_every > 0
             && tr.state.step % s3.refresh_every == 0
             && tr.state.step != built_at
@@ -182,8 +212,8 @@ pub fn run<B: AutodiffBackend>(
             index = build_index(&tr.model.valid())?;
             built_at = tr.state.step;
         }
+        let refresh_secs = clock.lap();
         // 1. sample
-        let started = Instant::now();
         let picked = tr.next_examples(targets.len(), t.batch_size);
         let qs: Vec<&Query> = picked.iter().map(|&i| targets[i].query).collect();
         let seed = tr.rng.random::<u64>();
@@ -196,6 +226,7 @@ pub fn run<B: AutodiffBackend>(
             seed,
         };
         let batch = sample(&policy, &tr.tok, &qs, &opts)?;
+        let sample_secs = clock.lap();
         let n = batch.rollouts.len();
         let g = s3.group_size;
         // 2. rank, 3. reward
@@ -246,7 +277,7 @@ pub fn run<B: AutodiffBackend>(
             .collect();
         let entropy = live_entropies.iter().map(|&h| h as f64).sum::<f64>()
             / live_entropies.len().max(1) as f64;
-        let rollout_secs = started.elapsed().as_secs_f64();
+        let rank_reward_secs = clock.lap();
         // 5.–6. loss and μ updates
         let chunks: Vec<Vec<usize>> = (0..n)
             .collect::<Vec<_>>()
@@ -278,7 +309,8 @@ pub fn run<B: AutodiffBackend>(
                 })
             })
             .collect();
-        for _ in 0..s3.iterations {
+        let reference_secs = clock.lap();
+        for iteration in 0..s3.iterations {
             if !tr.running() {
                 break;
             }
@@ -337,6 +369,7 @@ pub fn run<B: AutodiffBackend>(
                 cr += out.clip_region * w;
                 tr.backward(loss);
             }
+            let policy_secs = clock.lap();
             tr.tokens += total_tokens as usize;
             let scored: Vec<f64> = combined.iter().flatten().map(|&v| v as f64).collect();
             let mean = scored.iter().sum::<f64>() / scored.len().max(1) as f64;
@@ -394,8 +427,19 @@ pub fn run<B: AutodiffBackend>(
                 ("clip_region".into(), cr),
                 ("kl".into(), kl),
                 ("entropy".into(), entropy),
-                ("rollouts_per_s".into(), n as f64 / rollout_secs.max(1e-9)),
+                ("rollouts_per_s".into(), n as f64 / sample_secs.max(1e-9)),
+                ("time/policy_s".into(), policy_secs),
             ];
+            // the batch's own phases count once, on the first of its μ updates
+            let first = iteration == 0;
+            for (name, secs) in [
+                ("time/refresh_s", refresh_secs),
+                ("time/sample_s", sample_secs),
+                ("time/rank_reward_s", rank_reward_secs),
+                ("time/reference_s", reference_secs),
+            ] {
+                scalars.push((name.into(), if first { secs } else { 0.0 }));
+            }
             if s3.aux_infonce_weight > 0.0 {
                 scalars.push(("aux_infonce".into(), aux_sum));
             }
