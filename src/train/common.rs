@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::Tensor;
@@ -305,6 +305,8 @@ pub struct Trainer<B: AutodiffBackend> {
     goal: Goal,
     metric: String,
     step_started: Instant,
+    /// The training device (synchronised before reading the optimizer's clock).
+    device: B::Device,
     /// Tokens processed since the last logged step (for tokens/s).
     pub tokens: usize,
 }
@@ -397,6 +399,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             goal,
             metric: metric.to_string(),
             step_started: Instant::now(),
+            device: device.clone(),
             tokens: 0,
         })
     }
@@ -461,10 +464,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         );
         let optimizer_started = Instant::now();
         self.model = self.optim.step(lr, self.model.clone(), grads);
-        if let Some(device) = self.model.devices().first() {
-            // GPU backends queue work: wait for the update before reading the clock (no-op on CPU)
-            let _ = B::sync(device);
-        }
+        // GPU backends queue work: wait for the update before reading the clock (no-op on CPU)
+        let _ = B::sync(&self.device);
         let optimizer_secs = optimizer_started.elapsed().as_secs_f64();
         self.state.step += 1;
         let secs = self.step_started.elapsed().as_secs_f64().max(1e-9);
