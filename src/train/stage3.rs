@@ -314,6 +314,8 @@ pub fn run<B: AutodiffBackend>(
             if !tr.running() {
                 break;
             }
+            // its own clock: a later update must not count the previous one's step, eval and save
+            let mut policy_clock = PhaseClock::<B>::start(device);
             let (mut loss_sum, mut kl, mut cl, mut ch, mut cr) = (0.0, 0.0, 0.0, 0.0, 0.0);
             let mut aux_sum = 0.0;
             for ((c, rows), rf) in parts.iter().zip(&chunks).zip(&refs) {
@@ -369,7 +371,7 @@ pub fn run<B: AutodiffBackend>(
                 cr += out.clip_region * w;
                 tr.backward(loss);
             }
-            let policy_secs = clock.lap();
+            let policy_secs = policy_clock.lap();
             tr.tokens += total_tokens as usize;
             let scored: Vec<f64> = combined.iter().flatten().map(|&v| v as f64).collect();
             let mean = scored.iter().sum::<f64>() / scored.len().max(1) as f64;
