@@ -238,6 +238,9 @@ pub fn load<B: Backend, V: Record<B>>(
             crate::checksums::FILE
         )));
     }
+    // every file a checkpoint needs must be listed (an emptied or partial SHA256SUMS would
+    // otherwise let an altered file through); load_hf checks the model's files
+    crate::checksums::verify_listing(dir, &["optimizer.mpk", "state.json"])?;
     let model: Decoder<B> = load_hf(dir, device)?;
     let state_path = dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
@@ -266,15 +269,16 @@ pub fn load<B: Backend, V: Record<B>>(
 /// Deletes old `step-*` checkpoints, keeping the newest `keep` and any named in `protect`.
 pub fn prune(run_dir: &Path, keep: usize, protect: &[&str]) -> Result<()> {
     let root = root(run_dir);
-    let mut names: Vec<String> = std::fs::read_dir(&root)
+    // ordered by the parsed step, not the name: `step-1000001` sorts before `step-999999` as text
+    let mut names: Vec<(u64, String)> = std::fs::read_dir(&root)
         .map_err(|e| Error::io(&root, e))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with("step-"))
+        .filter_map(|n| Some((n.strip_prefix("step-")?.parse::<u64>().ok()?, n)))
         .collect();
     names.sort();
     let cut = names.len().saturating_sub(keep);
-    for n in &names[..cut] {
+    for (_, n) in &names[..cut] {
         if !protect.contains(&n.as_str()) {
             let p = root.join(n);
             std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
@@ -307,5 +311,21 @@ mod tests {
         // a stale pointer (a crash after the rename, before `latest` was rewritten)
         std::fs::write(root(run).join("latest"), "step-000004").unwrap();
         assert_eq!(latest(run).unwrap(), Some(root(run).join("step-000012")));
+    }
+
+    #[test]
+    fn pruning_orders_by_step_not_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        for name in ["step-999998", "step-999999", "step-1000000", "step-1000001"] {
+            std::fs::create_dir_all(root(run).join(name)).unwrap();
+        }
+        prune(run, 2, &[]).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(root(run))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["step-1000000", "step-1000001"]);
     }
 }

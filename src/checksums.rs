@@ -14,6 +14,24 @@ use crate::error::{Error, Result};
 /// The name of the checksum file inside a folder.
 pub const FILE: &str = "SHA256SUMS";
 
+/// An error unless `path` is a regular file (following symlinks): a FIFO, socket or device in
+/// a model folder would block or stream forever instead of being read.
+pub fn require_regular(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::Data {
+            file: path.to_path_buf(),
+            line: 0,
+            field: None,
+            message: format!(
+                "not a regular file ({}); model, checkpoint and index files must be plain files",
+                if meta.is_dir() { "a folder" } else { "a FIFO, socket or device" }
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// SHA-256 of a file's bytes, lowercase hex.
 pub fn file_sha256(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
@@ -60,6 +78,9 @@ pub fn verify(dir: &Path) -> Result<bool> {
                 Error::data(&sums, i + 1, None, "expected `<sha256 hex>  <file name>`")
             })?;
         let path = dir.join(name);
+        if path.exists() {
+            require_regular(&path)?;
+        }
         if !path.exists() {
             return Err(Error::Runtime(format!(
                 "{}: listed in {} but missing — the folder is incomplete",
@@ -80,6 +101,42 @@ pub fn verify(dir: &Path) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// The file names `dir/SHA256SUMS` lists (`Ok(None)` when the folder has none).
+pub fn listed(dir: &Path) -> Result<Option<Vec<String>>> {
+    let sums = dir.join(FILE);
+    let text = match std::fs::read_to_string(&sums) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&sums, e)),
+    };
+    Ok(Some(
+        text.lines()
+            .filter_map(|l| l.split_once("  ").map(|(_, n)| n.to_string()))
+            .collect(),
+    ))
+}
+
+/// For a folder with a `SHA256SUMS`: an error unless it lists every one of `required` (that
+/// exist in the folder or are needed by it), so emptying the file or deleting a line cannot let
+/// an altered file be loaded unverified. Folders without one pass (see [`verify`]).
+pub fn verify_listing(dir: &Path, required: &[&str]) -> Result<()> {
+    let Some(names) = listed(dir)? else {
+        return Ok(());
+    };
+    for r in required {
+        if !names.iter().any(|n| n == r) {
+            return Err(Error::Runtime(format!(
+                "{}: {r} is not listed in {} — the folder cannot be verified and is not loaded \
+                 (the checksum file was emptied or edited; restore it, or delete this folder to fall \
+                 back to an older checkpoint)",
+                dir.display(),
+                dir.join(FILE).display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -113,6 +170,22 @@ mod tests {
 
         std::fs::remove_file(d.join("a.bin")).unwrap();
         assert!(verify(d).unwrap_err().to_string().contains("missing"));
+
+        std::fs::write(d.join("a.bin"), [1u8, 2, 3]).unwrap();
+        write(d).unwrap();
+        verify_listing(d, &["a.bin", "b.json"]).unwrap();
+        let only_b = std::fs::read_to_string(d.join(FILE))
+            .unwrap()
+            .lines()
+            .filter(|l| l.ends_with("b.json"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>();
+        std::fs::write(d.join(FILE), only_b).unwrap();
+        assert!(verify(d).unwrap(), "what is listed still verifies");
+        let e = verify_listing(d, &["a.bin", "b.json"]).unwrap_err().to_string();
+        assert!(e.contains("a.bin is not listed"), "{e}");
+        std::fs::write(d.join(FILE), "").unwrap();
+        assert!(verify_listing(d, &["b.json"]).is_err(), "an emptied file lists nothing");
 
         std::fs::write(d.join(FILE), "nonsense\n").unwrap();
         let e = verify(d).unwrap_err().to_string();

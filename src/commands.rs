@@ -44,9 +44,13 @@ pub fn eval<B: Backend>(cfg: &Config, device: &B::Device) -> Result<Report> {
                     | (QueryView::GoldReasoning, None) => q.text.clone(),
                     (QueryView::GoldReasoning, Some(r)) => format!("{} {}", q.text, r),
                 };
+                // excluded documents leave the ranking before the cut, as on the dense path: the
+                // run written to eval/<split>.run is the one the metrics are computed on
+                let excluded = ds.excluded(q);
                 let mut hits: Vec<(String, f64)> = index
                     .score(&text)
                     .into_iter()
+                    .filter(|(d, _)| !excluded.contains(d))
                     .map(|(d, s)| (ds.corpus.ids[d].clone(), s))
                     .collect();
                 crate::eval::trec_order(&mut hits);
@@ -345,6 +349,12 @@ fn model_folder_arg(dir: &Path) -> Result<()> {
 /// `t1-train generate`: load a model folder, sample `num_samples` continuations of one prompt.
 pub fn generate<B: Backend>(req: &GenerateRequest, device: &B::Device) -> Result<Vec<Sample>> {
     model_folder_arg(&req.model)?;
+    if req.num_samples == 0 {
+        return Err(Error::Config {
+            location: "--num-samples".into(),
+            message: "must be at least 1".into(),
+        });
+    }
     // the model first: load_hf verifies the folder's SHA256SUMS (tokenizer included) when it has one
     let mut model: Decoder<B> = load_hf(&req.model, device)?;
     let tok = T1Tokenizer::load(&req.model.join("tokenizer.json"))?;
@@ -362,6 +372,25 @@ pub fn generate<B: Backend>(req: &GenerateRequest, device: &B::Device) -> Result
     if tok.vocab_size() > vocab && (req.query || ids.iter().any(|&t| t as usize >= vocab)) {
         model = model.resize_vocab(tok.vocab_size())?;
     }
+    let c = model.config();
+    let total = ids.len().saturating_add(req.max_new_tokens).saturating_add(2);
+    if total > c.max_position_embeddings {
+        return Err(Error::Config {
+            location: "--max-new-tokens".into(),
+            message: format!(
+                "the prompt's {} tokens + {} new tokens exceed the model's max_position_embeddings = {}",
+                ids.len(),
+                req.max_new_tokens,
+                c.max_position_embeddings
+            ),
+        });
+    }
+    crate::model::memory::check_fits(
+        "--num-samples",
+        &format!("{} samples of {total} tokens", req.num_samples),
+        crate::model::memory::kv_cache_bytes(c, req.num_samples, total)
+            + crate::model::memory::activation_bytes(c, req.num_samples, 1, false),
+    )?;
     let mut stop: Vec<u32> = tok.eos.into_iter().collect();
     if req.query {
         stop.push(tok.end_think);
@@ -377,7 +406,7 @@ pub fn generate<B: Backend>(req: &GenerateRequest, device: &B::Device) -> Result
         pad: tok.pad,
         seed: req.seed,
     };
-    let prompts = vec![ids.clone(); req.num_samples.max(1)];
+    let prompts = vec![ids.clone(); req.num_samples];
     let bar = progress_bar(prompts.len() as u64, "generate", ProgressMode::Auto);
     let rollouts = generate::generate(&model, &prompts, &opts, |done| {
         bar.set_position(done as u64)
@@ -464,7 +493,7 @@ pub fn index<B: Backend>(
         None => run_dir.subdir("index")?.join("index.safetensors"),
     };
     let meta = crate::index::IndexMeta {
-        format: 1,
+        format: crate::index::FORMAT,
         model: model_desc,
         model_sha256: model_sha,
         model_step: step,
@@ -519,19 +548,33 @@ pub fn search<B: Backend>(
         &meta.corpus_sha256,
         Some(&crate::index::model_hash(model_dir)?),
     )?;
-    // the documents' text, when the dataset it was built from is still there and unchanged
-    let corpus = Dataset::load(Path::new(&meta.dataset))
-        .ok()
-        .map(|ds| {
-            crate::index::check_index(
-                index_path,
-                &meta,
-                &crate::index::corpus_hash(&ds.corpus),
-                None,
-            )
-            .map(|_| ds.corpus)
-        })
-        .transpose()?;
+    // the documents' text, when the corpus it was built from is still there: it must be the same
+    // corpus (any change is refused, whatever else in the dataset folder changed or broke)
+    let corpus_path = Path::new(&meta.dataset).join("corpus.jsonl");
+    let corpus = if corpus_path.exists() {
+        let corpus = crate::data::load_corpus(&corpus_path)?;
+        crate::index::check_index(
+            index_path,
+            &meta,
+            &crate::index::corpus_hash(&corpus),
+            None,
+        )?;
+        if corpus.ids != ids {
+            return Err(Error::Data {
+                file: index_path.to_path_buf(),
+                line: 0,
+                field: Some("t1.doc_ids".into()),
+                message: format!("the document ids differ from those of {}", corpus_path.display()),
+            });
+        }
+        Some(corpus)
+    } else {
+        eprintln!(
+            "note: {} is gone: showing document ids without their text",
+            corpus_path.display()
+        );
+        None
+    };
     let mut model: Decoder<B> = load_hf(model_dir, device)?; // verifies SHA256SUMS first
     let tok = T1Tokenizer::load(&model_dir.join("tokenizer.json"))?;
     if tok.vocab_size() > model.config().vocab_size {

@@ -604,7 +604,7 @@ impl Config {
     /// tokenizer) before validation: how a curriculum starts a stage from the previous one's
     /// best model whatever the stage's own file says.
     pub fn load_from_model(path: &Path, overrides: &[String], model: &Path) -> Result<Self> {
-        let src = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let src = read_config(path)?;
         let mut table: toml::Table =
             toml::from_str(&src).map_err(|e| located_error(path, &src, &e))?;
         for ov in overrides {
@@ -651,18 +651,28 @@ impl RawConfig {
             location: format!("{} (key '{key}')", path.display()),
             message,
         };
-        let base = path.parent().unwrap_or(Path::new("."));
+        // paths resolve against the config's folder made absolute, so a run means the same
+        // whichever working directory or spelling of the config path started it
+        let parent = path.parent().unwrap_or(Path::new("."));
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        let base_buf = std::path::absolute(parent).map_err(|e| Error::io(parent, e))?;
+        let base = base_buf.as_path();
         let name = &self.run.name;
         if name.is_empty()
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             || name.starts_with('.')
+            || name.len() > 200
         {
             return Err(err(
                 "run.name",
                 format!(
-                    "run name {name:?} must be non-empty and use only letters, digits, '-', '_', '.'"
+                    "run name {name:?} must be 1–200 characters, only letters, digits, '-', '_', '.', not starting with '.'"
                 ),
             ));
         }
@@ -814,11 +824,16 @@ impl RawConfig {
                 return Err(err(key, format!("must be in [0, 1), got {b}")));
             }
         }
-        if t.eps <= 0.0 || t.eps.is_nan() || t.weight_decay < 0.0 || t.max_grad_norm < 0.0 {
-            return Err(err(
-                "train.eps",
-                "eps must be > 0, weight_decay and max_grad_norm ≥ 0".into(),
-            ));
+        if !(t.eps > 0.0 && t.eps.is_finite()) {
+            return Err(err("train.eps", format!("must be > 0 and finite, got {}", t.eps)));
+        }
+        for (key, v) in [
+            ("train.weight_decay", t.weight_decay as f64),
+            ("train.max_grad_norm", t.max_grad_norm),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(err(key, format!("must be ≥ 0 and finite, got {v}")));
+            }
         }
         let s2 = &self.stage2;
         if !(s2.temperature > 0.0 && s2.temperature.is_finite()) {
@@ -833,8 +848,11 @@ impl RawConfig {
                 "must be at least 1 (the positive)".into(),
             ));
         }
-        if s2.sft_weight < 0.0 {
-            return Err(err("stage2.sft_weight", "must be ≥ 0".into()));
+        if !(s2.sft_weight >= 0.0 && s2.sft_weight.is_finite()) {
+            return Err(err(
+                "stage2.sft_weight",
+                format!("must be ≥ 0 and finite, got {}", s2.sft_weight),
+            ));
         }
         let l = &self.latent;
         if l.steps == 0 {
@@ -875,20 +893,29 @@ impl RawConfig {
         if s3.iterations == 0 {
             return Err(err("stage3.iterations", "must be at least 1".into()));
         }
-        if s3.aux_infonce_weight.is_nan() || s3.aux_infonce_weight < 0.0 {
-            return Err(err("stage3.aux_infonce_weight", "must be ≥ 0".into()));
+        if !(s3.aux_infonce_weight >= 0.0 && s3.aux_infonce_weight.is_finite()) {
+            return Err(err(
+                "stage3.aux_infonce_weight",
+                format!("must be ≥ 0 and finite, got {}", s3.aux_infonce_weight),
+            ));
         }
         if let Some(t) = s3
             .aux_infonce_temperature
-            .filter(|t| t.is_nan() || *t <= 0.0)
+            .filter(|t| !(*t > 0.0 && t.is_finite()))
         {
             return Err(err(
                 "stage3.aux_infonce_temperature",
                 format!("must be > 0, got {t}"),
             ));
         }
+        if let Some(eh) = s3.epsilon_high.filter(|e| !(*e >= 0.0 && e.is_finite())) {
+            return Err(err(
+                "stage3.epsilon_high",
+                format!("must be ≥ 0 and finite, got {eh}"),
+            ));
+        }
         let eh = s3.epsilon_high.unwrap_or(s3.epsilon);
-        if !(0.0..1.0).contains(&s3.epsilon) || eh < 0.0 {
+        if !(0.0..1.0).contains(&s3.epsilon) {
             return Err(err(
                 "stage3.epsilon",
                 format!(
@@ -897,14 +924,26 @@ impl RawConfig {
                 ),
             ));
         }
-        if s3.beta < 0.0 {
-            return Err(err("stage3.beta", "must be ≥ 0".into()));
+        if !(s3.beta >= 0.0 && s3.beta.is_finite()) {
+            return Err(err(
+                "stage3.beta",
+                format!("must be ≥ 0 and finite, got {}", s3.beta),
+            ));
         }
-        if s3.temperature <= 0.0 || !(s3.top_p > 0.0 && s3.top_p <= 1.0) || s3.top_k == Some(0) {
+        if !(s3.temperature > 0.0 && s3.temperature.is_finite()) {
             return Err(err(
                 "stage3.temperature",
-                "temperature must be > 0, top_p in (0, 1], top_k ≥ 1".into(),
+                format!("must be > 0 and finite, got {}", s3.temperature),
             ));
+        }
+        if !(s3.top_p > 0.0 && s3.top_p <= 1.0) {
+            return Err(err(
+                "stage3.top_p",
+                format!("must be in (0, 1], got {}", s3.top_p),
+            ));
+        }
+        if s3.top_k == Some(0) {
+            return Err(err("stage3.top_k", "must be at least 1".into()));
         }
         if s3.rewards.is_empty() {
             return Err(err(
@@ -969,12 +1008,32 @@ pub fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// A config file's text; a missing, unreadable or non-UTF-8 file is a config error (exit 2).
+pub fn read_config(path: &Path) -> Result<String> {
+    let bytes = std::fs::metadata(path)
+        .and_then(|m| {
+            if m.is_file() {
+                std::fs::read(path)
+            } else {
+                Err(std::io::Error::other("not a regular file"))
+            }
+        })
+        .map_err(|e| Error::Config {
+            location: path.display().to_string(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+    String::from_utf8(bytes).map_err(|e| Error::Config {
+        location: path.display().to_string(),
+        message: format!("not UTF-8 text: {e}"),
+    })
+}
+
 /// Reads a TOML file into `T`, applying `key.path=value` overrides.
 ///
 /// Errors from the file name `file:line:col`, the enclosing `[section]` and the key on that line;
 /// errors that only appear after overrides name the overrides.
 pub fn load_toml<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T> {
-    let src = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let src = read_config(path)?;
     let parsed: std::result::Result<T, toml::de::Error> = toml::from_str(&src);
     let value = match parsed {
         Ok(v) => v,

@@ -14,7 +14,8 @@ pub enum Error {
     Config { location: String, message: String },
 
     /// Input data is malformed: names the file, the 1-based line and the field where known.
-    #[error("{}:{}: {}{}", file.display(), line, field.as_ref().map(|f| format!("field '{f}': ")).unwrap_or_default(), message)]
+    /// `line` 0 means the whole file (a binary file, a file-level property): no line is shown.
+    #[error("{}{}: {}{}", file.display(), if *line > 0 { format!(":{line}") } else { String::new() }, field.as_ref().map(|f| format!("field '{f}': ")).unwrap_or_default(), message)]
     Data {
         file: PathBuf,
         line: usize,
@@ -34,6 +35,11 @@ pub enum Error {
     #[error("interrupted: {0}")]
     Interrupted(String),
 
+    /// The command cannot run as asked (a run folder in use, a fresh run over existing
+    /// checkpoints): nothing was changed; the message says what to do instead.
+    #[error("{0}")]
+    Usage(String),
+
     /// Anything else that went wrong while running (tokenizer, tensors, metrics…).
     #[error("{0}")]
     Runtime(String),
@@ -43,7 +49,7 @@ impl Error {
     /// Exit code for the CLI: 2 for bad usage/config/data, 1 for runtime failures.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config { .. } | Error::Data { .. } => 2,
+            Error::Config { .. } | Error::Data { .. } | Error::Usage(_) => 2,
             Error::Io { .. } | Error::Interrupted(_) | Error::Runtime(_) => 1,
         }
     }

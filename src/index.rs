@@ -129,7 +129,7 @@ impl<B: Backend> DocIndex<B> {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IndexMeta {
-    /// File format version (1).
+    /// File format version ([`FORMAT`]).
     pub format: u32,
     /// The model folder it was encoded with (as given; informative).
     pub model: String,
@@ -148,7 +148,8 @@ pub struct IndexMeta {
     pub max_reasoning_tokens: usize,
     pub num_docs: usize,
     pub dim: usize,
-    /// SHA-256 of the little-endian f32 vectors (detects a corrupted file).
+    /// SHA-256 of the little-endian f32 vectors and the document ids in order (detects a
+    /// corrupted file, and ids swapped or edited in the header).
     pub vectors_sha256: String,
     /// `t1-train` version that wrote it.
     pub written_by: String,
@@ -187,11 +188,19 @@ pub fn model_step(dir: &Path) -> Option<u64> {
     })
 }
 
-fn vectors_hash(flat: &[f32]) -> String {
+/// The index file format this version writes and reads. 2: the checksum covers the document
+/// ids too (format 1 files are refused: rebuild them with `t1-train index`).
+pub const FORMAT: u32 = 2;
+
+fn vectors_hash(flat: &[f32], ids: &[String]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for x in flat {
         h.update(x.to_le_bytes());
+    }
+    for id in ids {
+        h.update((id.len() as u64).to_le_bytes());
+        h.update(id.as_bytes());
     }
     format!("{:x}", h.finalize())
 }
@@ -211,7 +220,8 @@ impl<B: Backend> DocIndex<B> {
             .map_err(|e| Error::Runtime(format!("cannot read the index: {e:?}")))?;
         meta.num_docs = n;
         meta.dim = d;
-        meta.vectors_sha256 = vectors_hash(&flat);
+        meta.vectors_sha256 = vectors_hash(&flat, ids);
+        meta.format = FORMAT;
         let bytes: Vec<u8> = flat.iter().flat_map(|x| x.to_le_bytes()).collect();
         let view =
             safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n, d], &bytes)
@@ -240,12 +250,13 @@ impl<B: Backend> DocIndex<B> {
     /// Reads an index written by [`Self::save`]; a truncated or corrupted file, a foreign
     /// safetensors file, or vectors that do not match their checksum are errors naming the file.
     pub fn load(path: &Path, device: &B::Device) -> Result<(Self, IndexMeta, Vec<String>)> {
-        let bad = |m: String| {
-            Error::Runtime(format!(
-                "{}: not a valid t1-train index: {m}",
-                path.display()
-            ))
+        let bad = |m: String| Error::Data {
+            file: path.to_path_buf(),
+            line: 0,
+            field: None,
+            message: format!("not a valid t1-train index: {m}"),
         };
+        crate::checksums::require_regular(path)?;
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let (_, header) =
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("{e}")))?;
@@ -259,9 +270,9 @@ impl<B: Backend> DocIndex<B> {
                 .ok_or_else(|| bad("no t1.meta in the header".into()))?,
         )
         .map_err(|e| bad(format!("t1.meta: {e}")))?;
-        if meta.format != 1 {
+        if meta.format != FORMAT {
             return Err(bad(format!(
-                "format {} (this version reads 1)",
+                "format {} (this version reads {FORMAT}); rebuild it with `t1-train index`",
                 meta.format
             )));
         }
@@ -292,9 +303,10 @@ impl<B: Backend> DocIndex<B> {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        if vectors_hash(&flat) != meta.vectors_sha256 {
+        if vectors_hash(&flat, &ids) != meta.vectors_sha256 {
             return Err(bad(
-                "the vectors do not match their checksum (corrupted file)".into(),
+                "the vectors and document ids do not match their checksum (a corrupted or edited file)"
+                    .into(),
             ));
         }
         let vectors = Tensor::from_data(TensorData::new(flat, [meta.num_docs, meta.dim]), device);
@@ -317,7 +329,7 @@ pub fn check_index(
     model_sha256: Option<&str>,
 ) -> Result<()> {
     if meta.corpus_sha256 != corpus_sha256 {
-        return Err(Error::Runtime(format!(
+        return Err(Error::Usage(format!(
             "{}: built from another corpus ({} at the time, sha256 {}…; this corpus is {}…); rebuild it with `t1-train index`",
             path.display(),
             meta.dataset,
@@ -327,7 +339,7 @@ pub fn check_index(
     }
     if let Some(m) = model_sha256.filter(|m| *m != meta.model_sha256) {
         {
-            return Err(Error::Runtime(format!(
+            return Err(Error::Usage(format!(
                 "{}: built from another model ({}{}, weights sha256 {}…; this model is {}…); rebuild it with `t1-train index`",
                 path.display(),
                 meta.model,

@@ -308,12 +308,23 @@ fn run(cli: Cli) -> Result<(), Error> {
                     .filter(|l| !l.is_empty())
                     .map(String::from)
                     .collect(),
-                (None, None) => std::io::stdin()
-                    .lines()
-                    .map_while(|l| l.ok())
-                    .map(|l| l.trim().to_string())
-                    .filter(|l| !l.is_empty())
-                    .collect(),
+                (None, None) => {
+                    // every line or an error naming it: a non-UTF-8 line must not end the input
+                    let mut texts = Vec::new();
+                    for (i, line) in std::io::stdin().lines().enumerate() {
+                        let line = line.map_err(|e| Error::Data {
+                            file: PathBuf::from("<standard input>"),
+                            line: i + 1,
+                            field: None,
+                            message: format!("cannot read the query: {e}"),
+                        })?;
+                        let line = line.trim();
+                        if !line.is_empty() {
+                            texts.push(line.to_string());
+                        }
+                    }
+                    texts
+                }
             };
             if texts.is_empty() {
                 return Err(Error::Runtime(

@@ -241,8 +241,8 @@ fn generate_without_a_model_folder_is_a_usage_error() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("no-model"), "{}", stderr(&o));
     let o = t1(&["generate", "--model", ".", "--prompt", "hi", "--top-p", "0"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("top_p"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--top-p"), "{}", stderr(&o));
 }
 
 #[test]

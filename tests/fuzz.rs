@@ -126,16 +126,28 @@ const FILES: [&str; 5] = [
     "hard_negatives.jsonl",
 ];
 
-/// The shipped dataset cut to its first 30 queries, with the judgments and hard negatives of
-/// those queries only, so that every reference stays valid.
+/// The shipped dataset cut to 30 queries (its first 27 and 3 test queries, so both splits keep
+/// judgments), with the judgments and hard negatives of those queries only, so that every
+/// reference stays valid.
 fn small_dataset() -> Vec<(&'static str, Vec<u8>)> {
     let src = root().join("curricula/default/data");
     let read = |f: &str| std::fs::read_to_string(src.join(f)).unwrap();
-    let queries: Vec<String> = read("queries.jsonl")
+    let test_ids: Vec<String> = read("qrels/test.tsv")
         .lines()
-        .take(30)
-        .map(str::to_owned)
+        .skip(1)
+        .filter_map(|l| l.split('\t').next().map(str::to_owned))
         .collect();
+    let all: Vec<String> = read("queries.jsonl").lines().map(str::to_owned).collect();
+    let is_test = |l: &String| test_ids.iter().any(|t| l.contains(&format!("\"_id\":\"{t}\"")));
+    let mut queries: Vec<String> = all.iter().take(27).cloned().collect();
+    queries.extend(
+        all.iter()
+            .skip(27)
+            .filter(|l| is_test(l))
+            .take(3)
+            .cloned(),
+    );
+    assert_eq!(queries.len(), 30);
     let ids: Vec<String> = queries
         .iter()
         .map(|l| {

@@ -69,7 +69,7 @@ fn interrupted_and_resumed_equals_uninterrupted() {
 
     // a fresh start on a run with checkpoints is refused; --resume continues
     let o = t1(&["stage1", "--config", cfg_b.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
     let o = t1(&["stage1", "--config", cfg_b.to_str().unwrap(), "--resume"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -50,9 +50,8 @@ impl ScriptReward {
         let engine = sandboxed(max_operations.max(1));
         let ast = engine.compile(&src).map_err(|e| {
             RewardError(format!(
-                "{}:{}: syntax error: {}",
-                path.display(),
-                e.position().line().unwrap_or(0),
+                "{}: syntax error: {}",
+                located(path, e.position()),
                 e.err_type()
             ))
         })?;
@@ -133,12 +132,17 @@ impl Reward for ScriptReward {
                 (Dynamic::from_map(outcome_map(o)),),
             )
             .map_err(|e| {
-                RewardError(format!(
-                    "{}:{}: {}",
-                    self.path.display(),
-                    e.position().line().unwrap_or(0),
-                    e.to_string().split(" (line").next().unwrap_or_default()
-                ))
+                let what = e.to_string();
+                let what = what.split(" (line").next().unwrap_or_default();
+                if e.position().is_none() {
+                    // limits (operations, call depth, sizes) hold for the whole call: no line
+                    RewardError(format!(
+                        "{}: {what} (a limit of the whole `reward` call, not of one line)",
+                        self.path.display()
+                    ))
+                } else {
+                    RewardError(format!("{}: {what}", located(&self.path, e.position())))
+                }
             })?;
         if out.is_unit() {
             return Ok(None);
@@ -154,5 +158,13 @@ impl Reward for ScriptReward {
             self.path.display(),
             out.type_name()
         )))
+    }
+}
+
+/// `file:line` where Rhai knows the line, else `file`.
+fn located(path: &Path, pos: rhai::Position) -> String {
+    match pos.line() {
+        Some(line) => format!("{}:{line}", path.display()),
+        None => path.display().to_string(),
     }
 }

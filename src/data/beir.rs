@@ -203,6 +203,7 @@ fn for_each_json_line(
         let n = i + 1;
         let line =
             line.map_err(|e| Error::data(path, n, None, format!("cannot read line: {e}")))?;
+        let line = clean_line(path, n, &line)?;
         if line.trim().is_empty() {
             continue;
         }
@@ -214,6 +215,29 @@ fn for_each_json_line(
         f(n, &obj)?;
     }
     Ok(())
+}
+
+/// One text line of a dataset file as read: a UTF-8 byte-order mark at the start of the file is
+/// skipped (Windows tools write one; it is not data), a CRLF ending is trimmed, and a CR inside
+/// the line is an error — the file has classic-Mac CR-only line ends, which would otherwise read
+/// as one long line and lose every record after the first.
+fn clean_line<'a>(path: &Path, n: usize, line: &'a str) -> Result<&'a str> {
+    let line = if n == 1 {
+        line.strip_prefix('\u{feff}').unwrap_or(line)
+    } else {
+        line
+    };
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if line.contains('\r') {
+        return Err(Error::data(
+            path,
+            n,
+            None,
+            "a carriage return (CR) inside the line: the file seems to use CR-only line ends; \
+             convert them to LF (or CRLF), e.g. `tr '\\r' '\\n'`",
+        ));
+    }
+    Ok(line)
 }
 
 /// An id field: a non-empty string (integers are accepted and kept as their decimal text).
@@ -392,7 +416,7 @@ pub fn load_qrels(path: &Path, corpus: &Corpus, queries: &HashMap<String, usize>
         let n = i + 1;
         let line =
             line.map_err(|e| Error::data(path, n, None, format!("cannot read line: {e}")))?;
-        let line = line.trim_end_matches('\r');
+        let line = clean_line(path, n, &line)?;
         if line.trim().is_empty() {
             continue;
         }
@@ -458,6 +482,18 @@ pub fn load_qrels(path: &Path, corpus: &Corpus, queries: &HashMap<String, usize>
                 format!("duplicate judgment for ({qid}, {did})"),
             ));
         }
+    }
+    if qrels.is_empty() {
+        return Err(Error::data(
+            path,
+            0,
+            None,
+            if header_seen {
+                "no judgments after the header: a split needs at least one (delete the file if the split is not used)"
+            } else {
+                "the file is empty: a split needs the header 'query-id<TAB>corpus-id<TAB>score' and at least one judgment"
+            },
+        ));
     }
     Ok(qrels)
 }

@@ -137,6 +137,42 @@ impl MetricsSink for JsonlSink {
     }
 }
 
+/// Rewrites `metrics.jsonl` without the lines of steps after `step` and without a torn last
+/// line, so a run resumed from the checkpoint at `step` logs each later step once. Atomic; a
+/// missing file is fine. Returns the number of lines dropped.
+pub fn truncate_jsonl_after(path: &Path, step: u64) -> Result<usize> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut kept = Vec::with_capacity(text.len());
+    let mut dropped = 0;
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        let whole = line.ends_with(b"\n");
+        let keep = whole
+            && serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step);
+        if keep {
+            kept.extend_from_slice(line);
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        crate::run::write_atomic(path, &kept)?;
+    }
+    Ok(dropped)
+}
+
+/// Drops what a run logged after `step` from its `metrics.jsonl` and TensorBoard event files
+/// (see [`truncate_jsonl_after`], [`tensorboard::truncate_after`]).
+pub fn truncate_after(metrics_jsonl: &Path, tensorboard_dir: &Path, step: u64) -> Result<usize> {
+    Ok(truncate_jsonl_after(metrics_jsonl, step)? + tensorboard::truncate_after(tensorboard_dir, step)?)
+}
+
 /// JSON has no NaN/inf: those are written as strings so nothing is silently dropped.
 fn json_number(v: f64) -> serde_json::Value {
     serde_json::Number::from_f64(v)

@@ -221,6 +221,66 @@ impl Histogram {
     }
 }
 
+/// Rewrites every event file in `logdir` without the events of steps after `step` (a resume
+/// from the checkpoint at `step` logs them again) and without a torn last record (a `kill -9`
+/// mid-write). Records are framed and CRC-checked as TFRecord readers do; a file is rewritten
+/// atomically and only when something is dropped. Returns the number of events dropped.
+pub fn truncate_after(logdir: &Path, step: u64) -> Result<usize> {
+    use tensorboard_rs::masked_crc32c::masked_crc32c;
+    let Ok(entries) = std::fs::read_dir(logdir) else {
+        return Ok(0);
+    };
+    let mut dropped = 0;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("events.out.tfevents."))
+        })
+        .collect();
+    files.sort();
+    for path in files {
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let mut kept = Vec::with_capacity(bytes.len());
+        let mut at = 0;
+        let mut changed = false;
+        while at < bytes.len() {
+            let record = (|| {
+                let header = bytes.get(at..at + 8)?;
+                let len = u64::from_le_bytes(header.try_into().ok()?) as usize;
+                let header_crc = u32::from_le_bytes(bytes.get(at + 8..at + 12)?.try_into().ok()?);
+                if masked_crc32c(header) != header_crc {
+                    return None;
+                }
+                let data = bytes.get(at + 12..(at + 12).checked_add(len)?)?;
+                let end = at + 12 + len + 4;
+                let crc = u32::from_le_bytes(bytes.get(at + 12 + len..end)?.try_into().ok()?);
+                (masked_crc32c(data) == crc).then_some((data, end))
+            })();
+            let Some((data, end)) = record else {
+                changed = true; // a torn or corrupt tail: nothing after it is readable
+                break;
+            };
+            let keep = match Event::parse_from_bytes(data) {
+                Ok(ev) => ev.get_step() <= step as i64,
+                Err(_) => false,
+            };
+            if keep {
+                kept.extend_from_slice(&bytes[at..end]);
+            } else {
+                dropped += 1;
+                changed = true;
+            }
+            at = end;
+        }
+        if changed {
+            crate::run::write_atomic(&path, &kept)?;
+        }
+    }
+    Ok(dropped)
+}
+
 fn wall_time() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

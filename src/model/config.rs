@@ -162,6 +162,7 @@ impl DecoderConfig {
                 scaling_json = Some(serde_json::Value::Object(params));
             }
         }
+        let theta_given = rope_theta;
         let rope_theta = rope_theta.unwrap_or_else(default_theta);
         let rope_scaling = match &scaling_json {
             None | Some(serde_json::Value::Null) => None,
@@ -195,6 +196,43 @@ impl DecoderConfig {
             ));
         }
         let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / heads);
+        for (field, v) in [
+            ("vocab_size", hf.vocab_size),
+            ("hidden_size", hf.hidden_size),
+            ("intermediate_size", hf.intermediate_size),
+            ("num_hidden_layers", hf.num_hidden_layers),
+            ("head_dim", head_dim),
+            ("max_position_embeddings", hf.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return Err(format!("field '{field}': must be at least 1, got 0"));
+            }
+        }
+        if !(hf.rms_norm_eps > 0.0 && hf.rms_norm_eps.is_finite()) {
+            return Err(format!(
+                "field 'rms_norm_eps': must be > 0 and finite, got {}",
+                hf.rms_norm_eps
+            ));
+        }
+        if let Some(t) = theta_given.filter(|t| !(*t > 0.0 && t.is_finite())) {
+            return Err(format!("field 'rope_theta': must be > 0 and finite, got {t}"));
+        }
+        if !(hf.initializer_range >= 0.0 && hf.initializer_range.is_finite()) {
+            return Err(format!(
+                "field 'initializer_range': must be ≥ 0 and finite, got {}",
+                hf.initializer_range
+            ));
+        }
+        match &rope_scaling {
+            Some(RopeScaling::Linear { factor }) | Some(RopeScaling::Llama3 { factor, .. })
+                if !(*factor > 0.0 && factor.is_finite()) =>
+            {
+                return Err(format!(
+                    "field 'rope_scaling.factor': must be > 0 and finite, got {factor}"
+                ));
+            }
+            _ => {}
+        }
         let (qkv_bias, o_bias) = match family {
             Family::Qwen2 => (true, false),
             Family::Llama | Family::Qwen3 => (hf.attention_bias, hf.attention_bias),

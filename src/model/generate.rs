@@ -47,20 +47,24 @@ pub enum Sampler {
 impl Sampler {
     /// `temperature <= 0` means greedy, as on the command line.
     pub fn from_args(temperature: f32, top_k: Option<usize>, top_p: f32) -> Result<Self> {
-        if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 {
-            return Err(Error::Runtime(format!(
-                "top_p must be in (0, 1], got {top_p}"
-            )));
+        let usage = |flag: &str, m: String| Error::Config {
+            location: format!("--{flag}"),
+            message: m,
+        };
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(usage("top-p", format!("must be in (0, 1], got {top_p}")));
         }
         if top_k == Some(0) {
-            return Err(Error::Runtime("top_k must be at least 1".into()));
+            return Err(usage("top-k", "must be at least 1".into()));
         }
-        if !temperature.is_finite() {
-            return Err(Error::Runtime(format!(
-                "temperature must be finite, got {temperature}"
-            )));
+        // 0 means greedy; a negative or non-finite temperature means nothing
+        if !(temperature >= 0.0 && temperature.is_finite()) {
+            return Err(usage(
+                "temperature",
+                format!("must be ≥ 0 and finite (0 = greedy), got {temperature}"),
+            ));
         }
-        Ok(if temperature <= 0.0 {
+        Ok(if temperature == 0.0 {
             Sampler::Greedy
         } else {
             Sampler::Random {

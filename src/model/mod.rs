@@ -10,6 +10,7 @@ pub mod head;
 pub mod kernels;
 pub mod latent;
 pub mod linear;
+pub mod memory;
 pub mod tokenizer;
 pub mod weights;
 

@@ -75,10 +75,31 @@ impl<B: Backend> ModuleMapper<B> for ToF32 {
 /// A folder with a `SHA256SUMS` (every one t1-train writes) is verified first.
 pub fn load_hf<B: Backend>(dir: &Path, device: &B::Device) -> Result<Decoder<B>> {
     // folders t1-train wrote (checkpoints, best/) carry SHA256SUMS: check before reading
-    crate::checksums::verify(dir)?;
-    let config = DecoderConfig::from_hf_file(&dir.join("config.json"))?;
-    let mut model: Decoder<B> = config.init(device);
+    let config_path = dir.join("config.json");
+    crate::checksums::require_regular(&config_path)?;
     let files = safetensors_files(dir)?;
+    for f in &files {
+        crate::checksums::require_regular(f)?;
+    }
+    // what this folder's SHA256SUMS (if any) must list: every file the model is read from
+    let mut needed: Vec<String> = vec!["config.json".into()];
+    if !dir.join("model.safetensors").exists() {
+        needed.push("model.safetensors.index.json".into());
+    }
+    needed.extend(
+        files
+            .iter()
+            .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned())),
+    );
+    if dir.join("tokenizer.json").exists() {
+        needed.push("tokenizer.json".into());
+    }
+    let needed: Vec<&str> = needed.iter().map(String::as_str).collect();
+    crate::checksums::verify_listing(dir, &needed)?;
+    crate::checksums::verify(dir)?;
+    let config = DecoderConfig::from_hf_file(&config_path)?;
+    crate::model::memory::check_weights_fit(&config, &config_path)?;
+    let mut model: Decoder<B> = config.init(device);
     let mut applied = std::collections::BTreeSet::new();
     let mut unused = Vec::new();
     for f in &files {
@@ -129,7 +150,82 @@ pub fn load_hf<B: Backend>(dir: &Path, device: &B::Device) -> Result<Decoder<B>>
             missing.len()
         )));
     }
-    Ok(model.map(&mut ToF32))
+    let model = model.map(&mut ToF32);
+    if !all_finite(&model) {
+        let name = first_nonfinite(&model).unwrap_or_else(|| "a parameter".into());
+        return Err(Error::Data {
+            file: files.first().cloned().unwrap_or_else(|| dir.to_path_buf()),
+            line: 0,
+            field: Some(name),
+            message: "holds NaN or infinite values: this model cannot be used (a diverged run's \
+                      weights, or a damaged file)"
+                .into(),
+        });
+    }
+    Ok(model)
+}
+
+/// Whether every float parameter of `model` is finite: the count of non-finite values over all
+/// of them, summed on the device, one scalar read back.
+pub fn all_finite<B: Backend, M: Module<B>>(model: &M) -> bool {
+    struct Probe<B: Backend>(Option<Tensor<B, 1, burn::tensor::Int>>, bool);
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Probe<B> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            // the CPU backend: one parallel scan of the buffer (no temporaries)
+            if let Ok(f) = crate::model::kernels::into_flex(p.val())
+                && let Some(s) = f.as_slice::<f32>()
+            {
+                use rayon::prelude::*;
+                self.1 |= s.par_iter().any(|x| !x.is_finite());
+                return;
+            }
+            let bad = p.val().is_finite().bool_not().int().sum();
+            self.0 = Some(match self.0.take() {
+                None => bad,
+                Some(acc) => acc + bad,
+            });
+        }
+    }
+    let mut probe = Probe::<B>(None, false);
+    model.visit(&mut probe);
+    use burn::tensor::ElementConversion;
+    !probe.1 && probe.0.is_none_or(|t| t.into_scalar().elem::<i64>() == 0)
+}
+
+/// The module path of the first float parameter of `model` holding a NaN or an infinity, if
+/// any. One count per parameter on its device, one scalar read back each.
+pub fn first_nonfinite<B: Backend, M: Module<B>>(model: &M) -> Option<String> {
+    struct Finder<B: Backend> {
+        path: Vec<String>,
+        found: Option<String>,
+        _b: std::marker::PhantomData<B>,
+    }
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Finder<B> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            if self.found.is_some() {
+                return;
+            }
+            use burn::tensor::ElementConversion;
+            let bad: i64 = p.val().is_finite().bool_not().int().sum().into_scalar().elem();
+            if bad > 0 {
+                self.found = Some(self.path.join("."));
+            }
+        }
+    }
+    let mut f = Finder::<B> {
+        path: Vec::new(),
+        found: None,
+        _b: std::marker::PhantomData,
+    };
+    model.visit(&mut f);
+    // a count that disagrees with the scan still names where to look
+    f.found.or_else(|| (!all_finite(model)).then(|| "a parameter".to_string()))
 }
 
 /// Saves `model` as an HF folder: `config.json` + `model.safetensors` (f32). Copy the tokenizer

@@ -82,7 +82,85 @@ pub fn load_backbone<B: Backend>(
     } else {
         model
     };
+    check_lengths(cfg, model.config())?;
     Ok((model, tok))
+}
+
+/// The config's sequence lengths fit the model's positions: a query view (query + reasoning +
+/// the closing tokens) and a document view within `max_position_embeddings`.
+pub fn check_lengths(cfg: &Config, c: &DecoderConfig) -> Result<()> {
+    let m = model_section(cfg)?;
+    let max = c.max_position_embeddings;
+    let latent = m.max_query_tokens.saturating_add(cfg.raw.latent.steps);
+    for (key, len) in [
+        (
+            "model.max_query_tokens' + 'model.max_reasoning_tokens",
+            m.max_query_tokens.saturating_add(m.max_reasoning_tokens),
+        ),
+        ("model.max_doc_tokens", m.max_doc_tokens),
+        ("model.max_query_tokens' + 'latent.steps", latent),
+    ] {
+        if len > max {
+            return Err(Error::Config {
+                location: format!("{} (key '{key}')", cfg.source.display()),
+                message: format!(
+                    "{len} tokens exceed the model's max_position_embeddings = {max} (a query view \
+                     holds up to model.max_query_tokens + model.max_reasoning_tokens tokens, a latent \
+                     one model.max_query_tokens + latent.steps, a document model.max_doc_tokens)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The activations of `stage`'s micro-batch, its KV cache (stage 3) and an evaluation batch fit
+/// in memory at least roughly (`model::memory`): an absurd `train.batch_size` or group size is
+/// an exit-2 error, not an allocation abort.
+pub fn check_batch_fits(cfg: &Config, c: &DecoderConfig, stage: &str) -> Result<()> {
+    use crate::model::memory::{activation_bytes, check_fits, kv_cache_bytes};
+    let m = model_section(cfg)?;
+    let t = &cfg.raw.train;
+    let query = m.max_query_tokens.saturating_add(m.max_reasoning_tokens);
+    let seq = query.max(m.max_doc_tokens);
+    let (key, rows, kv_rows) = match stage {
+        "stage2" => (
+            "train.batch_size' × 'stage2.group_size",
+            t.batch_size.saturating_mul(cfg.raw.stage2.group_size.saturating_add(1)),
+            0,
+        ),
+        "latent" => (
+            "train.batch_size' × 'latent.group_size",
+            t.batch_size.saturating_mul(cfg.raw.latent.group_size.saturating_add(1)),
+            0,
+        ),
+        "stage3" => {
+            let all = t.batch_size.saturating_mul(cfg.raw.stage3.group_size);
+            (
+                "train.batch_size' × 'stage3.group_size",
+                all.div_ceil(t.grad_accum.max(1)),
+                all,
+            )
+        }
+        _ => ("train.batch_size", t.batch_size, 0),
+    };
+    let seq = if stage == "latent" {
+        seq.max(m.max_query_tokens.saturating_add(cfg.raw.latent.steps))
+    } else {
+        seq
+    };
+    let location = |k: &str| format!("{} (key '{k}')", cfg.source.display());
+    let weights = crate::model::memory::param_count(c) * 4.0 * 4.0; // weights, grads, 2 moments
+    check_fits(
+        &location(key),
+        &format!("a training micro-batch of {rows} sequences × {seq} tokens"),
+        weights + activation_bytes(c, rows, seq, true) + kv_cache_bytes(c, kv_rows, query),
+    )?;
+    check_fits(
+        &location("train.eval_batch_size"),
+        &format!("an evaluation batch of {} sequences", t.eval_batch_size),
+        weights + activation_bytes(c, t.eval_batch_size, seq, false),
+    )
 }
 
 /// Example order of an epoch: a permutation of `0..n` from (seed, epoch) alone, so a resumed
@@ -267,12 +345,33 @@ pub fn rank_and_score<B: Backend>(
     Ok((evaluate(ds.split(split)?, &run, &excluded), run))
 }
 
-/// SHA-256 of the resolved config, minus what may change on resume (`train.steps` can grow).
+/// SHA-256 of what a run means: the resolved config minus what may change on resume
+/// (`train.steps` can grow, `train.max_nonfinite_steps`, `[logging]`) and minus where the run
+/// folder is (`run.output_dir`: a moved run folder is the same run); the paths it reads (dataset,
+/// model, tokenizer, index, reward scripts) canonicalised, so neither the working directory nor
+/// the spelling of the config path changes it.
 pub fn config_hash(cfg: &Config) -> Result<String> {
+    fn canonical(p: &mut PathBuf) {
+        if let Ok(c) = std::fs::canonicalize(&*p) {
+            *p = c;
+        }
+    }
     let mut raw = cfg.raw.clone();
     raw.train.steps = 0;
     raw.train.max_nonfinite_steps = crate::config::TrainSection::default().max_nonfinite_steps;
     raw.logging = Default::default();
+    raw.run.output_dir = None;
+    canonical(&mut raw.data.dataset);
+    if let Some(m) = &mut raw.model {
+        m.path.as_mut().map(canonical);
+        m.tokenizer.as_mut().map(canonical);
+    }
+    raw.stage3.index.as_mut().map(canonical);
+    for r in &mut raw.stage3.rewards {
+        if let t1_rewards::RewardSpec::Script { path, .. } = r {
+            canonical(path);
+        }
+    }
     let text =
         toml::to_string(&raw).map_err(|e| Error::Runtime(format!("cannot hash config: {e}")))?;
     Ok(format!("{:x}", Sha256::digest(text.as_bytes())))
@@ -309,6 +408,8 @@ pub struct Trainer<B: AutodiffBackend> {
     device: B::Device,
     /// Tokens processed since the last logged step (for tokens/s).
     pub tokens: usize,
+    /// This loop polls for Ctrl-C / SIGTERM between steps (the handler then waits for it).
+    _polling: crate::run::PollGuard,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -321,7 +422,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         metric: &str,
         device: &B::Device,
     ) -> Result<Self> {
-        let run_dir = RunDir::create(cfg)?;
+        // the lock first: a second process on this folder is refused before anything is read
+        // or written; config.resolved.toml only once the run is accepted
+        let run_dir = RunDir::lock(cfg)?;
         let hash = config_hash(cfg)?;
         let t = &cfg.raw.train;
         let mut optim = adamw((t.beta1, t.beta2), t.eps, t.weight_decay).init::<B, Decoder<B>>();
@@ -330,7 +433,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             (true, Some(dir)) => {
                 let (model, record, state) = checkpoint::load::<B, _>(&dir, device)?;
                 if state.stage != stage {
-                    return Err(Error::Runtime(format!(
+                    return Err(Error::Usage(format!(
                         "{}: checkpoint of {}, cannot resume it as {stage}",
                         dir.display(),
                         state.stage
@@ -350,13 +453,13 @@ impl<B: AutodiffBackend> Trainer<B> {
                 (model, tok, state)
             }
             (true, None) => {
-                return Err(Error::Runtime(format!(
+                return Err(Error::Usage(format!(
                     "--resume: no checkpoint in {}",
                     checkpoint::root(run_dir.root()).display()
                 )));
             }
             (false, Some(dir)) => {
-                return Err(Error::Runtime(format!(
+                return Err(Error::Usage(format!(
                     "{} already has checkpoints ({}): pass --resume to continue, or pick another run.name",
                     run_dir.root().display(),
                     dir.display()
@@ -380,6 +483,17 @@ impl<B: AutodiffBackend> Trainer<B> {
                 (model, tok, state)
             }
         };
+        check_lengths(cfg, model.config())?;
+        check_batch_fits(cfg, model.config(), stage)?;
+        run_dir.write_resolved(cfg)?;
+        if resume {
+            // what was logged after the checkpoint is logged again by this run: once each
+            crate::metrics::truncate_after(
+                &run_dir.metrics_path(),
+                &run_dir.tensorboard_dir(),
+                state.step,
+            )?;
+        }
         let rng = state.rng.restore()?;
         let bar = progress_bar(t.steps, stage, cfg.raw.logging.progress);
         bar.set_position(state.step);
@@ -401,6 +515,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             step_started: Instant::now(),
             device: device.clone(),
             tokens: 0,
+            _polling: crate::run::PollGuard::new(),
         })
     }
 
@@ -429,8 +544,14 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Backward of one micro-batch's loss (already divided by `grad_accum` by the caller's
     /// scale), accumulated until [`Self::step`].
     pub fn backward(&mut self, loss: Tensor<B, 1>) {
-        let scaled = loss / self.cfg.raw.train.grad_accum as f64;
-        let grads = GradientsParams::from_grads(scaled.backward(), &self.model);
+        let scale = 1.0 / self.cfg.raw.train.grad_accum as f64;
+        self.backward_scaled(loss, scale);
+    }
+
+    /// Backward of `loss · scale`, accumulated until [`Self::step`]: for a stage whose
+    /// micro-batches are not `grad_accum` equal parts (stage 3 passes each chunk's share).
+    pub fn backward_scaled(&mut self, loss: Tensor<B, 1>, scale: f64) {
+        let grads = GradientsParams::from_grads((loss * scale).backward(), &self.model);
         self.accum.accumulate(&self.model, grads);
     }
 
@@ -467,6 +588,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         // GPU backends queue work: wait for the update before reading the clock (no-op on CPU)
         let _ = B::sync(&self.device);
         let optimizer_secs = optimizer_started.elapsed().as_secs_f64();
+        // finite loss and gradients can still make non-finite weights (an lr of 1e300, an
+        // overflowing update): such weights are never kept, logged as trained, or saved
+        if !crate::model::weights::all_finite(&self.model.valid()) {
+            return Err(self.nonfinite_update(lr));
+        }
         self.state.step += 1;
         let secs = self.step_started.elapsed().as_secs_f64().max(1e-9);
         let mut all: Vec<(String, f64)> = scalars
@@ -483,6 +609,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         if self.state.step % self.cfg.raw.logging.log_every == 0 || !self.running() {
             let pairs: Vec<(&str, f64)> = all.iter().map(|(k, v)| (k.as_str(), *v)).collect();
             self.sinks.scalars(self.state.step, &pairs)?;
+            // durable every logged step: a kill leaves no step half-logged or unlogged
+            self.sinks.flush()?;
         }
         if let Some((_, loss)) = scalars.iter().find(|(k, _)| *k == "loss") {
             self.bar
@@ -492,6 +620,29 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.tokens = 0;
         self.step_started = Instant::now();
         Ok(())
+    }
+
+    /// The error of an update that left non-finite weights: the run stops without saving them.
+    fn nonfinite_update(&self, lr: f64) -> Error {
+        let name = crate::model::weights::first_nonfinite(&self.model.valid())
+            .unwrap_or_else(|| "a parameter".into());
+        let latest = checkpoint::latest(self.run_dir.root())
+            .ok()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "the latest checkpoint {} predates it (continue from it with --resume after the change)",
+                    p.display()
+                )
+            })
+            .unwrap_or_else(|| "no checkpoint was written before it".into());
+        Error::Runtime(format!(
+            "{} step {}: the optimizer update (lr {lr:e}) made {name} NaN or infinite although the \
+             loss and gradients were finite; stopped without saving these weights — {latest}. \
+             Lower train.lr or set train.max_grad_norm",
+            self.stage,
+            self.state.step + 1
+        ))
     }
 
     /// The non-finite branch of [`Self::step`].
@@ -507,6 +658,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 self.state.nonfinite_steps as f64,
             )],
         )?;
+        self.sinks.flush()?;
         let limit = self.cfg.raw.train.max_nonfinite_steps;
         let row = self.state.nonfinite_in_a_row;
         self.bar.println(format!(
@@ -546,9 +698,18 @@ impl<B: AutodiffBackend> Trainer<B> {
             .collect();
         let pairs: Vec<(&str, f64)> = tagged.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         self.sinks.scalars(self.state.step, &pairs)?;
+        self.sinks.flush()?;
         let Some(&(_, value)) = metrics.iter().find(|(k, _)| *k == self.metric) else {
             return Ok(());
         };
+        if !value.is_finite() {
+            // a NaN/inf dev metric is never the best (and never blocks a finite one later)
+            self.bar.println(format!(
+                "{} step {}: dev {} is {value}: not a candidate for best/",
+                self.stage, self.state.step, self.metric
+            ));
+            return Ok(());
+        }
         let better = match &self.state.best {
             None => true,
             Some(b) => match self.goal {

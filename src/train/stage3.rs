@@ -16,9 +16,10 @@
 //!    old policy is the policy itself (ratio ≡ 1, TRL); with μ > 1 it is the sampling-time
 //!    log-probs the decode loop returned.
 //!
-//! Deviations from TRL: one process; the rollouts of a step are split into `train.grad_accum`
-//! micro-batches for the backward (each scaled by 1/grad_accum; `dapo` normalises by the whole
-//! batch's completion tokens, so the sum matches); `entropy` is that of the sampling
+//! Deviations from TRL: one process; the rollouts of a step are split into up to
+//! `train.grad_accum` micro-batches for the backward, each scaled by its share of the whole batch
+//! (rows for grpo/dr_grpo, completion tokens for bnpo; `dapo` normalises by the whole batch's
+//! completion tokens), so the gradient equals the unsplit batch's for any split; `entropy` is that of the sampling
 //! distribution over the completion tokens (computed in the decode loop — the same policy TRL's
 //! training forward sees at μ = 1 — rather than from a second full-vocabulary pass).
 //!
@@ -146,8 +147,11 @@ pub fn run<B: AutodiffBackend>(
         .filter(|t| !t.gold.is_empty())
         .collect();
     if targets.is_empty() {
-        return Err(Error::Runtime(
-            "stage3: no training query has a relevant document".into(),
+        return Err(Error::data(
+            ds.root.join("qrels").join(format!("{}.tsv", cfg.raw.data.train_split)),
+            0,
+            None,
+            "stage3: no training query has a relevant document (every judgment has score ≤ 0)",
         ));
     }
     let sampler = Sampler::Random {
@@ -177,7 +181,16 @@ pub fn run<B: AutodiffBackend>(
     };
     let mut index = match (&s3.index, &starting, s3.refresh_every) {
         (Some(path), _, _) => {
-            let (index, meta, _) = DocIndex::load(path, device)?;
+            let (index, meta, ids) = DocIndex::load(path, device)?;
+            if ids != ds.corpus.ids {
+                return Err(Error::Data {
+                    file: path.clone(),
+                    line: 0,
+                    field: Some("t1.doc_ids".into()),
+                    message: "the document ids differ from the dataset's corpus.jsonl (order included)"
+                        .into(),
+                });
+            }
             let model_sha = match &m.path {
                 Some(dir) => crate::index::model_hash(dir)?,
                 None => {
@@ -261,6 +274,15 @@ pub fn run<B: AutodiffBackend>(
                         .map_err(|e| Error::Runtime(format!("reward {}: {e}", r.name())))
                 })
                 .collect::<Result<Vec<_>>>()?;
+            // a NaN/inf reward is a defect of the reward (usually a script dividing by zero): the
+            // run stops naming it and the rollout rather than learning nothing silently
+            if let Some((k, v)) = values
+                .iter()
+                .enumerate()
+                .find_map(|(k, v)| v.filter(|x| !x.is_finite()).map(|x| (k, x)))
+            {
+                return Err(nonfinite_reward(cfg, k, rewards[k].name(), v, target.query, i % g, &batch.texts[i]));
+            }
             for (k, v) in values.iter().enumerate() {
                 per_fn[k].push(*v);
             }
@@ -268,6 +290,17 @@ pub fn run<B: AutodiffBackend>(
         }
         // 4. advantages
         let adv = group_advantages(&combined, g, s3.scale_rewards);
+        if let Some(i) = adv.values.iter().position(|a| !a.is_finite()) {
+            return Err(Error::Config {
+                location: format!("{} (key 'stage3.rewards')", cfg.source.display()),
+                message: format!(
+                    "the advantages of query '{}' are not finite (its group's rewards {:?} overflow \
+                     f32 arithmetic); keep rewards within a sane range, e.g. |r| ≤ 1e6",
+                    targets[picked[i / g]].query.id,
+                    &combined[(i / g) * g..(i / g + 1) * g]
+                ),
+            });
+        }
         // mean entropy of the sampling distribution over the completion tokens that get a loss
         let live_entropies: Vec<f32> = batch
             .rollouts
@@ -298,8 +331,20 @@ pub fn run<B: AutodiffBackend>(
             })
             .collect();
         let total_tokens: f64 = parts.iter().map(|c| c.tokens).sum();
-        // dapo: Σ over the whole batch ÷ its tokens; the trainer divides each micro-batch by grad_accum
-        let num_items = total_tokens / chunks.len() as f64;
+        // dapo: Σ over the whole batch ÷ its tokens, each chunk taken whole
+        let num_items = total_tokens;
+        // each chunk's share of the unsplit batch's loss, whatever the split (the chunks may be
+        // fewer than grad_accum, and the last one smaller): Σ_c scale_c · loss_c = the loss of
+        // the whole batch, so its gradient is the unsplit one
+        let scales: Vec<f64> = parts
+            .iter()
+            .zip(&chunks)
+            .map(|(c, rows)| match s3.loss_type {
+                LossType::Dapo => 1.0,
+                LossType::Bnpo if total_tokens > 0.0 => c.tokens / total_tokens,
+                _ => rows.len() as f64 / n as f64,
+            })
+            .collect();
         let refs: Vec<Option<Tensor<B, 2>>> = parts
             .iter()
             .map(|c| {
@@ -318,7 +363,7 @@ pub fn run<B: AutodiffBackend>(
             let mut policy_clock = PhaseClock::<B>::start(device);
             let (mut loss_sum, mut kl, mut cl, mut ch, mut cr) = (0.0, 0.0, 0.0, 0.0, 0.0);
             let mut aux_sum = 0.0;
-            for ((c, rows), rf) in parts.iter().zip(&chunks).zip(&refs) {
+            for (((c, rows), rf), &scale) in parts.iter().zip(&chunks).zip(&refs).zip(&scales) {
                 let a: Vec<f32> = rows.iter().map(|&i| adv.values[i]).collect();
                 let a = Tensor::<B, 1>::from_data(TensorData::new(a, [rows.len()]), device);
                 let (lp, emb) = logprobs(&tr.model, c, s3.temperature);
@@ -329,8 +374,11 @@ pub fn run<B: AutodiffBackend>(
                 };
                 let out = grpo_loss(lp, old, rf.clone(), a, c.mask.clone(), &params(num_items));
                 let w = c.tokens / total_tokens.max(1.0);
-                loss_sum += out.loss.clone().into_scalar().elem::<f64>();
-                let mut loss = out.loss;
+                loss_sum += scale * out.loss.clone().into_scalar().elem::<f64>();
+                // the policy loss at its share; the auxiliary InfoNCE (a mean over the chunk's
+                // rollouts whatever the loss type) at the chunk's share of rollouts
+                let share = rows.len() as f64 / n as f64;
+                let mut loss = out.loss * scale;
                 if s3.aux_infonce_weight > 0.0 {
                     // each live rollout's own <emb_token> state against the whole index
                     let (mut pairs, mut ignore) = (Vec::new(), Vec::new());
@@ -362,14 +410,14 @@ pub fn run<B: AutodiffBackend>(
                         &ignore,
                         s3.aux_infonce_temperature.unwrap_or(0.05),
                     );
-                    aux_sum += aux.clone().into_scalar().elem::<f64>() / chunks.len() as f64;
-                    loss = loss + aux.mul_scalar(s3.aux_infonce_weight);
+                    aux_sum += share * aux.clone().into_scalar().elem::<f64>();
+                    loss = loss + aux.mul_scalar(s3.aux_infonce_weight * share);
                 }
                 kl += out.kl * w;
                 cl += out.clip_low * w;
                 ch += out.clip_high * w;
                 cr += out.clip_region * w;
-                tr.backward(loss);
+                tr.backward_scaled(loss, 1.0);
             }
             let policy_secs = policy_clock.lap();
             tr.tokens += total_tokens as usize;
@@ -387,14 +435,7 @@ pub fn run<B: AutodiffBackend>(
                 .map(|r| r.tokens.len() as f64)
                 .collect();
             let mut scalars: Vec<(String, f64)> = vec![
-                (
-                    "loss".into(),
-                    if matches!(s3.loss_type, LossType::Dapo) {
-                        loss_sum
-                    } else {
-                        loss_sum / chunks.len() as f64
-                    },
-                ),
+                ("loss".into(), loss_sum),
                 ("reward".into(), mean),
                 ("reward_std".into(), std),
                 ("frac_reward_zero_std".into(), adv.frac_zero_std),
@@ -493,4 +534,32 @@ pub fn run<B: AutodiffBackend>(
         }
     }
     tr.finish(last_dev)
+}
+
+/// The error for a reward that returned NaN or an infinity (or a value beyond f32): which reward
+/// (`stage3.rewards[k]`, its name and, for scripts, file), which query and rollout, and what it
+/// wrote. Exit code 2: the reward is input, and the run stops rather than learning nothing.
+fn nonfinite_reward(
+    cfg: &Config,
+    k: usize,
+    name: &str,
+    value: f32,
+    query: &Query,
+    rollout: usize,
+    text: &str,
+) -> Error {
+    let file = match &cfg.raw.stage3.rewards[k] {
+        t1_rewards::RewardSpec::Script { path, .. } => format!(" (script {})", path.display()),
+        _ => String::new(),
+    };
+    let excerpt: String = text.chars().take(160).collect();
+    Error::Config {
+        location: format!("{} (key 'stage3.rewards[{k}]')", cfg.source.display()),
+        message: format!(
+            "reward '{name}'{file} returned {value} for rollout {rollout} of query '{}' \
+             (reasoning: {excerpt:?}); rewards must be finite numbers within f32 range — return \
+             () to abstain instead",
+            query.id
+        ),
+    }
 }
