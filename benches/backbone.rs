@@ -228,7 +228,7 @@ fn peak_mb() -> f64 {
 
 /// `--child WORK DIR REPS SHAPE…`: one measurement, one JSON line on stdout.
 fn child(args: &[String]) {
-    t1_train::model::kernels::tune_allocator();
+    t1_train::model::cpu::tune_allocator();
     let work = args[0].as_str();
     let dir = Path::new(&args[1]);
     let n: Vec<usize> = args[2..].iter().map(|a| a.parse().unwrap()).collect();

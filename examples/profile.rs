@@ -212,7 +212,7 @@ fn grpo() {
 
 fn main() {
     if std::env::var_os("T1_PLAIN_MALLOC").is_none() {
-        t1_train::model::kernels::tune_allocator();
+        t1_train::model::cpu::tune_allocator();
     }
     match std::env::args().nth(1).as_deref() {
         Some("train") => train(),

@@ -24,7 +24,7 @@ WORK and SHAPE (all integers):
 
 Prints one JSON object: {"value", "unit", "peak_mb" (ru_maxrss of this process), "threads",
 "versions"}. fp32, `sdpa` attention (transformers' default, torch's fused CPU attention; t1-train
-runs its own fused attention, `model::attention`). TOKENIZER is a
+runs its own fused attention, `model::cpu::attention`). TOKENIZER is a
 tokenizer.json for folders without one (only `grpo` needs a tokenizer). Tested with torch 2.15.0,
 transformers 5.23.0, trl 1.16.0, datasets 5.2.0.
 """

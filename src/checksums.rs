@@ -25,7 +25,11 @@ pub fn require_regular(path: &Path) -> Result<()> {
             field: None,
             message: format!(
                 "not a regular file ({}); model, checkpoint and index files must be plain files",
-                if meta.is_dir() { "a folder" } else { "a FIFO, socket or device" }
+                if meta.is_dir() {
+                    "a folder"
+                } else {
+                    "a FIFO, socket or device"
+                }
             ),
         });
     }
@@ -182,10 +186,15 @@ mod tests {
             .collect::<String>();
         std::fs::write(d.join(FILE), only_b).unwrap();
         assert!(verify(d).unwrap(), "what is listed still verifies");
-        let e = verify_listing(d, &["a.bin", "b.json"]).unwrap_err().to_string();
+        let e = verify_listing(d, &["a.bin", "b.json"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("a.bin is not listed"), "{e}");
         std::fs::write(d.join(FILE), "").unwrap();
-        assert!(verify_listing(d, &["b.json"]).is_err(), "an emptied file lists nothing");
+        assert!(
+            verify_listing(d, &["b.json"]).is_err(),
+            "an emptied file lists nothing"
+        );
 
         std::fs::write(d.join(FILE), "nonsense\n").unwrap();
         let e = verify(d).unwrap_err().to_string();

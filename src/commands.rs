@@ -373,7 +373,10 @@ pub fn generate<B: Backend>(req: &GenerateRequest, device: &B::Device) -> Result
         model = model.resize_vocab(tok.vocab_size())?;
     }
     let c = model.config();
-    let total = ids.len().saturating_add(req.max_new_tokens).saturating_add(2);
+    let total = ids
+        .len()
+        .saturating_add(req.max_new_tokens)
+        .saturating_add(2);
     if total > c.max_position_embeddings {
         return Err(Error::Config {
             location: "--max-new-tokens".into(),
@@ -553,18 +556,16 @@ pub fn search<B: Backend>(
     let corpus_path = Path::new(&meta.dataset).join("corpus.jsonl");
     let corpus = if corpus_path.exists() {
         let corpus = crate::data::load_corpus(&corpus_path)?;
-        crate::index::check_index(
-            index_path,
-            &meta,
-            &crate::index::corpus_hash(&corpus),
-            None,
-        )?;
+        crate::index::check_index(index_path, &meta, &crate::index::corpus_hash(&corpus), None)?;
         if corpus.ids != ids {
             return Err(Error::Data {
                 file: index_path.to_path_buf(),
                 line: 0,
                 field: Some("t1.doc_ids".into()),
-                message: format!("the document ids differ from those of {}", corpus_path.display()),
+                message: format!(
+                    "the document ids differ from those of {}",
+                    corpus_path.display()
+                ),
             });
         }
         Some(corpus)

@@ -825,7 +825,10 @@ impl RawConfig {
             }
         }
         if !(t.eps > 0.0 && t.eps.is_finite()) {
-            return Err(err("train.eps", format!("must be > 0 and finite, got {}", t.eps)));
+            return Err(err(
+                "train.eps",
+                format!("must be > 0 and finite, got {}", t.eps),
+            ));
         }
         for (key, v) in [
             ("train.weight_decay", t.weight_decay as f64),

@@ -191,8 +191,35 @@ enum Command {
     },
 }
 
+/// The backend and, on the CPU backend, which kernels run (`T1_KERNELS`), as one line.
+fn backend_line() -> Result<String, Error> {
+    let kernels = t1_train::model::cpu::Kernels::from_env()?;
+    Ok(if cfg!(any(feature = "cuda", feature = "wgpu")) {
+        let name = if cfg!(feature = "cuda") {
+            "cuda"
+        } else {
+            "wgpu"
+        };
+        format!("backend: {name} (burn's generic ops)")
+    } else {
+        let what = match kernels {
+            t1_train::model::cpu::Kernels::Fused => "the CPU kernels where they apply",
+            t1_train::model::cpu::Kernels::Generic => "burn's generic ops, as on GPU backends",
+        };
+        format!(
+            "backend: cpu, kernels: {} ({what}; {}=fused|generic)",
+            kernels.name(),
+            t1_train::model::cpu::Kernels::ENV
+        )
+    })
+}
+
 fn run(cli: Cli) -> Result<(), Error> {
     t1_train::run::install_interrupt_handler()?;
+    let backend = backend_line()?;
+    if !matches!(cli.command, Command::Data { .. }) {
+        eprintln!("{backend}");
+    }
     match cli.command {
         Command::Data { dir } => {
             let summary = commands::data(&dir)?;
@@ -392,7 +419,7 @@ fn run(cli: Cli) -> Result<(), Error> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // clap prints usage errors and exits with 2
-    t1_train::model::kernels::tune_allocator();
+    t1_train::model::cpu::tune_allocator();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

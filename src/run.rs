@@ -66,7 +66,11 @@ impl RunDir {
                 return Err(Error::Usage(format!(
                     "{} is in use by another t1-train process ({}): wait for it to finish, stop it,                      or pick another run.name",
                     root.display(),
-                    if holder.is_empty() { "holder unknown" } else { holder }
+                    if holder.is_empty() {
+                        "holder unknown"
+                    } else {
+                        holder
+                    }
                 )));
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),

@@ -8,6 +8,9 @@ use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
 use t1_train::model::{Decoder, load_hf, save_hf};
 
+mod support;
+use support::{Expected, expected};
+
 type B = Flex;
 
 const VARIANTS: [&str; 8] = [
@@ -25,40 +28,6 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/backbone")
         .join(name)
-}
-
-struct Expected {
-    ids: Vec<i64>,
-    mask: Vec<i64>,
-    positions: Vec<i64>,
-    logits: Vec<f32>,
-    shape: [usize; 3],
-}
-
-fn expected(dir: &Path) -> Expected {
-    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let ints = |k: &str| -> Vec<i64> {
-        st.tensor(k)
-            .unwrap()
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
-    let l = st.tensor("logits").unwrap();
-    let shape = [l.shape()[0], l.shape()[1], l.shape()[2]];
-    Expected {
-        ids: ints("input_ids"),
-        mask: ints("attention_mask"),
-        positions: ints("position_ids"),
-        logits: l
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        shape,
-    }
 }
 
 fn int2(v: &[i64], b: usize, s: usize) -> Tensor<B, 2, Int> {

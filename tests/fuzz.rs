@@ -138,15 +138,13 @@ fn small_dataset() -> Vec<(&'static str, Vec<u8>)> {
         .filter_map(|l| l.split('\t').next().map(str::to_owned))
         .collect();
     let all: Vec<String> = read("queries.jsonl").lines().map(str::to_owned).collect();
-    let is_test = |l: &String| test_ids.iter().any(|t| l.contains(&format!("\"_id\":\"{t}\"")));
+    let is_test = |l: &String| {
+        test_ids
+            .iter()
+            .any(|t| l.contains(&format!("\"_id\":\"{t}\"")))
+    };
     let mut queries: Vec<String> = all.iter().take(27).cloned().collect();
-    queries.extend(
-        all.iter()
-            .skip(27)
-            .filter(|l| is_test(l))
-            .take(3)
-            .cloned(),
-    );
+    queries.extend(all.iter().skip(27).filter(|l| is_test(l)).take(3).cloned());
     assert_eq!(queries.len(), 30);
     let ids: Vec<String> = queries
         .iter()

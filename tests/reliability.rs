@@ -55,7 +55,13 @@ fn stage1_run(dir: &Path, name: &str, steps: u64, sets: &[&str]) -> (PathBuf, Pa
 #[test]
 fn a_run_folder_in_use_is_refused_naming_the_holder_and_a_stale_lock_does_not_block() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&dir.path().join("cfg"), &dir.path().join("runs"), "dual", 4, "");
+    let cfg = config(
+        &dir.path().join("cfg"),
+        &dir.path().join("runs"),
+        "dual",
+        4,
+        "",
+    );
     let c = t1_train::config::Config::load(&cfg, &[]).unwrap();
     let run = dir.path().join("runs/dual");
     {
@@ -132,7 +138,12 @@ fn an_emptied_or_partial_sha256sums_does_not_let_altered_files_load() {
     assert!(err(&o).contains("is not listed in"), "{}", err(&o));
     // the line of one file deleted (each file a checkpoint needs)
     std::fs::write(ck.join("model.safetensors"), &weights).unwrap();
-    for file in ["model.safetensors", "optimizer.mpk", "state.json", "config.json"] {
+    for file in [
+        "model.safetensors",
+        "optimizer.mpk",
+        "state.json",
+        "config.json",
+    ] {
         let partial: String = sums
             .lines()
             .filter(|l| !l.ends_with(&format!("  {file}")))
@@ -160,7 +171,11 @@ fn an_emptied_or_partial_sha256sums_does_not_let_altered_files_load() {
         ])
     };
     let o = generate();
-    assert!(!o.status.success() && err(&o).contains("not listed"), "{}", err(&o));
+    assert!(
+        !o.status.success() && err(&o).contains("not listed"),
+        "{}",
+        err(&o)
+    );
     // without any SHA256SUMS (a folder from elsewhere), NaN weights are still refused
     std::fs::remove_file(best.join("SHA256SUMS")).unwrap();
     let w = std::fs::read(best.join("model.safetensors")).unwrap();
@@ -177,7 +192,9 @@ fn an_emptied_or_partial_sha256sums_does_not_let_altered_files_load() {
 fn with_nan(bytes: &[u8]) -> Vec<u8> {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let start = header["model.norm.weight"]["data_offsets"][0].as_u64().unwrap() as usize;
+    let start = header["model.norm.weight"]["data_offsets"][0]
+        .as_u64()
+        .unwrap() as usize;
     let mut out = bytes.to_vec();
     for b in &mut out[8 + n + start..8 + n + start + 16] {
         *b = 0xff;
@@ -215,7 +232,13 @@ fn event_scalars(logdir: &Path) -> Vec<(i64, String)> {
 #[test]
 fn metrics_are_flushed_each_logged_step_and_a_resume_logs_each_step_once() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&dir.path().join("cfg"), &dir.path().join("runs"), "m", 400, "");
+    let cfg = config(
+        &dir.path().join("cfg"),
+        &dir.path().join("runs"),
+        "m",
+        400,
+        "",
+    );
     let run = dir.path().join("runs/m");
     // killed at step ≥ 6, long before the first checkpoint at 400: the steps are on disk
     let jsonl = run.join("metrics.jsonl");
@@ -262,7 +285,10 @@ fn metrics_are_flushed_each_logged_step_and_a_resume_logs_each_step_once() {
     ]);
     assert!(o.status.success(), "{}", err(&o));
     std::fs::remove_dir_all(run.join("checkpoints/step-000008")).unwrap();
-    let mut f = std::fs::OpenOptions::new().append(true).open(&jsonl).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&jsonl)
+        .unwrap();
     use std::io::Write;
     f.write_all(br#"{"step": 9, "kind": "scal"#).unwrap();
     drop(f);
@@ -284,14 +310,22 @@ fn metrics_are_flushed_each_logged_step_and_a_resume_logs_each_step_once() {
         "a torn line survived"
     );
     let steps: Vec<u64> = scalar(&run, "stage1/loss").iter().map(|x| x.0).collect();
-    assert_eq!(steps, (1..=10).collect::<Vec<_>>(), "each step once, in order");
+    assert_eq!(
+        steps,
+        (1..=10).collect::<Vec<_>>(),
+        "each step once, in order"
+    );
     let mut tb: Vec<i64> = event_scalars(&run.join("tensorboard"))
         .into_iter()
         .filter(|(_, t)| t == "stage1/loss")
         .map(|(s, _)| s)
         .collect();
     tb.sort();
-    assert_eq!(tb, (1..=10).collect::<Vec<_>>(), "TensorBoard: each step once");
+    assert_eq!(
+        tb,
+        (1..=10).collect::<Vec<_>>(),
+        "TensorBoard: each step once"
+    );
 }
 
 fn scalar_or_empty(run: &Path, tag: &str) -> Vec<(u64, f64)> {
@@ -307,7 +341,13 @@ fn scalar_or_empty(run: &Path, tag: &str) -> Vec<(u64, f64)> {
 #[test]
 fn an_update_that_makes_the_weights_non_finite_is_never_saved_or_kept_as_best() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&dir.path().join("cfg"), &dir.path().join("runs"), "nan", 8, "");
+    let cfg = config(
+        &dir.path().join("cfg"),
+        &dir.path().join("runs"),
+        "nan",
+        8,
+        "",
+    );
     let run = dir.path().join("runs/nan");
     let o = t1(&[
         "stage1",
@@ -444,7 +484,10 @@ fn stage3_without_a_relevant_training_document_is_an_input_error() {
     std::fs::write(&train, zeroed).unwrap();
     let cfg = stage3_cfg(dir.path(), "norel", "name = \"reciprocal_rank\"");
     let o = stage3(&cfg, &[&format!("data.dataset=\"{}\"", data.display())]);
-    assert_exit2(&o, &["train.tsv", "no training query has a relevant document"]);
+    assert_exit2(
+        &o,
+        &["train.tsv", "no training query has a relevant document"],
+    );
 }
 
 // 7, 8 ──────────────────────────────────────────────────────────────────────────────────────────
@@ -490,9 +533,16 @@ fn resume_does_not_depend_on_the_config_path_spelling_or_a_moved_run_folder() {
     let before = std::fs::read(&resolved).unwrap();
     let o = resume(root, "configs/sp.toml", 24, &[&out, "train.lr=0.5"]);
     assert_exit2(&o, &["differs from the one"]);
-    assert_eq!(std::fs::read(&resolved).unwrap(), before, "refused run rewrote it");
+    assert_eq!(
+        std::fs::read(&resolved).unwrap(),
+        before,
+        "refused run rewrote it"
+    );
     // a fresh run over existing checkpoints: exit 2, folder untouched
-    let o = t1_in(root, &["stage1", "--config", "configs/sp.toml", "--set", &out]);
+    let o = t1_in(
+        root,
+        &["stage1", "--config", "configs/sp.toml", "--set", &out],
+    );
     assert_exit2(&o, &["already has checkpoints", "--resume"]);
     assert_eq!(std::fs::read(&resolved).unwrap(), before);
 }
@@ -510,7 +560,13 @@ fn sizes_that_cannot_fit_are_exit_2_errors_not_aborts() {
         std::fs::copy(ck.join(f), model.join(f)).unwrap();
     }
     let generate = |extra: &[&str]| {
-        let mut a = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", "x"];
+        let mut a = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ];
         a.extend(extra);
         t1(&a)
     };
@@ -520,7 +576,10 @@ fn sizes_that_cannot_fit_are_exit_2_errors_not_aborts() {
         &["--max-new-tokens", "max_position_embeddings"],
     );
     assert_exit2(&generate(&["-n", "0"]), &["--num-samples"]);
-    assert_exit2(&generate(&["-n", "100000000"]), &["--num-samples", "memory"]);
+    assert_exit2(
+        &generate(&["-n", "100000000"]),
+        &["--num-samples", "memory"],
+    );
     assert_exit2(&generate(&["--temperature=-1"]), &["--temperature"]);
     assert_exit2(&generate(&["--temperature=nan"]), &["--temperature"]);
     // config.json values burn would panic or abort on
@@ -551,8 +610,14 @@ fn sizes_that_cannot_fit_are_exit_2_errors_not_aborts() {
             set,
         ])
     };
-    assert_exit2(&s1("train.batch_size=1000000"), &["train.batch_size", "memory"]);
-    assert_exit2(&s1("train.eval_batch_size=100000000"), &["train.eval_batch_size"]);
+    assert_exit2(
+        &s1("train.batch_size=1000000"),
+        &["train.batch_size", "memory"],
+    );
+    assert_exit2(
+        &s1("train.eval_batch_size=100000000"),
+        &["train.eval_batch_size"],
+    );
     assert_exit2(
         &s1("model.max_reasoning_tokens=1000000000"),
         &["model.max_reasoning_tokens", "max_position_embeddings"],
@@ -598,8 +663,8 @@ fn cr_only_and_empty_qrels_are_errors_and_a_bom_is_skipped() {
     std::fs::write(&dev, "query-id\tcorpus-id\tscore\n").unwrap();
     assert_exit2(&data_cmd(), &["dev.tsv", "no judgments"]);
     // CRLF line ends and a BOM (as Windows tools write) read exactly as the plain files
-    let plain = t1_train::data::Dataset::load(&support::root().join("curricula/default/data"))
-        .unwrap();
+    let plain =
+        t1_train::data::Dataset::load(&support::root().join("curricula/default/data")).unwrap();
     std::fs::write(&dev, format!("\u{feff}{}", original.replace('\n', "\r\n"))).unwrap();
     let q = data.join("queries.jsonl");
     let qs = std::fs::read_to_string(&q).unwrap();
@@ -646,7 +711,10 @@ fn index_ids_corpus_changes_binary_input_and_corrupt_files_are_refused() {
     // the index of the trained model (model.path instead of the preset)
     let text = std::fs::read_to_string(&cfg).unwrap();
     let text: String = text
-        .replace("preset = \"tiny\"", &format!("path = \"{}\"", model.display()))
+        .replace(
+            "preset = \"tiny\"",
+            &format!("path = \"{}\"", model.display()),
+        )
         .lines()
         .filter(|l| !l.starts_with("tokenizer ="))
         .map(|l| format!("{l}\n"))
@@ -685,7 +753,12 @@ fn index_ids_corpus_changes_binary_input_and_corrupt_files_are_refused() {
     };
     let o = search(b"Where is Bryndramoor?\nWho made the loom?\n");
     assert!(o.status.success(), "{}", err(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout).matches("query: ").count(), 2);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .matches("query: ")
+            .count(),
+        2
+    );
     // a binary line on standard input is an error naming it, not the end of the input
     let o = search(b"Where is Bryndramoor?\n\xff\xfe\x00\nWho made the loom?\n");
     assert_exit2(&o, &["<standard input>:2"]);
@@ -712,14 +785,14 @@ fn index_ids_corpus_changes_binary_input_and_corrupt_files_are_refused() {
     assert_exit2(&search(b"x\n"), &["index.safetensors", "checksum"]);
     // stage 3 refuses it too
     let cfg3 = stage3_cfg(dir.path(), "ix3", "name = \"reciprocal_rank\"");
-    let o = stage3(
-        &cfg3,
-        &[&format!("stage3.index=\"{}\"", index.display())],
-    );
+    let o = stage3(&cfg3, &[&format!("stage3.index=\"{}\"", index.display())]);
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
     // a truncated index file: exit 2
     std::fs::write(&index, &saved[..saved.len() / 2]).unwrap();
-    assert_exit2(&search(b"x\n"), &["index.safetensors", "not a valid t1-train index"]);
+    assert_exit2(
+        &search(b"x\n"),
+        &["index.safetensors", "not a valid t1-train index"],
+    );
     std::fs::write(&index, &saved).unwrap();
     assert!(search(b"x\n").status.success());
     // the corpus edited while a qrels line broke alongside: refused, not silently used
@@ -763,9 +836,23 @@ fn sigterm_stops_index_at_once_and_fifos_are_refused() {
         ));
     }
     std::fs::write(data.join("corpus.jsonl"), corpus).unwrap();
-    std::fs::write(data.join("queries.jsonl"), "{\"_id\":\"q1\",\"text\":\"hall\"}\n").unwrap();
-    std::fs::write(data.join("qrels/test.tsv"), "query-id\tcorpus-id\tscore\nq1\td1\t1\n").unwrap();
-    let cfg = config(&dir.path().join("cfg"), &dir.path().join("runs"), "sig", 4, "");
+    std::fs::write(
+        data.join("queries.jsonl"),
+        "{\"_id\":\"q1\",\"text\":\"hall\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        data.join("qrels/test.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\td1\t1\n",
+    )
+    .unwrap();
+    let cfg = config(
+        &dir.path().join("cfg"),
+        &dir.path().join("runs"),
+        "sig",
+        4,
+        "",
+    );
     let out = dir.path().join("index.safetensors");
     let child = Command::new(env!("CARGO_BIN_EXE_t1-train"))
         .args([
@@ -783,7 +870,10 @@ fn sigterm_stops_index_at_once_and_fifos_are_refused() {
         .unwrap();
     let t0 = Instant::now();
     while !catches(child.id(), 15) {
-        assert!(t0.elapsed() < Duration::from_secs(60), "no handler installed");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no handler installed"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     Command::new("kill")
@@ -811,7 +901,13 @@ fn sigterm_stops_index_at_once_and_fifos_are_refused() {
         .unwrap();
     assert!(made.success());
     let mut child = Command::new(env!("CARGO_BIN_EXE_t1-train"))
-        .args(["generate", "--model", model.to_str().unwrap(), "--prompt", "x"])
+        .args([
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -859,7 +955,13 @@ fn every_numeric_config_key_at_nan_inf_zero_negative_and_huge_is_handled() {
     use t1_train::train::common::{Goal, Trainer};
     let dir = tempfile::tempdir().unwrap();
     let extra = "[stage3]\ngroup_size = 2\naux_infonce_temperature = 0.05\nepsilon_high = 0.28\n\n[[stage3.rewards]]\nname = \"reciprocal_rank\"\n";
-    let path = config(&dir.path().join("cfg"), &dir.path().join("runs"), "sw", 4, extra);
+    let path = config(
+        &dir.path().join("cfg"),
+        &dir.path().join("runs"),
+        "sw",
+        4,
+        extra,
+    );
     let base = t1_train::config::Config::load(&path, &[]).unwrap();
     let table: toml::Table = toml::from_str(&base.to_toml().unwrap()).unwrap();
     let mut keys = Vec::new();
@@ -934,7 +1036,13 @@ fn usage_errors_exit_with_2() {
         &t1(&["eval", "--config", dir.path().to_str().unwrap()]),
         &["cannot read the config file"],
     );
-    let cfg = config(&dir.path().join("cfg"), &dir.path().join("runs"), "u", 4, "");
+    let cfg = config(
+        &dir.path().join("cfg"),
+        &dir.path().join("runs"),
+        "u",
+        4,
+        "",
+    );
     let long = format!("run.name=\"{}\"", "x".repeat(300));
     assert_exit2(
         &t1(&["stage1", "--config", cfg.to_str().unwrap(), "--set", &long]),
@@ -1012,7 +1120,13 @@ fn stage3_gradient_does_not_depend_on_how_the_rollouts_are_split() {
                 "[stage3]\ngroup_size = 2\nmask_truncated = false\nloss_type = \"{loss}\"\naux_infonce_weight = 0.1\n\n[[stage3.rewards]]\nname = \"reciprocal_rank\"\n"
             );
             let name = format!("ga-{loss}-{accum}");
-            let cfg = config(&dir.path().join("cfg"), &dir.path().join("runs"), &name, 1, &extra);
+            let cfg = config(
+                &dir.path().join("cfg"),
+                &dir.path().join("runs"),
+                &name,
+                1,
+                &extra,
+            );
             let o = t1(&[
                 "stage3",
                 "--config",

@@ -187,7 +187,10 @@ fn failing_scripts_name_the_file_and_line() {
         "{e}"
     );
     // a limit has no line: the error says so instead of pointing at a line 0
-    assert!(!e.contains(":0") && e.contains("whole `reward` call"), "{e}");
+    assert!(
+        !e.contains(":0") && e.contains("whole `reward` call"),
+        "{e}"
+    );
     // a wrong return type
     let r = script(dir.path(), "str.rhai", "fn reward(o) { \"high\" }\n")
         .build()

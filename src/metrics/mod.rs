@@ -170,7 +170,8 @@ pub fn truncate_jsonl_after(path: &Path, step: u64) -> Result<usize> {
 /// Drops what a run logged after `step` from its `metrics.jsonl` and TensorBoard event files
 /// (see [`truncate_jsonl_after`], [`tensorboard::truncate_after`]).
 pub fn truncate_after(metrics_jsonl: &Path, tensorboard_dir: &Path, step: u64) -> Result<usize> {
-    Ok(truncate_jsonl_after(metrics_jsonl, step)? + tensorboard::truncate_after(tensorboard_dir, step)?)
+    Ok(truncate_jsonl_after(metrics_jsonl, step)?
+        + tensorboard::truncate_after(tensorboard_dir, step)?)
 }
 
 /// JSON has no NaN/inf: those are written as strings so nothing is silently dropped.

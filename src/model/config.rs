@@ -215,7 +215,9 @@ impl DecoderConfig {
             ));
         }
         if let Some(t) = theta_given.filter(|t| !(*t > 0.0 && t.is_finite())) {
-            return Err(format!("field 'rope_theta': must be > 0 and finite, got {t}"));
+            return Err(format!(
+                "field 'rope_theta': must be > 0 and finite, got {t}"
+            ));
         }
         if !(hf.initializer_range >= 0.0 && hf.initializer_range.is_finite()) {
             return Err(format!(

@@ -9,12 +9,11 @@
 
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor};
 
 use super::config::{DecoderConfig, Family};
-use super::kernels;
+use super::ops::{self, AttnMask, Rope, linear as proj, linear_rows as rows, rms_norm as norm};
 
 /// Grouped-query self-attention with HF (rotate-half) RoPE and optional per-head q/k RMSNorm.
 #[derive(Module, Debug)]
@@ -136,124 +135,6 @@ impl DecoderConfig {
     }
 }
 
-/// RoPE factors of one forward. On the CPU backend each rotation is one fused op
-/// ([`super::fused::rope`]) that also writes the heads-first layout attention reads. Elsewhere the
-/// factors are laid out so every layer's rotation is contiguous element-wise work plus one small
-/// matmul (burn-flex runs broadcasts over middle dims and non-contiguous views element by element;
-/// these shapes take its SIMD paths): `x·cos + rotate_half(x)·sin` with `rotate_half(x) = x·R`,
-/// `R` `[k, k]` the signed permutation of HF's `rotate_half` (`cat([-x2, x1])`), on `x`
-/// `[b, s, n, k]`, then swapped to `[b, n, s, k]`.
-struct Rope<B: Backend> {
-    /// `[b, s, 1, k]`.
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
-    /// The tensor-op version's factors, made only where the fused op does not apply.
-    unfused: Option<Unfused<B>>,
-}
-
-struct Unfused<B: Backend> {
-    /// `[b, s, h, k]` (query heads) and `[b, s, g, k]` (key heads), materialised once per forward.
-    cos_q: Tensor<B, 4>,
-    sin_q: Tensor<B, 4>,
-    cos_k: Tensor<B, 4>,
-    sin_k: Tensor<B, 4>,
-    rot: Tensor<B, 2>,
-}
-
-impl<B: Backend> Rope<B> {
-    /// From `cos`, `sin` `[b, s, 1, k]`, for `h` query and `g` key heads.
-    fn new(cos: Tensor<B, 4>, sin: Tensor<B, 4>, h: usize, g: usize) -> Self {
-        let unfused = (!super::fused::applies(&cos)).then(|| Unfused::new(&cos, &sin, h, g));
-        Rope { cos, sin, unfused }
-    }
-
-    /// Rotates queries `[b, s, h, k]` → `[b, h, s, k]`.
-    fn queries(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        match &self.unfused {
-            Some(u) => u.rotate(x, &u.cos_q, &u.sin_q),
-            None => self.fused(x),
-        }
-    }
-
-    /// Rotates keys `[b, s, g, k]` → `[b, g, s, k]`.
-    fn keys(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        match &self.unfused {
-            Some(u) => u.rotate(x, &u.cos_k, &u.sin_k),
-            None => self.fused(x),
-        }
-    }
-
-    fn fused(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        match super::fused::rope(&x, &self.cos, &self.sin) {
-            Some(y) => y,
-            // activations of another dtype than the angles: the tensor-op version
-            None => {
-                let n = x.dims()[2];
-                let u = Unfused::new(&self.cos, &self.sin, n, n);
-                u.rotate(x, &u.cos_q, &u.sin_q)
-            }
-        }
-    }
-}
-
-impl<B: Backend> Unfused<B> {
-    fn new(cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, h: usize, g: usize) -> Self {
-        let k = cos.dims()[3];
-        let mut r = vec![0f32; k * k];
-        for j in 0..k / 2 {
-            r[(j + k / 2) * k + j] = -1.0; // out[j] = −x[j + k/2]
-            r[j * k + j + k / 2] = 1.0; // out[j + k/2] = x[j]
-        }
-        Unfused {
-            rot: Tensor::from_data(burn::tensor::TensorData::new(r, [k, k]), &cos.device()),
-            cos_q: cos.clone().repeat_dim(2, h),
-            sin_q: sin.clone().repeat_dim(2, h),
-            cos_k: cos.clone().repeat_dim(2, g),
-            sin_k: sin.clone().repeat_dim(2, g),
-        }
-    }
-
-    fn rotate(&self, x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, s, n, k] = x.dims();
-        let rotated = x.clone().reshape([b * s * n, k]).matmul(self.rot.clone());
-        (x * cos.clone() + rotated.reshape([b, s, n, k]) * sin.clone()).swap_dims(1, 2)
-    }
-}
-
-/// A forward's attention mask `[b, 1, 1, s, t]` (true = hidden), in the form each attention path
-/// reads: on the host for the fused CPU attention (`model::attention`), and for burn's ops in the
-/// scores' own layout `[b, g, r, s, t]`, materialised once for all layers on first use (burn-flex
-/// applies a mask broadcast over the head dims element by element, its strided path, in every
-/// layer's forward and backward; a same-shape mask takes its SIMD path).
-struct AttnMask<B: Backend> {
-    host: Option<super::attention::Mask>,
-    mask: Tensor<B, 5, Bool>,
-    expanded: std::cell::OnceCell<Tensor<B, 5, Bool>>,
-}
-
-impl<B: Backend> AttnMask<B> {
-    /// `fused`: whether the fused attention applies to this forward's activations.
-    fn new(mask: Tensor<B, 5, Bool>, fused: bool) -> Self {
-        let host = fused.then(|| super::attention::Mask::of(&mask)).flatten();
-        AttnMask {
-            host,
-            mask,
-            expanded: std::cell::OnceCell::new(),
-        }
-    }
-
-    /// `[b, g, r, s, t]` for `g` key/value heads of `r` query heads each.
-    fn expanded(&self, g: usize, r: usize) -> Tensor<B, 5, Bool> {
-        self.expanded
-            .get_or_init(|| {
-                let [b, _, _, s, t] = self.mask.dims();
-                let full = self.mask.clone().expand([b, g, r, s, t]);
-                Tensor::from_data(full.into_data(), &self.mask.device())
-            })
-            .clone()
-    }
-}
-
 /// Key/value buffers of one layer `[b, g, capacity, k]`.
 #[derive(Debug, Clone)]
 struct LayerKv<B: Backend> {
@@ -346,43 +227,6 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-/// A linear layer over `[b, s, d_in]` as one `[b·s, d_in] × [d_in, d_out]` matmul → `[b, s, d_out]`.
-/// burn's `Linear` on a 3-D input broadcasts the weight and runs one GEMM per batch row, which
-/// re-packs the weight b times (at decode, s = 1: b matrix-vector products instead of one GEMM).
-fn proj<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [b, s, d] = x.dims();
-    let y = rows(layer, x.reshape([b * s, d]));
-    let n = y.dims()[1];
-    y.reshape([b, s, n])
-}
-
-/// A linear layer over rows `[m, d_in]` → `[m, d_out]`. At decode (few rows, CPU backend, no
-/// autodiff) the matmul is [`kernels::matmul`]'s streaming kernel; otherwise on the CPU backend
-/// [`super::linear::matmul`] (gemm into unfilled buffers, own backward); elsewhere burn's `Linear`.
-fn rows<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
-    let w = layer.weight.val();
-    let y = if kernels::applies(&x, &w) {
-        kernels::matmul(x, w)
-    } else if let Some(y) = super::linear::matmul(&x, &w) {
-        y
-    } else {
-        return layer.forward(x);
-    };
-    match &layer.bias {
-        Some(bias) => y + bias.val().unsqueeze(),
-        None => y,
-    }
-}
-
-/// RMSNorm over the last dimension: one fused op on the CPU backend ([`super::fused`]),
-/// burn's `RmsNorm` elsewhere.
-fn norm<B: Backend, const D: usize>(layer: &RmsNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-    match super::fused::rms_norm(&x, &layer.gamma.val(), layer.epsilon) {
-        Some(y) => y,
-        None => layer.forward(x),
-    }
-}
-
 impl<B: Backend> Attention<B> {
     /// `x` `[b, s, d]`, `rope` the forward's RoPE factors, `mask` `[b, g, r, s, t]` (true = masked) → `[b, s, d]`.
     ///
@@ -398,7 +242,6 @@ impl<B: Backend> Attention<B> {
     ) -> (Tensor<B, 3>, Option<LayerKv<B>>) {
         let [b, s, _] = x.dims();
         let (h, g, k) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let r = h / g;
         // per-head norm and RoPE on the contiguous [b, s, n, k] layout, then [b, n, s, k]
         let heads = |t: Tensor<B, 3>, n: usize, head_norm: &Option<RmsNorm<B>>| {
             let t = t.reshape([b, s, n, k]);
@@ -425,28 +268,7 @@ impl<B: Backend> Attention<B> {
             }
             None => (key, v, None),
         };
-        let scale = 1.0 / (k as f32).sqrt();
-        let fused = mask
-            .host
-            .as_ref()
-            .and_then(|m| super::attention::attention(&q, &key, &v, m, scale));
-        if let Some(out) = fused {
-            return (proj(&self.o_proj, out), kept);
-        }
-        let t = key.dims()[2];
-        // Grouped attention without repeating K/V: the r query heads of group g share its keys.
-        let q = q.reshape([b, g, r * s, k]);
-        let scores = q.matmul(key.swap_dims(2, 3)) / (k as f64).sqrt(); // [b, g, r*s, t]
-        let scores = scores
-            .reshape([b, g, r, s, t])
-            .mask_fill(mask.expanded(g, r), f32::NEG_INFINITY);
-        let probs = softmax(scores, 4).reshape([b, g, r * s, t]);
-        let out = probs.matmul(v); // [b, g, r*s, k]
-        let out = out
-            .reshape([b, h, s, k])
-            .swap_dims(1, 2)
-            .reshape([b, s, h * k]);
-        (proj(&self.o_proj, out), kept)
+        (proj(&self.o_proj, ops::attention(q, key, v, mask)), kept)
     }
 }
 
@@ -456,11 +278,7 @@ impl<B: Backend> Mlp<B> {
         let [b, s, d] = x.dims();
         let x = x.reshape([b * s, d]);
         let (gate, up) = (rows(&self.gate_proj, x.clone()), rows(&self.up_proj, x));
-        let gated = match super::fused::swiglu(&gate, &up) {
-            Some(y) => y,
-            None => silu(gate) * up,
-        };
-        rows(&self.down_proj, gated).reshape([b, s, d])
+        rows(&self.down_proj, ops::swiglu(gate, up)).reshape([b, s, d])
     }
 }
 
@@ -552,7 +370,7 @@ impl<B: Backend> Decoder<B> {
         let mut kept = Vec::new();
         let c = &self.config;
         let rope = Rope::new(cos, sin, c.num_attention_heads, c.num_key_value_heads);
-        let mask = AttnMask::new(mask, super::fused::applies(&x));
+        let mask = AttnMask::new(mask, &x);
         for layer in &self.model.layers {
             let kv = kvs.as_mut().and_then(|it| it.next()).map(|kv| (kv, start));
             let (a, kv) =
@@ -684,12 +502,8 @@ impl<B: Backend> Decoder<B> {
     }
 
     /// Log-probabilities of `targets` `[b, s]` under the logits of `hidden` `[b, s, d]` → `[b, s]`:
-    /// `logit[target] − logsumexp(logits)`. On the CPU backend (with or without autodiff) this is
-    /// one fused op ([`super::head`]): while all positions' logits fit its budget they are one
-    /// buffer, the only `[b·s, V]` tensor kept for backward; past it they are computed in chunks
-    /// and backward recomputes them, so none is kept. Elsewhere it is computed with tensor ops `chunk`
-    /// positions at a time, so only a `[b, chunk, V]` slice of logits exists at once in inference
-    /// (under autodiff each chunk is kept for backward, but no log-softmax copy is made).
+    /// `logit[target] − logsumexp(logits)`, without materialising all `[b, s, V]` logits at once
+    /// (`chunk` positions at a time on the generic path; see [`ops::token_logprobs`]).
     pub fn token_logprobs(
         &self,
         hidden: Tensor<B, 3>,
@@ -700,42 +514,15 @@ impl<B: Backend> Decoder<B> {
     }
 
     /// [`Self::token_logprobs`] plus `[b, s]` flags: whether the target is the arg-max token
-    /// (token accuracy), from the same logits chunks.
+    /// (token accuracy), from the same logits.
     pub fn token_logprobs_hits(
         &self,
         hidden: Tensor<B, 3>,
         targets: Tensor<B, 2, Int>,
         chunk: usize,
     ) -> (Tensor<B, 2>, Tensor<B, 2, Bool>) {
-        let [b, s, d] = hidden.dims();
-        // the CPU backend: one fused op (at most one [b·s, V] buffer kept for backward)
-        let flat = hidden.clone().reshape([b * s, d]);
-        let ids = targets.clone().reshape([b * s]);
-        if let Some((lp, hits)) = super::head::token_logprobs(&flat, &self.head_rows(), &ids) {
-            let hits = Tensor::from_data(TensorData::new(hits, [b, s]), &lp.device());
-            return (lp.reshape([b, s]), hits);
-        }
-        let chunk = chunk.max(1);
-        let (lps, hits): (Vec<Tensor<B, 2>>, Vec<Tensor<B, 2, Bool>>) = (0..s)
-            .step_by(chunk)
-            .map(|lo| {
-                let hi = (lo + chunk).min(s);
-                let logits = self.logits(hidden.clone().slice([0..b, lo..hi, 0..d])); // [b, c, V]
-                let tgt = targets.clone().slice([0..b, lo..hi]).unsqueeze_dim::<3>(2); // [b, c, 1]
-                let picked = logits.clone().gather(2, tgt.clone()); // [b, c, 1]
-                let hit = logits
-                    .clone()
-                    .detach()
-                    .argmax(2)
-                    .equal(tgt)
-                    .squeeze_dim::<2>(2); // [b, c]
-                // logsumexp with a detached max shift (any constant shift gives the same value and gradient)
-                let m = logits.clone().max_dim(2).detach(); // [b, c, 1]
-                let lse = (logits - m.clone()).exp().sum_dim(2).log() + m; // [b, c, 1]
-                ((picked - lse).squeeze_dim::<2>(2), hit) // [b, c]
-            })
-            .unzip();
-        (Tensor::cat(lps, 1), Tensor::cat(hits, 1))
+        let logits = |h| self.logits(h);
+        ops::token_logprobs(hidden, targets, &self.head_rows(), logits, chunk)
     }
 
     /// The LM head as `[V, d]` rows (the tied embeddings, or the untied head transposed — a

@@ -27,7 +27,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::decoder::{Decoder, KvCache};
-use super::kernels;
 use crate::error::{Error, Result};
 
 /// How the next token is chosen.
@@ -370,7 +369,7 @@ pub fn generate<B: Backend>(
             .filter(|&i| rows[i].sampling && rows[i].pending.is_empty() && !rows[i].done)
             .collect();
         if !drawing.is_empty() {
-            let logits = kernels::matmul(last.clone().reshape([n, d]), head.clone()); // [n, V]
+            let logits = super::ops::matmul(last.clone().reshape([n, d]), head.clone()); // [n, V]
             let logits = logits
                 .into_data()
                 .convert::<f32>()

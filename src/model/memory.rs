@@ -132,8 +132,14 @@ mod tests {
         let e = check_weights_fit(&c, std::path::Path::new("x/config.json"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("x/config.json") && e.contains("num_hidden_layers"), "{e}");
-        assert!(activation_bytes(&c, usize::MAX, usize::MAX, true) > 1e30, "no overflow panic");
+        assert!(
+            e.contains("x/config.json") && e.contains("num_hidden_layers"),
+            "{e}"
+        );
+        assert!(
+            activation_bytes(&c, usize::MAX, usize::MAX, true) > 1e30,
+            "no overflow panic"
+        );
         c.vocab_size = usize::MAX;
         c.hidden_size = usize::MAX;
         assert!(check_weights_fit(&c, std::path::Path::new("c.json")).is_err());

@@ -1,16 +1,17 @@
 //! The backbone: decoder (config, attention, MLP, RoPE, norm), HF weight I/O, tokenizer views,
 //! generation. Generic over `B: Backend`; the concrete backend is named only in `main.rs`.
+//!
+//! Every op the decoder runs is in [`ops`] (burn's generic tensor ops, what GPU backends run);
+//! the CPU backend's own kernels sit behind one seam in [`cpu`] (`T1_KERNELS=generic` turns them
+//! off).
 
-pub mod attention;
 pub mod config;
+pub mod cpu;
 pub mod decoder;
-pub mod fused;
 pub mod generate;
-pub mod head;
-pub mod kernels;
 pub mod latent;
-pub mod linear;
 pub mod memory;
+mod ops;
 pub mod tokenizer;
 pub mod weights;
 

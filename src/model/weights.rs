@@ -172,11 +172,8 @@ pub fn all_finite<B: Backend, M: Module<B>>(model: &M) -> bool {
     impl<B: Backend> burn::module::ModuleVisitor<B> for Probe<B> {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
             // the CPU backend: one parallel scan of the buffer (no temporaries)
-            if let Ok(f) = crate::model::kernels::into_flex(p.val())
-                && let Some(s) = f.as_slice::<f32>()
-            {
-                use rayon::prelude::*;
-                self.1 |= s.par_iter().any(|x| !x.is_finite());
+            if let Some(bad) = crate::model::cpu::any_nonfinite(p.val()) {
+                self.1 |= bad;
                 return;
             }
             let bad = p.val().is_finite().bool_not().int().sum();
@@ -212,7 +209,14 @@ pub fn first_nonfinite<B: Backend, M: Module<B>>(model: &M) -> Option<String> {
                 return;
             }
             use burn::tensor::ElementConversion;
-            let bad: i64 = p.val().is_finite().bool_not().int().sum().into_scalar().elem();
+            let bad: i64 = p
+                .val()
+                .is_finite()
+                .bool_not()
+                .int()
+                .sum()
+                .into_scalar()
+                .elem();
             if bad > 0 {
                 self.found = Some(self.path.join("."));
             }
@@ -225,7 +229,8 @@ pub fn first_nonfinite<B: Backend, M: Module<B>>(model: &M) -> Option<String> {
     };
     model.visit(&mut f);
     // a count that disagrees with the scan still names where to look
-    f.found.or_else(|| (!all_finite(model)).then(|| "a parameter".to_string()))
+    f.found
+        .or_else(|| (!all_finite(model)).then(|| "a parameter".to_string()))
 }
 
 /// Saves `model` as an HF folder: `config.json` + `model.safetensors` (f32). Copy the tokenizer

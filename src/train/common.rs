@@ -126,12 +126,14 @@ pub fn check_batch_fits(cfg: &Config, c: &DecoderConfig, stage: &str) -> Result<
     let (key, rows, kv_rows) = match stage {
         "stage2" => (
             "train.batch_size' × 'stage2.group_size",
-            t.batch_size.saturating_mul(cfg.raw.stage2.group_size.saturating_add(1)),
+            t.batch_size
+                .saturating_mul(cfg.raw.stage2.group_size.saturating_add(1)),
             0,
         ),
         "latent" => (
             "train.batch_size' × 'latent.group_size",
-            t.batch_size.saturating_mul(cfg.raw.latent.group_size.saturating_add(1)),
+            t.batch_size
+                .saturating_mul(cfg.raw.latent.group_size.saturating_add(1)),
             0,
         ),
         "stage3" => {

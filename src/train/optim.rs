@@ -17,10 +17,9 @@ use burn::optim::{
 use burn::prelude::Backend;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::model::kernels::{from_flex, into_flex};
+use crate::model::cpu;
 
 /// Learning-rate shape after warm-up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -130,8 +129,9 @@ impl AdamW {
         (decayed - delta.mul_scalar(lr), AdamWState { momentum: m })
     }
 
-    /// The same step fused into one pass on the CPU backend; `Err` hands the inputs back where
-    /// it does not apply (another backend, a non-f32 or non-contiguous tensor).
+    /// The same step fused into one pass on the CPU backend ([`cpu::adamw`]); `Err` hands the
+    /// inputs back where it does not apply (another backend, a non-f32 or non-contiguous tensor,
+    /// generic kernels forced).
     #[allow(clippy::type_complexity)]
     fn step_fused<B: Backend, const D: usize>(
         &self,
@@ -143,39 +143,9 @@ impl AdamW {
         (Tensor<B, D>, AdamWState<B, D>),
         (Tensor<B, D>, Tensor<B, D>, Option<AdamWState<B, D>>),
     > {
-        let n = tensor.shape().num_elements();
-        // f32, contiguous; what is written in place must also be its whole buffer (no view)
-        let readable = |t: &Tensor<B, D>| {
-            into_flex(t.clone()).is_ok_and(|f| f.as_slice::<f32>().is_some_and(|s| s.len() == n))
-        };
-        let writable = |t: &Tensor<B, D>| {
-            readable(t) && into_flex(t.clone()).is_ok_and(|f| f.storage::<f32>().len() == n)
-        };
-        let fits = writable(&tensor)
-            && readable(&grad)
-            && state
-                .as_ref()
-                .is_none_or(|s| writable(&s.momentum.moment_1) && writable(&s.momentum.moment_2));
-        if !fits {
-            return Err((tensor, grad, state));
-        }
-        let flex = |t: Tensor<B, D>| into_flex(t).ok().expect("checked above");
-        let shape = tensor.shape();
-        let (mut p, g) = (flex(tensor), flex(grad));
-        let (time, mut m1, mut m2) = match state {
-            Some(s) => (
-                s.momentum.time + 1,
-                flex(s.momentum.moment_1),
-                flex(s.momentum.moment_2),
-            ),
-            None => {
-                let zeros =
-                    || burn_flex::FlexTensor::zeros(shape.clone(), burn::tensor::DType::F32);
-                (1, zeros(), zeros())
-            }
-        };
+        let time = state.as_ref().map_or(1, |s| s.momentum.time + 1);
         let t = time as i32;
-        let c = Coefficients {
+        let c = cpu::AdamwCoefficients {
             beta_1: self.beta_1,
             beta_2: self.beta_2,
             f1: 1.0 - self.beta_1,
@@ -190,60 +160,13 @@ impl AdamW {
             lr: lr as f32,
             first: time == 1,
         };
-        let gs = g.as_slice::<f32>().expect("checked above");
-        // storage_mut writes in place when the buffer is not shared, else copies it first
-        let (ps, m1s, m2s) = (
-            p.storage_mut::<f32>(),
-            m1.storage_mut::<f32>(),
-            m2.storage_mut::<f32>(),
-        );
-        const CHUNK: usize = 1 << 16;
-        ps.par_chunks_mut(CHUNK)
-            .zip(m1s.par_chunks_mut(CHUNK))
-            .zip(m2s.par_chunks_mut(CHUNK))
-            .zip(gs.par_chunks(CHUNK))
-            .for_each(|(((p, m1), m2), g)| c.apply(p, m1, m2, g));
-        let back = |f| from_flex::<B, D>(f).expect("a flex tensor on the flex backend");
-        let state = AdaptiveMomentumState::new(time, back(m1), back(m2));
-        Ok((back(p), AdamWState { momentum: state }))
-    }
-}
-
-/// One step's scalars for the fused loop.
-struct Coefficients {
-    beta_1: f32,
-    beta_2: f32,
-    f1: f32,
-    f2: f32,
-    /// Bias corrections `1 − βᵗ`.
-    c1: f32,
-    c2: f32,
-    eps: f32,
-    /// `1 − lr·λ` when weight decay is on.
-    keep: Option<f32>,
-    lr: f32,
-    /// First step: the moments start from `(1−β)·g`, not from a decayed zero.
-    first: bool,
-}
-
-impl Coefficients {
-    /// burn's element-wise arithmetic, operation for operation (no fused multiply-add), so the
-    /// result is bit-identical to the tensor-op step.
-    fn apply(&self, p: &mut [f32], m1: &mut [f32], m2: &mut [f32], g: &[f32]) {
-        for (((p, m1), m2), &g) in p.iter_mut().zip(m1).zip(m2).zip(g) {
-            if self.first {
-                *m1 = g * self.f1;
-                *m2 = (g * g) * self.f2;
-            } else {
-                *m1 = *m1 * self.beta_1 + g * self.f1;
-                *m2 = *m2 * self.beta_2 + (g * g) * self.f2;
-            }
-            let delta = (*m1 / self.c1) / ((*m2 / self.c2).sqrt() + self.eps);
-            let decayed = match self.keep {
-                Some(k) => *p * k,
-                None => *p,
-            };
-            *p = decayed - delta * self.lr;
+        let moments = state.map(|s| (s.momentum.moment_1, s.momentum.moment_2));
+        let state = |time, (m1, m2)| AdamWState {
+            momentum: AdaptiveMomentumState::new(time, m1, m2),
+        };
+        match cpu::adamw(&c, tensor, grad, moments) {
+            Ok((p, m)) => Ok((p, state(time, m))),
+            Err((tensor, grad, m)) => Err((tensor, grad, m.map(|m| state(time - 1, m)))),
         }
     }
 }

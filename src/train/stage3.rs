@@ -148,7 +148,9 @@ pub fn run<B: AutodiffBackend>(
         .collect();
     if targets.is_empty() {
         return Err(Error::data(
-            ds.root.join("qrels").join(format!("{}.tsv", cfg.raw.data.train_split)),
+            ds.root
+                .join("qrels")
+                .join(format!("{}.tsv", cfg.raw.data.train_split)),
             0,
             None,
             "stage3: no training query has a relevant document (every judgment has score ≤ 0)",
@@ -187,8 +189,9 @@ pub fn run<B: AutodiffBackend>(
                     file: path.clone(),
                     line: 0,
                     field: Some("t1.doc_ids".into()),
-                    message: "the document ids differ from the dataset's corpus.jsonl (order included)"
-                        .into(),
+                    message:
+                        "the document ids differ from the dataset's corpus.jsonl (order included)"
+                            .into(),
                 });
             }
             let model_sha = match &m.path {
@@ -281,7 +284,15 @@ pub fn run<B: AutodiffBackend>(
                 .enumerate()
                 .find_map(|(k, v)| v.filter(|x| !x.is_finite()).map(|x| (k, x)))
             {
-                return Err(nonfinite_reward(cfg, k, rewards[k].name(), v, target.query, i % g, &batch.texts[i]));
+                return Err(nonfinite_reward(
+                    cfg,
+                    k,
+                    rewards[k].name(),
+                    v,
+                    target.query,
+                    i % g,
+                    &batch.texts[i],
+                ));
             }
             for (k, v) in values.iter().enumerate() {
                 per_fn[k].push(*v);

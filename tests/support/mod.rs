@@ -162,3 +162,47 @@ pub fn assert_every_parameter_moved(cfg: &Path, trained: &Path, tol: f32) {
         assert!(moved > tol, "parameter {name} did not change");
     }
 }
+
+/// A backbone fixture's inputs and HF logits (`scripts/golden_backbone.py`).
+pub struct Expected {
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+    pub positions: Vec<i64>,
+    pub logits: Vec<f32>,
+    pub shape: [usize; 3],
+}
+
+pub fn expected(dir: &Path) -> Expected {
+    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ints = |k: &str| -> Vec<i64> {
+        st.tensor(k)
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let l = st.tensor("logits").unwrap();
+    let shape = [l.shape()[0], l.shape()[1], l.shape()[2]];
+    Expected {
+        ids: ints("input_ids"),
+        mask: ints("attention_mask"),
+        positions: ints("position_ids"),
+        logits: l
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        shape,
+    }
+}
+
+/// Largest element-wise |a − b| (same lengths).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

@@ -19,9 +19,8 @@ use burn::prelude::Backend;
 use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::{Flex, FlexTensor};
 
-use super::kernels::{
-    AdPrim, Mat, Threads, back, dims, f32_tensor, f32s, filled, gemm, prim, unfilled,
-};
+use super::gemm::{Mat, Threads, dims, f32_tensor, filled, gemm, unfilled};
+use super::{AdPrim, back, f32s, prim};
 
 /// `x` `[m, k]` × `w` `[k, n]` → `[m, n]` on the CPU backend (with or without autodiff); `None`
 /// elsewhere.

@@ -39,8 +39,8 @@ use burn::tensor::{Bool, Tensor};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::fused::{Inputs, dense, elems};
-use super::kernels::{AdPrim, Mat, Threads, back, f32_tensor, filled, gemm, prim, unfilled};
+use super::gemm::{Mat, Threads, f32_tensor, filled, gemm, unfilled};
+use super::{AdPrim, Inputs, back, dense, elems, prim};
 
 /// Which keys each query may not see: `[b, s, t]` row-major, true = hidden. Built once per
 /// forward on the host and shared by all layers (the same for every head).
@@ -357,7 +357,7 @@ impl Backward<Flex, 3> for AttentionOp {
 
 #[cfg(test)]
 mod tests {
-    use super::super::kernels::testing::{AD, close, random, twin};
+    use super::super::testing::{AD, close, random, twin};
     use super::*;
     use burn::tensor::TensorData;
     use burn::tensor::activation::softmax;

@@ -24,18 +24,17 @@
 //! runs burn's version. Sums run in a different order from burn's, so results agree to f32
 //! rounding, not bit for bit (tests compare values and gradients with burn's ops).
 
-use std::any::Any;
-
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::prelude::Backend;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::kernels::{AdPrim, back, f32_tensor, filled, prim, unfilled};
+use super::gemm::{f32_tensor, filled, unfilled};
+use super::{AdPrim, Inputs, back, dense, elems, prim};
 
 /// Elements one rayon task handles at least (smaller work stays on one thread).
 const GRAIN: usize = 16 * 1024;
@@ -138,49 +137,6 @@ pub fn rope<B: Backend>(
 /// f32).
 pub fn applies<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
     prim(t).and_then(|p| Inputs::of([p])).is_some()
-}
-
-/// An op's input primitives: all plain burn-flex f32 tensors (no autodiff), or all autodiff
-/// tensors over them.
-pub(super) enum Inputs<const N: usize> {
-    Plain([FlexTensor; N]),
-    Tracked([AdPrim; N]),
-}
-
-impl<const N: usize> Inputs<N> {
-    pub(super) fn of(ps: [Box<dyn Any>; N]) -> Option<Self> {
-        let f32 = |t: &FlexTensor| t.dtype() == DType::F32;
-        if ps
-            .iter()
-            .all(|p| p.downcast_ref::<FlexTensor>().is_some_and(f32))
-        {
-            return Some(Self::Plain(
-                ps.map(|p| *p.downcast::<FlexTensor>().expect("checked above")),
-            ));
-        }
-        if ps.iter().all(|p| {
-            p.downcast_ref::<AdPrim>()
-                .is_some_and(|a| f32(&a.primitive))
-        }) {
-            return Some(Self::Tracked(
-                ps.map(|p| *p.downcast::<AdPrim>().expect("checked above")),
-            ));
-        }
-        None
-    }
-}
-
-/// `t` with a contiguous f32 buffer (itself when it already has one; a cheap `Arc` clone).
-pub(super) fn dense(t: &FlexTensor) -> FlexTensor {
-    match t.as_slice::<f32>() {
-        Some(_) => t.clone(),
-        None => t.to_contiguous(),
-    }
-}
-
-/// The contiguous f32 elements of a tensor that [`dense`] returned.
-pub(super) fn elems(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("a dense f32 tensor")
 }
 
 /// The shape of `t`.
@@ -389,7 +345,7 @@ impl Backward<Flex, 2> for SwigluOp {
 
 #[cfg(test)]
 mod tests {
-    use super::super::kernels::testing::{AD, close, random, twin};
+    use super::super::testing::{AD, close, random, twin};
     use super::*;
     use burn::tensor::activation::silu;
 

@@ -35,7 +35,8 @@ use burn::tensor::{DType, Int, Shape, Tensor};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::kernels::{AdPrim, Mat, Threads, back, dims, f32_tensor, f32s, gemm, prim};
+use super::gemm::{Mat, Threads, dims, f32_tensor, gemm};
+use super::{AdPrim, back, f32s, prim};
 
 /// Bytes of logits computed at once (and, when all rows fit, kept for backward): SmolLM2
 /// (V = 49 152) fits 1 365 rows. Fewer, larger chunks also matter for speed: gemm packs the
