@@ -89,6 +89,34 @@ fn rms<B: Backend>(d: usize, eps: f64, device: &B::Device) -> RmsNorm<B> {
 }
 
 impl DecoderConfig {
+    /// A decoder initialised from `seed` the same way on every backend and in every stage: drawn
+    /// on the CPU backend (burn's random streams differ between backends), every parameter at
+    /// once in module order (burn initialises parameters lazily, at first use, so a second model
+    /// made before the first one's use — stage 3's reference — used to shift the draws), then
+    /// moved to `device`. A preset starts from the same weights on CPU, CUDA and wgpu.
+    pub fn init_seeded<B: Backend>(
+        &self,
+        seed: u64,
+        device: &B::Device,
+    ) -> crate::error::Result<Decoder<B>> {
+        use burn::backend::Flex;
+        use burn::module::Module;
+        use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+        let cpu = Default::default();
+        Flex::seed(&cpu, seed);
+        let drawn = self.init::<Flex>(&cpu);
+        // burn's backend-independent record format, in memory
+        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+        let moved = |e: burn::record::RecorderError| {
+            crate::error::Error::Runtime(format!(
+                "cannot move the initial weights to the device: {e}"
+            ))
+        };
+        let bytes = Recorder::<Flex>::record(&recorder, drawn.into_record(), ()).map_err(moved)?;
+        let record = Recorder::<B>::load(&recorder, bytes, device).map_err(moved)?;
+        Ok(self.init::<B>(device).load_record(record))
+    }
+
     /// A freshly initialised decoder (normal(0, `initializer_range`) weights, unit norms).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Decoder<B> {
         let (d, k) = (self.hidden_size, self.head_dim);

@@ -12,13 +12,15 @@
 //! hidden state of the step that consumed `<emb_token>`: the rollout's query vector comes out of
 //! the same decode loop, with no second forward pass (DESIGN §1).
 //!
-//! Sampling runs on the host from each step's logits (one `[n, V]` transfer per step): the
-//! temperature → top-k → top-p order of Hugging Face's `generate`, an inverse-CDF draw from a
-//! per-row ChaCha stream. The log-prob returned for each generated token is
-//! `log_softmax(logits / temperature)[token]` over the **full** vocabulary (before top-k/top-p
-//! truncation) — the same quantity the GRPO loss recomputes, as TRL does. For greedy decoding the
-//! temperature is taken as 1.
+//! Sampling runs on the device ([`draw`]): each step uploads one uniform per row (from the row's
+//! own ChaCha stream, drawn on the host) and reads back only `[n, 3]` values — each row's token,
+//! its log-prob and the entropy — never the `[n, V]` logits. The order is Hugging Face's
+//! `generate`: temperature → top-k → top-p, then an inverse-CDF draw in token-id order. The
+//! log-prob returned for each generated token is `log_softmax(logits / temperature)[token]` over
+//! the **full** vocabulary (before top-k/top-p truncation) — the same quantity the GRPO loss
+//! recomputes, as TRL does. For greedy decoding the temperature is taken as 1.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 
 use burn::tensor::backend::Backend;
@@ -140,94 +142,156 @@ impl Rollout {
     }
 }
 
-/// Index of the largest value (first on ties).
-fn argmax(xs: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > xs[best] {
-            best = i;
-        }
-    }
-    best
-}
+/// Bisection steps of the top-k and top-p thresholds: the interval starts at most ~1e3 wide
+/// (logits) or 1.1 (probabilities) and halves each step, so after 48 steps it is below f32's
+/// spacing and the threshold is exact up to ties.
+const BISECT_STEPS: usize = 48;
 
-/// `log_softmax(logits / t)[token]` and the entropy `−Σ p log p` of `softmax(logits / t)`, in
-/// f64: with `z = logits / t`, `m = max z`, `Z = Σ e^(z−m)`, `lse = m + ln Z` and
-/// `H = lse − Σ e^(z−m)·z / Z`.
-fn logprob_entropy(logits: &[f32], t: f32, token: usize) -> (f32, f32) {
-    let t = t as f64;
-    let m = logits
-        .iter()
-        .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64 / t));
-    let (mut z, mut zx) = (0.0f64, 0.0f64);
-    for &x in logits {
-        let v = x as f64 / t;
-        let e = (v - m).exp();
-        z += e;
-        zx += e * v;
-    }
-    let lse = z.ln() + m;
-    (
-        (logits[token] as f64 / t - lse) as f32,
-        (lse - zx / z) as f32,
+/// Each row's `(token, log_softmax(logits / T)[token], entropy of softmax(logits / T))` from
+/// logits `[n, V]`, on the logits' device, as `[n, 3]` (the token as f32: exact below 2^24);
+/// `u[i] ∈ [0, 1)` is row i's uniform (unused when greedy). Row i's result depends on row i's
+/// logits and `u[i]` only.
+///
+/// - Greedy: the first maximum (as `torch.argmax`).
+/// - Top-k keeps the tokens whose logit is ≥ the k-th largest (ties at the cut all kept, as
+///   HF's `TopKLogitsWarper`); top-p then keeps the most likely tokens whose renormalised mass
+///   first reaches `top_p` (at least one token). Both cuts are thresholds found by bisection
+///   with tensor ops, so nothing is sorted (burn's sort runs on the host) and nothing leaves the
+///   device.
+/// - The draw: the first kept token (in id order) whose cumulative mass exceeds `u · total`,
+///   the cumulative sums taken in blocks of ~√V (the block, then the token inside it), since
+///   cubecl's `cumsum` costs O(length²) per row.
+pub(crate) fn draw<B: Backend>(logits: Tensor<B, 2>, sampler: &Sampler, u: &[f32]) -> Tensor<B, 2> {
+    let [n, v] = logits.dims();
+    let dev = logits.device();
+    let z = logits.div_scalar(sampler.temperature());
+    let m = z.clone().max_dim(1); // [n, 1]
+    let e = (z.clone() - m.clone().expand([n, v])).exp();
+    let sum = e.clone().sum_dim(1);
+    let lse = sum.clone().log() + m.clone();
+    let logp = z.clone() - lse.clone().expand([n, v]);
+    let p = e / sum.expand([n, v]);
+    let entropy = (lse - (p.clone() * z.clone()).sum_dim(1)).clamp_min(0.0);
+    let token = match sampler {
+        Sampler::Greedy => Tensor::<B, 1, Int>::arange(0..v as i64, &dev)
+            .reshape([1, v])
+            .expand([n, v])
+            .mask_fill(z.clone().lower(m.expand([n, v])), v as i64)
+            .min_dim(1),
+        Sampler::Random { top_k, top_p, .. } => {
+            let mut q = p;
+            if let Some(k) = top_k.filter(|&k| k < v) {
+                let lo = z.clone().min_dim(1);
+                let keep = z
+                    .clone()
+                    .greater_equal(bisect(&z, lo, m + 1.0, k as f32, false));
+                q = q.mask_fill(keep.bool_not(), 0.0);
+            }
+            if *top_p < 1.0 {
+                q = q.clone() / q.sum_dim(1).expand([n, v]);
+                let lo = Tensor::<B, 2>::zeros([n, 1], &dev);
+                let hi = Tensor::<B, 2>::ones([n, 1], &dev) * 1.1;
+                let cut = bisect(&q, lo, hi, *top_p, true);
+                q = q.clone().mask_fill(q.lower(cut), 0.0);
+            }
+            let u = Tensor::<B, 2>::from_data(TensorData::new(u.to_vec(), [n, 1]), &dev);
+            inverse_cdf(q, u)
+        }
+    };
+    Tensor::cat(
+        vec![token.clone().float(), logp.gather(1, token), entropy],
+        1,
     )
 }
 
-/// Draws a token from one row of logits `[V]`.
-pub fn sample_token(logits: &[f32], sampler: &Sampler, rng: &mut impl Rng) -> usize {
-    let (temperature, top_k, top_p) = match sampler {
-        Sampler::Greedy => return argmax(logits),
-        Sampler::Random {
-            temperature,
-            top_k,
-            top_p,
-        } => (*temperature as f64, *top_k, *top_p as f64),
+/// The largest threshold `τ` (to f32 precision) with `f(x, τ) ≥ goal` per row, given
+/// `f(lo) ≥ goal > f(hi)`: `f` counts the entries `≥ τ`, or (`mass`) sums them.
+fn bisect<B: Backend>(
+    x: &Tensor<B, 2>,
+    mut lo: Tensor<B, 2>,
+    mut hi: Tensor<B, 2>,
+    goal: f32,
+    mass: bool,
+) -> Tensor<B, 2> {
+    let [n, v] = x.dims();
+    for _ in 0..BISECT_STEPS {
+        let mid = (lo.clone() + hi.clone()) * 0.5;
+        let above = x.clone().greater_equal(mid.clone().expand([n, v]));
+        let f = if mass {
+            x.clone().mask_fill(above.bool_not(), 0.0).sum_dim(1)
+        } else {
+            above.float().sum_dim(1)
+        };
+        let ok = f.greater_equal_elem(goal);
+        lo = lo.mask_where(ok.clone(), mid.clone());
+        hi = mid.mask_where(ok, hi);
+    }
+    lo.expand([n, v])
+}
+
+/// Per row, the first index whose cumulative weight exceeds `u · Σ weights`, among the indices
+/// of non-zero weight (`weights` `[n, V]` ≥ 0 with a positive sum), as `[n, 1]`. Blocks of `bs` weights: the block first, then the index inside it; each choice
+/// is clamped to the last non-zero block / weight so rounding cannot pick a zero weight.
+fn inverse_cdf<B: Backend>(weights: Tensor<B, 2>, u: Tensor<B, 2>) -> Tensor<B, 2, Int> {
+    let [n, v] = weights.dims();
+    let dev = weights.device();
+    let bs = ((v as f64).sqrt().ceil() as usize)
+        .next_power_of_two()
+        .max(1);
+    let nb = v.div_ceil(bs);
+    let last = |w: Tensor<B, 2>, len: usize| {
+        Tensor::<B, 1, Int>::arange(0..len as i64, &dev)
+            .reshape([1, len])
+            .expand([n, len])
+            .mask_fill(w.lower_equal_elem(0.0), -1)
+            .max_dim(1)
     };
-    // Candidates: the top k by logit (all without top_k). Only nucleus sampling needs them
-    // sorted (by logit, descending; stable: lower id first on ties); sorting the whole
-    // vocabulary for every draw cost ~1 s per 256 draws on a 49k vocabulary.
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    let by_logit = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]);
-    if let Some(k) = top_k.filter(|&k| k < logits.len()) {
-        idx.select_nth_unstable_by(k - 1, by_logit);
-        idx.truncate(k);
-    }
-    if top_p < 1.0 {
-        idx.sort_by(|a, b| by_logit(a, b).then(a.cmp(b)));
-    }
-    let m = idx
-        .iter()
-        .fold(f64::NEG_INFINITY, |m, &i| m.max(logits[i] as f64))
-        / temperature;
-    let mut probs: Vec<f64> = idx
-        .iter()
-        .map(|&i| (logits[i] as f64 / temperature - m).exp())
-        .collect();
-    let z: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= z);
-    if top_p < 1.0 {
-        // Keep the smallest prefix whose mass reaches top_p (at least one token).
-        let mut mass = 0.0;
-        let mut keep = probs.len();
-        for (n, p) in probs.iter().enumerate() {
-            mass += p;
-            if mass >= top_p {
-                keep = n + 1;
-                break;
-            }
-        }
-        probs.truncate(keep);
-        idx.truncate(keep);
-    }
-    let total: f64 = probs.iter().sum();
-    let mut u = rng.random::<f64>() * total;
-    for (n, p) in probs.iter().enumerate() {
-        if u < *p {
-            return idx[n];
-        }
-        u -= p;
-    }
-    idx[probs.len() - 1]
+    let padded = if nb * bs > v {
+        Tensor::cat(vec![weights, Tensor::zeros([n, nb * bs - v], &dev)], 1)
+    } else {
+        weights
+    };
+    let blocks = padded
+        .clone()
+        .reshape([n, nb, bs])
+        .sum_dim(2)
+        .reshape([n, nb]);
+    let target = u * blocks.clone().sum_dim(1); // [n, 1]
+    let cdf = blocks.clone().cumsum(1);
+    let b = cdf
+        .lower_equal(target.clone().expand([n, nb]))
+        .int()
+        .sum_dim(1)
+        .min_pair(last(blocks.clone(), nb)); // [n, 1]
+    let before = Tensor::<B, 1, Int>::arange(0..nb as i64, &dev)
+        .reshape([1, nb])
+        .expand([n, nb])
+        .lower(b.clone().expand([n, nb]));
+    let rest = target - blocks.mask_fill(before.bool_not(), 0.0).sum_dim(1);
+    let cols = b.clone() * bs as i64
+        + Tensor::<B, 1, Int>::arange(0..bs as i64, &dev)
+            .reshape([1, bs])
+            .expand([n, bs]);
+    let block = padded.gather(1, cols);
+    let j = block
+        .clone()
+        .cumsum(1)
+        .lower_equal(rest.expand([n, bs]))
+        .int()
+        .sum_dim(1)
+        .min_pair(last(block, bs));
+    b * bs as i64 + j
+}
+
+thread_local! {
+    static HOST_BYTES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Bytes the decode loops of this thread have read back from the device for sampling so far:
+/// `12 · n` per step (token, log-prob, entropy per row). The lavapipe test reads it to show that
+/// no logits move.
+pub fn sampling_bytes_read() -> u64 {
+    HOST_BYTES.with(Cell::get)
 }
 
 /// Per-row decode state.
@@ -281,7 +345,6 @@ pub fn generate<B: Backend>(
     let p = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let forced_max = if opts.embed.is_some() { 2 } else { 0 };
     let capacity = p + opts.max_new_tokens + forced_max;
-    let temperature = opts.sampler.temperature();
 
     // Each distinct prompt is prefilled once (stage 3 repeats a query's prompt for its G
     // rollouts); rows with the same prompt then get copies of its cache row. `first[u]` is the
@@ -370,17 +433,27 @@ pub fn generate<B: Backend>(
             .collect();
         if !drawing.is_empty() {
             let logits = super::ops::matmul(last.clone().reshape([n, d]), head.clone()); // [n, V]
-            let logits = logits
+            let mut u = vec![0f32; n];
+            if matches!(opts.sampler, Sampler::Random { .. }) {
+                for &i in &drawing {
+                    u[i] = rows[i].rng.random::<f64>() as f32;
+                }
+            }
+            let drawn = draw(logits, &opts.sampler, &u)
                 .into_data()
                 .convert::<f32>()
                 .to_vec::<f32>()
-                .map_err(|e| Error::Runtime(format!("cannot read logits: {e:?}")))?;
+                .map_err(|e| Error::Runtime(format!("cannot read the sampled tokens: {e:?}")))?;
+            HOST_BYTES.with(|b| b.set(b.get() + 4 * drawn.len() as u64));
             for &i in &drawing {
-                let row_logits = &logits[i * vocab..(i + 1) * vocab];
+                let (t, lp, h) = (drawn[3 * i] as usize, drawn[3 * i + 1], drawn[3 * i + 2]);
+                if t >= vocab {
+                    return Err(Error::Runtime(format!(
+                        "row {i} sampled token {t} outside the vocabulary of {vocab} (non-finite logits?)"
+                    )));
+                }
                 let row = &mut rows[i];
-                let t = sample_token(row_logits, &opts.sampler, &mut row.rng);
                 row.out.tokens.push(t as u32);
-                let (lp, h) = logprob_entropy(row_logits, temperature, t);
                 row.out.logprobs.push(lp);
                 row.out.entropies.push(h);
                 let t = t as u32;
@@ -438,25 +511,44 @@ pub fn generate<B: Backend>(
 
 #[cfg(test)]
 mod tests {
+    use burn::backend::Flex;
+
     use super::*;
 
-    fn counts(logits: &[f32], sampler: &Sampler, draws: usize) -> Vec<usize> {
+    /// `draw` on rows of the same logits, one uniform each from a ChaCha stream: `[(token, logp, H)]`.
+    fn draws(logits: &[f32], sampler: &Sampler, rows: usize) -> Vec<(usize, f32, f32)> {
         let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let u: Vec<f32> = (0..rows).map(|_| rng.random::<f64>() as f32).collect();
+        let v = logits.len();
+        let x = Tensor::<Flex, 2>::from_data(
+            TensorData::new(logits.repeat(rows), [rows, v]),
+            &Default::default(),
+        );
+        let out = draw(x, sampler, &u).into_data().to_vec::<f32>().unwrap();
+        out.chunks(3).map(|c| (c[0] as usize, c[1], c[2])).collect()
+    }
+
+    fn counts(logits: &[f32], sampler: &Sampler, rows: usize) -> Vec<usize> {
         let mut c = vec![0; logits.len()];
-        for _ in 0..draws {
-            c[sample_token(logits, sampler, &mut rng)] += 1;
+        for (t, _, _) in draws(logits, sampler, rows) {
+            c[t] += 1;
         }
         c
     }
 
+    fn random(temperature: f32, top_k: Option<usize>, top_p: f32) -> Sampler {
+        Sampler::Random {
+            temperature,
+            top_k,
+            top_p,
+        }
+    }
+
     #[test]
     fn greedy_takes_the_first_maximum() {
-        assert_eq!(argmax(&[0.1, 3.0, -1.0, 3.0]), 1);
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        assert_eq!(
-            sample_token(&[0.1, 3.0, 3.0], &Sampler::Greedy, &mut rng),
-            1
-        );
+        assert_eq!(draws(&[0.1, 3.0, -1.0, 3.0], &Sampler::Greedy, 2)[1].0, 1);
+        assert_eq!(draws(&[5.0, 3.0, 5.0], &Sampler::Greedy, 1)[0].0, 0);
+        assert_eq!(draws(&[-2.0, -3.0, 7.5], &Sampler::Greedy, 1)[0].0, 2);
     }
 
     #[test]
@@ -464,56 +556,70 @@ mod tests {
         // probabilities at T=1: [0.5, 0.25, 0.125, 0.125]
         let logits = [2f32.ln() * 3.0, 2f32.ln() * 2.0, 2f32.ln(), 2f32.ln()];
         let n = 40_000;
-        let free = Sampler::Random {
-            temperature: 1.0,
-            top_k: None,
-            top_p: 1.0,
-        };
-        let c = counts(&logits, &free, n);
+        let c = counts(&logits, &random(1.0, None, 1.0), n);
         for (got, want) in c.iter().zip([0.5, 0.25, 0.125, 0.125]) {
             let f = *got as f64 / n as f64;
             assert!((f - want).abs() < 0.01, "{c:?}");
         }
         // top_k = 2 renormalises over the two most likely: [2/3, 1/3, 0, 0]
-        let k2 = Sampler::Random {
-            temperature: 1.0,
-            top_k: Some(2),
-            top_p: 1.0,
-        };
-        let c = counts(&logits, &k2, n);
+        let c = counts(&logits, &random(1.0, Some(2), 1.0), n);
         assert_eq!(c[2] + c[3], 0, "{c:?}");
         assert!((c[0] as f64 / n as f64 - 2.0 / 3.0).abs() < 0.01, "{c:?}");
+        // top_k = 3 keeps both tokens tied at the third place (HF's `≥ k-th value`)
+        let c = counts(&logits, &random(1.0, Some(3), 1.0), n);
+        assert!(c[2] > 0 && c[3] > 0, "{c:?}");
         // top_p = 0.75 keeps exactly {0, 1} (0.5 + 0.25 reaches it)
-        let p = Sampler::Random {
-            temperature: 1.0,
-            top_k: None,
-            top_p: 0.75,
-        };
-        let c = counts(&logits, &p, n);
+        let c = counts(&logits, &random(1.0, None, 0.75), n);
         assert_eq!(c[2] + c[3], 0, "{c:?}");
+        assert!((c[0] as f64 / n as f64 - 2.0 / 3.0).abs() < 0.01, "{c:?}");
         // top_p below the top token's mass is greedy
-        let p = Sampler::Random {
-            temperature: 1.0,
-            top_k: None,
-            top_p: 0.3,
-        };
-        assert_eq!(counts(&logits, &p, 1000)[0], 1000);
+        assert_eq!(counts(&logits, &random(1.0, None, 0.3), 1000)[0], 1000);
+        // top_k then top_p: top-2 renormalised is [2/3, 1/3]; top_p 0.6 keeps token 0 only
+        assert_eq!(counts(&logits, &random(1.0, Some(2), 0.6), 1000)[0], 1000);
         // temperature 0.5 squares the ratios: [16, 4, 1, 1] / 22
-        let cold = Sampler::Random {
-            temperature: 0.5,
-            top_k: None,
-            top_p: 1.0,
-        };
-        let c = counts(&logits, &cold, n);
+        let c = counts(&logits, &random(0.5, None, 1.0), n);
         assert!((c[0] as f64 / n as f64 - 16.0 / 22.0).abs() < 0.01, "{c:?}");
     }
 
+    /// Over a vocabulary of several inverse-CDF blocks (and a padded last block), each token's
+    /// frequency follows its probability, and zero-probability tokens are never drawn.
     #[test]
-    fn logprob_is_the_tempered_log_softmax() {
+    fn blocked_draw_follows_the_distribution() {
+        let v = 300; // blocks of 32: 9 full, one of 12
+        let logits: Vec<f32> = (0..v)
+            .map(|i| {
+                if i % 7 == 3 {
+                    -1e4
+                } else {
+                    ((i * 37) % 11) as f32 * 0.2
+                }
+            })
+            .collect();
+        let z: f64 = logits.iter().map(|&x| (x as f64).exp()).sum();
+        let n = 60_000;
+        let c = counts(&logits, &random(1.0, None, 1.0), n);
+        for (i, (&got, &x)) in c.iter().zip(&logits).enumerate() {
+            let want = (x as f64).exp() / z;
+            let f = got as f64 / n as f64;
+            if i % 7 == 3 {
+                assert_eq!(got, 0, "token {i} has probability ~0");
+            } else {
+                assert!(
+                    (f - want).abs() < 4.0 * (want / n as f64).sqrt() + 1e-4,
+                    "token {i}: {f} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn logprob_is_the_tempered_log_softmax_over_the_full_vocabulary() {
         let logits = [1.0f32, 2.0, 3.0];
         let z: f64 = logits.iter().map(|&x| (x as f64 / 2.0).exp()).sum();
-        let want = (1.0f64 / 2.0).exp() / z;
-        assert!((logprob_entropy(&logits, 2.0, 0).0 as f64 - want.ln()).abs() < 1e-6);
+        for (t, lp, _) in draws(&logits, &random(2.0, Some(2), 1.0), 50) {
+            let want = ((logits[t] as f64 / 2.0).exp() / z).ln();
+            assert!((lp as f64 - want).abs() < 1e-6, "token {t}: {lp} vs {want}");
+        }
     }
 
     #[test]
@@ -525,9 +631,9 @@ mod tests {
             .map(|&x| (x as f64 / 0.7).exp() / z)
             .map(|p| -p * p.ln())
             .sum();
-        assert!((logprob_entropy(&logits, 0.7, 2).1 as f64 - want).abs() < 1e-6);
+        assert!((draws(&logits, &random(0.7, None, 1.0), 1)[0].2 as f64 - want).abs() < 1e-6);
         // uniform over 4 → ln 4; one-hot-like → ≈ 0
-        assert!((logprob_entropy(&[0.0; 4], 1.0, 0).1 as f64 - 4f64.ln()).abs() < 1e-6);
-        assert!(logprob_entropy(&[100.0, 0.0, 0.0], 1.0, 0).1 < 1e-30);
+        assert!((draws(&[0.0; 4], &Sampler::Greedy, 1)[0].2 as f64 - 4f64.ln()).abs() < 1e-6);
+        assert!(draws(&[100.0, 0.0, 0.0], &Sampler::Greedy, 1)[0].2 < 1e-6);
     }
 }

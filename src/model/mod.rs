@@ -17,6 +17,8 @@ pub mod weights;
 
 pub use config::{DecoderConfig, Family, RopeScaling};
 pub use decoder::{Decoder, KvCache};
-pub use generate::{Embed, GenerateOptions, Rollout, Sampler, StopReason, generate};
+pub use generate::{
+    Embed, GenerateOptions, Rollout, Sampler, StopReason, generate, sampling_bytes_read,
+};
 pub use tokenizer::T1Tokenizer;
 pub use weights::{load_hf, save_hf};

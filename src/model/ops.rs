@@ -245,24 +245,28 @@ pub(super) fn token_logprobs<B: Backend>(
         return (lp.reshape([b, s]), hits);
     }
     let chunk = chunk.max(1);
-    let (lps, hits): (Vec<Tensor<B, 2>>, Vec<Tensor<B, 2, Bool>>) = (0..s)
+    // Chunks are cut from `[b, s, 1]` targets and joined as `[b, s, 1]`, squeezed once: a
+    // `[b, 1]` column sliced from a `[b, s]` tensor and then unsqueezed (or a squeeze's backward
+    // on such a slice of the gradient) reads the wrong elements on the cubecl backends (burn-std
+    // 0.21's `split_strides` takes the unit dim's stride; tracel-ai/burn#5071), which corrupted
+    // a last chunk of width 1 on wgpu.
+    let targets = targets.unsqueeze_dim::<3>(2); // [b, s, 1]
+    let (lps, hits): (Vec<Tensor<B, 3>>, Vec<Tensor<B, 3, Bool>>) = (0..s)
         .step_by(chunk)
         .map(|lo| {
             let hi = (lo + chunk).min(s);
             let logits = logits(hidden.clone().slice([0..b, lo..hi, 0..d])); // [b, c, V]
-            let tgt = targets.clone().slice([0..b, lo..hi]).unsqueeze_dim::<3>(2); // [b, c, 1]
+            let tgt = targets.clone().slice([0..b, lo..hi, 0..1]); // [b, c, 1]
             let picked = logits.clone().gather(2, tgt.clone()); // [b, c, 1]
-            let hit = logits
-                .clone()
-                .detach()
-                .argmax(2)
-                .equal(tgt)
-                .squeeze_dim::<2>(2); // [b, c]
+            let hit = logits.clone().detach().argmax(2).equal(tgt); // [b, c, 1]
             // logsumexp with a detached max shift (any constant shift gives the same value and gradient)
             let m = logits.clone().max_dim(2).detach(); // [b, c, 1]
             let lse = (logits - m.clone()).exp().sum_dim(2).log() + m; // [b, c, 1]
-            ((picked - lse).squeeze_dim::<2>(2), hit) // [b, c]
+            (picked - lse, hit)
         })
         .unzip();
-    (Tensor::cat(lps, 1), Tensor::cat(hits, 1))
+    (
+        Tensor::cat(lps, 1).squeeze_dim::<2>(2),
+        Tensor::cat(hits, 1).squeeze_dim::<2>(2),
+    )
 }

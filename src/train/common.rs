@@ -72,8 +72,7 @@ pub fn load_backbone<B: Backend>(
                     location: cfg.source.display().to_string(),
                     message,
                 })?;
-            B::seed(device, cfg.raw.run.seed);
-            (c.init::<B>(device), tok)
+            (c.init_seeded::<B>(cfg.raw.run.seed, device)?, tok)
         }
         (None, None) => unreachable!("validate() requires model.path or model.preset"),
     };

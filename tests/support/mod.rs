@@ -198,11 +198,6 @@ pub fn expected(dir: &Path) -> Expected {
     }
 }
 
-/// Largest element-wise |a − b| (same lengths).
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
+pub mod check;
+#[allow(unused_imports)]
+pub use check::max_abs_diff;
