@@ -102,17 +102,24 @@ impl DecoderConfig {
         use burn::backend::Flex;
         use burn::module::Module;
         use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+        // burn-flex's random stream is one per process: seed and draw under one lock, so two
+        // models made at once on other threads cannot interleave their draws
+        static DRAW: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+        let guard = DRAW
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let cpu = Default::default();
         Flex::seed(&cpu, seed);
         let drawn = self.init::<Flex>(&cpu);
-        // burn's backend-independent record format, in memory
-        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+        // burn's backend-independent record format, in memory (the parameters are drawn here)
         let moved = |e: burn::record::RecorderError| {
             crate::error::Error::Runtime(format!(
                 "cannot move the initial weights to the device: {e}"
             ))
         };
         let bytes = Recorder::<Flex>::record(&recorder, drawn.into_record(), ()).map_err(moved)?;
+        drop(guard);
         let record = Recorder::<B>::load(&recorder, bytes, device).map_err(moved)?;
         Ok(self.init::<B>(device).load_record(record))
     }

@@ -143,8 +143,9 @@ impl Rollout {
 }
 
 /// Bisection steps of the top-k and top-p thresholds: the interval starts at most ~1e3 wide
-/// (logits) or 1.1 (probabilities) and halves each step, so after 48 steps it is below f32's
-/// spacing and the threshold is exact up to ties.
+/// (logits) or 1.1 (probabilities) and halves each step: after 48 steps ≈ 4e-12 and 4e-15
+/// wide, below f32's spacing of logits and of probabilities above ≈ 1e-8 (a cut among smaller
+/// probabilities may keep a few more tokens of negligible mass).
 const BISECT_STEPS: usize = 48;
 
 /// Each row's `(token, log_softmax(logits / T)[token], entropy of softmax(logits / T))` from
@@ -154,8 +155,10 @@ const BISECT_STEPS: usize = 48;
 ///
 /// - Greedy: the first maximum (as `torch.argmax`).
 /// - Top-k keeps the tokens whose logit is ≥ the k-th largest (ties at the cut all kept, as
-///   HF's `TopKLogitsWarper`); top-p then keeps the most likely tokens whose renormalised mass
-///   first reaches `top_p` (at least one token). Both cuts are thresholds found by bisection
+///   HF's `TopKLogitsWarper`); top-p then keeps the tokens whose renormalised probability is
+///   ≥ the largest threshold whose kept mass reaches `top_p` (at least one token; tokens tied at
+///   that threshold are all kept, so uniform logits keep every token where a sorted prefix would
+///   stop at `top_p`). Both cuts are thresholds found by bisection
 ///   with tensor ops, so nothing is sorted (burn's sort runs on the host) and nothing leaves the
 ///   device.
 /// - The draw: the first kept token (in id order) whose cumulative mass exceeds `u · total`,
@@ -267,7 +270,9 @@ fn inverse_cdf<B: Backend>(weights: Tensor<B, 2>, u: Tensor<B, 2>) -> Tensor<B, 
         .reshape([1, nb])
         .expand([n, nb])
         .lower(b.clone().expand([n, nb]));
-    let rest = target - blocks.mask_fill(before.bool_not(), 0.0).sum_dim(1);
+    // ≥ 0: the masked sum may round above `cdf[b − 1]`; a negative rest would pick the block's
+    // first entry even when its weight is zero
+    let rest = (target - blocks.mask_fill(before.bool_not(), 0.0).sum_dim(1)).clamp_min(0.0);
     let cols = b.clone() * bs as i64
         + Tensor::<B, 1, Int>::arange(0..bs as i64, &dev)
             .reshape([1, bs])
@@ -436,7 +441,8 @@ pub fn generate<B: Backend>(
             let mut u = vec![0f32; n];
             if matches!(opts.sampler, Sampler::Random { .. }) {
                 for &i in &drawing {
-                    u[i] = rows[i].rng.random::<f64>() as f32;
+                    // in [0, 1) after rounding to f32 too
+                    u[i] = (rows[i].rng.random::<f64>() as f32).min(1.0 - f32::EPSILON);
                 }
             }
             let drawn = draw(logits, &opts.sampler, &u)
@@ -447,9 +453,9 @@ pub fn generate<B: Backend>(
             HOST_BYTES.with(|b| b.set(b.get() + 4 * drawn.len() as u64));
             for &i in &drawing {
                 let (t, lp, h) = (drawn[3 * i] as usize, drawn[3 * i + 1], drawn[3 * i + 2]);
-                if t >= vocab {
+                if t >= vocab || !(lp.is_finite() && h.is_finite()) {
                     return Err(Error::Runtime(format!(
-                        "row {i} sampled token {t} outside the vocabulary of {vocab} (non-finite logits?)"
+                        "row {i}: non-finite logits at sampling (token {t}, log-prob {lp}, entropy {h})"
                     )));
                 }
                 let row = &mut rows[i];
