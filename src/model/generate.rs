@@ -176,9 +176,7 @@ pub(crate) fn draw<B: Backend>(logits: Tensor<B, 2>, sampler: &Sampler, u: &[f32
     let p = e / sum.expand([n, v]);
     let entropy = (lse - (p.clone() * z.clone()).sum_dim(1)).clamp_min(0.0);
     let token = match sampler {
-        Sampler::Greedy => Tensor::<B, 1, Int>::arange(0..v as i64, &dev)
-            .reshape([1, v])
-            .expand([n, v])
+        Sampler::Greedy => iota::<B>(n, v, &dev)
             .mask_fill(z.clone().lower(m.expand([n, v])), v as i64)
             .min_dim(1),
         Sampler::Random { top_k, top_p, .. } => {
@@ -205,6 +203,13 @@ pub(crate) fn draw<B: Backend>(logits: Tensor<B, 2>, sampler: &Sampler, u: &[f32
         vec![token.clone().float(), logp.gather(1, token), entropy],
         1,
     )
+}
+
+/// `[n, len]` rows of the indices `0..len`.
+fn iota<B: Backend>(n: usize, len: usize, dev: &B::Device) -> Tensor<B, 2, Int> {
+    Tensor::<B, 1, Int>::arange(0..len as i64, dev)
+        .reshape([1, len])
+        .expand([n, len])
 }
 
 /// The largest threshold `τ` (to f32 precision) with `f(x, τ) ≥ goal` per row, given
@@ -243,9 +248,7 @@ fn inverse_cdf<B: Backend>(weights: Tensor<B, 2>, u: Tensor<B, 2>) -> Tensor<B, 
         .max(1);
     let nb = v.div_ceil(bs);
     let last = |w: Tensor<B, 2>, len: usize| {
-        Tensor::<B, 1, Int>::arange(0..len as i64, &dev)
-            .reshape([1, len])
-            .expand([n, len])
+        iota::<B>(n, len, &dev)
             .mask_fill(w.lower_equal_elem(0.0), -1)
             .max_dim(1)
     };
@@ -266,17 +269,11 @@ fn inverse_cdf<B: Backend>(weights: Tensor<B, 2>, u: Tensor<B, 2>) -> Tensor<B, 
         .int()
         .sum_dim(1)
         .min_pair(last(blocks.clone(), nb)); // [n, 1]
-    let before = Tensor::<B, 1, Int>::arange(0..nb as i64, &dev)
-        .reshape([1, nb])
-        .expand([n, nb])
-        .lower(b.clone().expand([n, nb]));
+    let before = iota::<B>(n, nb, &dev).lower(b.clone().expand([n, nb]));
     // ≥ 0: the masked sum may round above `cdf[b − 1]`; a negative rest would pick the block's
     // first entry even when its weight is zero
     let rest = (target - blocks.mask_fill(before.bool_not(), 0.0).sum_dim(1)).clamp_min(0.0);
-    let cols = b.clone() * bs as i64
-        + Tensor::<B, 1, Int>::arange(0..bs as i64, &dev)
-            .reshape([1, bs])
-            .expand([n, bs]);
+    let cols = b.clone() * bs as i64 + iota::<B>(n, bs, &dev);
     let block = padded.gather(1, cols);
     let j = block
         .clone()
