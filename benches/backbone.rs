@@ -24,6 +24,10 @@
 //!   prefill per query, as stage 3 samples) over the same rows with distinct prompts.
 //!
 //! Without torch (or trl) the peer column says why and t1-train's figures still print.
+//!
+//! `-- --device-check` (a build with `--features cuda` or `wgpu`; `scripts/device-check.sh`)
+//! compares the GPU backend with the CPU one and times it against PyTorch on the same GPU:
+//! `device/check.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,6 +36,7 @@ use std::time::Instant;
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -44,8 +49,18 @@ use t1_train::model::{
 use t1_train::rollout::{completions, logprobs};
 use t1_train::train::optim::{adamw, clip_global_norm};
 
+/// The backend-generic checks the test suites share (`tests/support/check.rs`).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+#[path = "../tests/support/check.rs"]
+#[allow(dead_code)]
+mod check;
+/// `--device-check`: a GPU backend against the CPU one and the PyTorch stack on the GPU
+/// (`scripts/device-check.sh`).
+#[path = "device/check.rs"]
+mod device_check;
+
 type B = Flex;
-type AD = Autodiff<Flex>;
+type AD<BK> = Autodiff<BK>;
 
 /// β of the `grpo` line (TRL's former default; > 0 so the reference forward is part of the step).
 const BETA: f64 = 0.04;
@@ -81,9 +96,9 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-fn train(dir: &Path, reps: usize, batch: usize, seq: usize) -> f64 {
+fn train<BK: Backend>(dir: &Path, reps: usize, batch: usize, seq: usize) -> f64 {
     let device = Default::default();
-    let model: Decoder<AD> = load_hf(dir, &device).unwrap();
+    let model: Decoder<Autodiff<BK>> = load_hf(dir, &device).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let x: Vec<i64> = random_ids(&mut rng, batch * (seq + 1), model.config().vocab_size)
         .into_iter()
@@ -96,15 +111,18 @@ fn train(dir: &Path, reps: usize, batch: usize, seq: usize) -> f64 {
     };
     let (inputs, targets) = (rows(0), rows(1));
     let secs = time(reps, || {
-        let i =
-            Tensor::<AD, 2, Int>::from_data(TensorData::new(inputs.clone(), [batch, seq]), &device);
-        let t = Tensor::<AD, 2, Int>::from_data(
+        let i = Tensor::<Autodiff<BK>, 2, Int>::from_data(
+            TensorData::new(inputs.clone(), [batch, seq]),
+            &device,
+        );
+        let t = Tensor::<Autodiff<BK>, 2, Int>::from_data(
             TensorData::new(targets.clone(), [batch, seq]),
             &device,
         );
         let hidden = model.hidden(i, None);
         let loss = model.token_logprobs(hidden, t, seq).mean().neg();
         std::hint::black_box(loss.backward());
+        sync::<BK>(&device);
     });
     (batch * seq) as f64 / secs
 }
@@ -117,13 +135,22 @@ fn prompts(vocab: usize, rows: usize, group: usize, len: usize, seed: u64) -> Ve
         .collect()
 }
 
-/// Greedy decode tokens/s of `sh.b · sh.g` rows, prompts shared by `group` rows.
-fn decode(dir: &Path, reps: usize, sh: &Shapes, group: usize) -> f64 {
-    let model: Decoder<B> = load_hf(dir, &Default::default()).unwrap();
+/// Decode tokens/s of `sh.b · sh.g` rows, prompts shared by `group` rows (greedy, or sampled at
+/// temperature 1 when `sampled`).
+fn decode<BK: Backend>(dir: &Path, reps: usize, sh: &Shapes, group: usize, sampled: bool) -> f64 {
+    let model: Decoder<BK> = load_hf(dir, &Default::default()).unwrap();
     let rows = sh.b * sh.g;
     let p = prompts(model.config().vocab_size, rows, group, sh.prompt, 1);
     let opts = GenerateOptions {
-        sampler: Sampler::Greedy,
+        sampler: if sampled {
+            Sampler::Random {
+                temperature: 1.0,
+                top_k: None,
+                top_p: 1.0,
+            }
+        } else {
+            Sampler::Greedy
+        },
         max_new_tokens: sh.new,
         stop: vec![],
         embed: None,
@@ -138,11 +165,11 @@ fn decode(dir: &Path, reps: usize, sh: &Shapes, group: usize) -> f64 {
 }
 
 /// Median seconds of one GRPO step (after a first, warm-up step).
-fn grpo(dir: &Path, reps: usize, sh: &Shapes) -> f64 {
+fn grpo<BK: Backend>(dir: &Path, reps: usize, sh: &Shapes) -> f64 {
     let device = Default::default();
-    let mut model: Decoder<AD> = load_hf(dir, &device).unwrap();
-    let reference: Decoder<B> = load_hf(dir, &device).unwrap();
-    let mut optim = adamw((0.9, 0.999), 1e-8, 0.0).init::<AD, Decoder<AD>>();
+    let mut model: Decoder<AD<BK>> = load_hf(dir, &device).unwrap();
+    let reference: Decoder<BK> = load_hf(dir, &device).unwrap();
+    let mut optim = adamw((0.9, 0.999), 1e-8, 0.0).init::<AD<BK>, Decoder<AD<BK>>>();
     let (g, n) = (sh.g, sh.b * sh.g);
     let vocab = model.config().vocab_size;
     let mut rng = ChaCha8Rng::seed_from_u64(2);
@@ -179,10 +206,10 @@ fn grpo(dir: &Path, reps: usize, sh: &Shapes) -> f64 {
         let adv = group_advantages(&rewards, g, ScaleRewards::Group);
         // 5. log-probs of policy and reference, loss; 6. backward, clip, AdamW
         let rows: Vec<usize> = (0..n).collect();
-        let c = completions::<AD>(&p, &rollouts, &rows, 0, false, &device);
+        let c = completions::<AD<BK>>(&p, &rollouts, &rows, 0, false, &device);
         let reference_lp = Tensor::from_inner(logprobs(&reference, &c.inner(), 1.0).0);
         let (lp, _) = logprobs(&model, &c, 1.0);
-        let a = Tensor::<AD, 1>::from_data(TensorData::new(adv.values, [n]), &device);
+        let a = Tensor::<AD<BK>, 1>::from_data(TensorData::new(adv.values, [n]), &device);
         let out = grpo_loss(
             lp.clone(),
             lp.detach(),
@@ -194,6 +221,7 @@ fn grpo(dir: &Path, reps: usize, sh: &Shapes) -> f64 {
         let grads = GradientsParams::from_grads(out.loss.backward(), &model);
         let (grads, _) = clip_global_norm(&model, grads, Some(1.0));
         model = optim.step(1e-6, model, grads);
+        sync::<BK>(&device);
         times.push(started.elapsed().as_secs_f64());
     }
     let mut t = times[1..].to_vec();
@@ -201,8 +229,9 @@ fn grpo(dir: &Path, reps: usize, sh: &Shapes) -> f64 {
     t[t.len() / 2]
 }
 
-fn index(dir: &Path, reps: usize, docs: usize, len: usize, batch: usize) -> f64 {
-    let model: Decoder<B> = load_hf(dir, &Default::default()).unwrap();
+fn index<BK: Backend>(dir: &Path, reps: usize, docs: usize, len: usize, batch: usize) -> f64 {
+    let device = Default::default();
+    let model: Decoder<BK> = load_hf(dir, &device).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let seqs: Vec<Vec<u32>> = (0..docs)
         .map(|_| random_ids(&mut rng, len, model.config().vocab_size))
@@ -210,6 +239,7 @@ fn index(dir: &Path, reps: usize, docs: usize, len: usize, batch: usize) -> f64 
     let secs = time(reps, || {
         let v = embed_last(&model, &seqs, batch, 0, |_| {});
         std::hint::black_box(v.clone().div(v.powi_scalar(2).sum_dim(1).sqrt()));
+        sync::<BK>(&device);
     });
     docs as f64 / secs
 }
@@ -226,8 +256,14 @@ fn peak_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// `--child WORK DIR REPS SHAPE…`: one measurement, one JSON line on stdout.
-fn child(args: &[String]) {
+/// Waits for the device's queued work (a no-op on the CPU backend), so a timer read after it
+/// covers the work, not only its launch.
+fn sync<BK: Backend>(device: &BK::Device) {
+    BK::sync(device).expect("device sync");
+}
+
+/// `--child WORK DIR REPS SHAPE…`: one measurement on backend `BK`, one JSON line on stdout.
+fn child<BK: Backend>(args: &[String]) {
     t1_train::model::cpu::tune_allocator();
     let work = args[0].as_str();
     let dir = Path::new(&args[1]);
@@ -242,14 +278,19 @@ fn child(args: &[String]) {
         index: [0, 0, 0],
     };
     let value = match work {
-        "train" => train(dir, reps, n[1], n[2]),
-        "decode" => decode(dir, reps, &sh(&n[1..]), 1),
+        "train" => train::<BK>(dir, reps, n[1], n[2]),
+        "decode" => decode::<BK>(dir, reps, &sh(&n[1..]), 1, false),
         "rollouts" => {
             let s = sh(&n[1..]);
-            decode(dir, reps, &s, s.g)
+            decode::<BK>(dir, reps, &s, s.g, false)
         }
-        "grpo" => grpo(dir, reps, &sh(&n[1..])),
-        "index" => index(dir, reps, n[1], n[2], n[3]),
+        // stage 3's sampling: prompts shared by G rows, temperature 1
+        "sample" => {
+            let s = sh(&n[1..]);
+            decode::<BK>(dir, reps, &s, s.g, true)
+        }
+        "grpo" => grpo::<BK>(dir, reps, &sh(&n[1..])),
+        "index" => index::<BK>(dir, reps, n[1], n[2], n[3]),
         _ => panic!("unknown work {work}"),
     };
     println!(
@@ -292,15 +333,37 @@ fn parse(
 }
 
 fn ours(work: &str, dir: &Path, reps: usize, shape: &[usize]) -> Result<Figure, String> {
+    ours_with("--child", work, dir, reps, shape)
+}
+
+/// [`ours`] through `mode` (`--child` on the CPU backend, `--child-gpu` on the GPU one).
+fn ours_with(
+    mode: &str,
+    work: &str,
+    dir: &Path,
+    reps: usize,
+    shape: &[usize],
+) -> Result<Figure, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = Command::new(exe)
-        .arg("--child")
+        .arg(mode)
         .arg(work)
         .arg(dir)
         .arg(reps.to_string())
         .args(shape.iter().map(|v| v.to_string()))
         .output();
     parse(out, "t1-train").map(|(f, _)| f)
+}
+
+/// The repository: the current directory when it holds the peer script (a binary built here
+/// and run on another machine, as the device check is), else where this bench was built.
+fn repo_root() -> PathBuf {
+    let here = PathBuf::from(".");
+    if here.join("scripts/bench_peer.py").exists() {
+        here
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
 }
 
 fn peer(
@@ -311,8 +374,22 @@ fn peer(
     shape: &[String],
     versions: &mut Option<serde_json::Value>,
 ) -> Result<Figure, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    peer_on("cpu", work, dir, reps, threads, shape, versions).map(|(f, _)| f)
+}
+
+/// [`peer`] on `device` (`cpu` or `cuda`), with the peer's whole JSON line.
+fn peer_on(
+    device: &str,
+    work: &str,
+    dir: &Path,
+    reps: usize,
+    threads: usize,
+    shape: &[String],
+    versions: &mut Option<serde_json::Value>,
+) -> Result<(Figure, serde_json::Value), String> {
+    let root = repo_root();
     let out = Command::new("python3")
+        .env("T1_PEER_DEVICE", device)
         .arg(root.join("scripts/bench_peer.py"))
         .arg(work)
         .arg(dir)
@@ -328,7 +405,7 @@ fn peer(
             all[k] = x.clone();
         }
     }
-    Ok(f)
+    Ok((f, v))
 }
 
 /// One table line: t1-train's figure, the peer's, the speed ratio, and both peak memories.
@@ -451,7 +528,13 @@ fn report(
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
-        return child(&args[i + 1..]);
+        return child::<B>(&args[i + 1..]);
+    }
+    if let Some(i) = args.iter().position(|a| a == "--child-gpu") {
+        return device_check::child(&args[i + 1..]);
+    }
+    if let Some(i) = args.iter().position(|a| a == "--device-check") {
+        return device_check::main(&args[i + 1..]);
     }
     let quick = args.iter().any(|a| a == "--quick");
     let reps = if quick { 2 } else { 5 };

@@ -23,7 +23,9 @@ WORK and SHAPE (all integers):
                                    documents/s
 
 Prints one JSON object: {"value", "unit", "peak_mb" (ru_maxrss of this process), "threads",
-"versions"}. fp32, `sdpa` attention (transformers' default, torch's fused CPU attention; t1-train
+"versions"} (on a GPU also "device_peak_mb": torch's peak reserved memory). T1_PEER_DEVICE=cuda
+runs the work on the GPU (the device check, scripts/device-check.sh; each timed repetition ends
+with torch.cuda.synchronize()); the default is the CPU. fp32, `sdpa` attention (transformers' default, torch's fused CPU attention; t1-train
 runs its own fused attention, `model::cpu::attention`). TOKENIZER is a
 tokenizer.json for folders without one (only `grpo` needs a tokenizer). Tested with torch 2.15.0,
 transformers 5.23.0, trl 1.16.0, datasets 5.2.0.
@@ -42,12 +44,23 @@ import transformers
 from transformers import AutoModelForCausalLM
 
 
+# Where the work runs: the CPU (benches/backbone.rs) or a GPU (its --device-check).
+DEVICE = torch.device(os.environ.get("T1_PEER_DEVICE", "cpu"))
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def timed(reps, fn):
     fn()
+    sync()
     out = []
     for _ in range(reps):
         t = time.perf_counter()
         fn()
+        sync()
         out.append(time.perf_counter() - t)
     return statistics.median(out)
 
@@ -57,14 +70,15 @@ ATTN = os.environ.get("T1_PEER_ATTN", "sdpa")
 
 
 def load(d):
-    return AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation=ATTN)
+    return AutoModelForCausalLM.from_pretrained(
+        d, dtype=torch.float32, attn_implementation=ATTN).to(DEVICE)
 
 
 def train(d, reps, batch, seq):
     model = load(d)
     model.train()
     vocab = model.config.vocab_size
-    x = torch.randint(0, vocab, (batch, seq + 1))
+    x = torch.randint(0, vocab, (batch, seq + 1)).to(DEVICE)
     inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
 
     def step():
@@ -79,7 +93,7 @@ def train(d, reps, batch, seq):
 def decode(d, reps, rows, prompt, new):
     model = load(d)
     model.eval()
-    p = torch.randint(0, model.config.vocab_size, (rows, prompt))
+    p = torch.randint(0, model.config.vocab_size, (rows, prompt)).to(DEVICE)
 
     def run():
         with torch.no_grad():
@@ -93,7 +107,7 @@ def decode(d, reps, rows, prompt, new):
 def index(d, reps, docs, length, batch):
     model = load(d).model  # the base model: last-layer states after the final norm, no LM head
     model.eval()
-    ids = torch.randint(0, model.config.vocab_size, (docs, length))
+    ids = torch.randint(0, model.config.vocab_size, (docs, length)).to(DEVICE)
 
     def run():
         with torch.no_grad():
@@ -162,7 +176,7 @@ def grpo(d, tok_file, reps, b, g, prompt, new, beta_e6, loss):
     clock = Clock()
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
-            output_dir=out, use_cpu=True, bf16=False, fp16=False, report_to="none",
+            output_dir=out, use_cpu=DEVICE.type == "cpu", bf16=False, fp16=False, report_to="none",
             per_device_train_batch_size=b * g, num_generations=g, gradient_accumulation_steps=1,
             num_iterations=1, max_steps=steps, max_completion_length=new,
             generation_kwargs={"min_new_tokens": new}, temperature=1.0, top_p=1.0, top_k=0,
@@ -201,8 +215,12 @@ def main():
         import trl
         versions["trl"] = trl.__version__
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"value": value, "unit": unit, "peak_mb": peak, "threads": threads,
-                      "versions": versions}))
+    out = {"value": value, "unit": unit, "peak_mb": peak, "threads": threads,
+           "versions": versions}
+    if DEVICE.type == "cuda":
+        out["device_peak_mb"] = torch.cuda.max_memory_reserved() / 2**20
+        versions["device"] = torch.cuda.get_device_name()
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
