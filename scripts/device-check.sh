@@ -49,7 +49,8 @@ run)
     if command -v nvcc >/dev/null; then CUDA_PATH=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")"); else CUDA_PATH=/usr/local/cuda; fi
   fi
   export CUDA_PATH
-  export LD_LIBRARY_PATH="$CUDA_PATH/lib64:$CUDA_PATH/lib:${LD_LIBRARY_PATH:-}"
+  # libcuda from the driver (/usr/local/nvidia on the lent machines), libnvrtc from the toolkit
+  export LD_LIBRARY_PATH="/usr/local/nvidia/lib64:$CUDA_PATH/lib64:$CUDA_PATH/lib:${LD_LIBRARY_PATH:-}"
   echo "CUDA_PATH=$CUDA_PATH ($(ls "$CUDA_PATH"/lib64/libnvrtc.so* 2>/dev/null | head -1 || echo 'no libnvrtc in lib64'))"
   log=/dev/null
   if [ -n "${OUT:-}" ]; then log="$OUT/device-check.txt"; fi

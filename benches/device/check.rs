@@ -55,6 +55,7 @@ mod on_gpu {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use burn::backend::{Autodiff, Flex};
+    use burn::tensor::Tensor;
     use burn::tensor::backend::Backend;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
@@ -426,8 +427,28 @@ mod on_gpu {
         }
     }
 
+    /// Whether the GPU answers (one upload, a kernel, one read-back); exit 2 with the reason if not.
+    fn probe() {
+        let r = std::panic::catch_unwind(|| {
+            let t = Tensor::<Gpu, 1>::from_floats([1.0, 2.0, 3.0], &Default::default());
+            (t * 2.0).sum().into_scalar()
+        });
+        let why = match r {
+            Ok(v) if v == 12.0 => return,
+            Ok(v) => format!("the device computed 2·(1+2+3) = {v}"),
+            Err(e) => e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default(),
+        };
+        eprintln!("error: no usable GPU device for this build's backend: {why}");
+        std::process::exit(2)
+    }
+
     pub fn main(args: &[String]) {
         let a = parse_args(args);
+        probe();
         let tmp = tempfile::tempdir().expect("a temporary folder");
         let (dir, what) = model_dir(&a, tmp.path());
         let device = Default::default();
