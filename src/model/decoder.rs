@@ -13,6 +13,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor};
 
 use super::config::{DecoderConfig, Family};
+use super::lora::{Lora, Target};
 use super::ops::{self, AttnMask, Rope, linear as proj, linear_rows as rows, rms_norm as norm};
 
 /// Grouped-query self-attention with HF (rotate-half) RoPE and optional per-head q/k RMSNorm.
@@ -26,6 +27,11 @@ pub struct Attention<B: Backend> {
     pub q_norm: Option<RmsNorm<B>>,
     /// Qwen3 only: RMSNorm over each key head before RoPE.
     pub k_norm: Option<RmsNorm<B>>,
+    /// LoRA adapters on the projections (`lora.rs`; absent in a plain model).
+    pub q_lora: Option<Lora<B>>,
+    pub k_lora: Option<Lora<B>>,
+    pub v_lora: Option<Lora<B>>,
+    pub o_lora: Option<Lora<B>>,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -37,6 +43,10 @@ pub struct Mlp<B: Backend> {
     pub gate_proj: Linear<B>,
     pub up_proj: Linear<B>,
     pub down_proj: Linear<B>,
+    /// LoRA adapters on the projections (`lora.rs`; absent in a plain model).
+    pub gate_lora: Option<Lora<B>>,
+    pub up_lora: Option<Lora<B>>,
+    pub down_lora: Option<Lora<B>>,
 }
 
 /// Pre-norm transformer block.
@@ -138,6 +148,10 @@ impl DecoderConfig {
                         .then(|| rms(k, self.rms_norm_eps, device)),
                     k_norm: (self.family == Family::Qwen3)
                         .then(|| rms(k, self.rms_norm_eps, device)),
+                    q_lora: None,
+                    k_lora: None,
+                    v_lora: None,
+                    o_lora: None,
                     n_heads: self.num_attention_heads,
                     n_kv_heads: self.num_key_value_heads,
                     head_dim: k,
@@ -146,6 +160,9 @@ impl DecoderConfig {
                     gate_proj: linear(self, d, self.intermediate_size, self.mlp_bias, device),
                     up_proj: linear(self, d, self.intermediate_size, self.mlp_bias, device),
                     down_proj: linear(self, self.intermediate_size, d, self.mlp_bias, device),
+                    gate_lora: None,
+                    up_lora: None,
+                    down_lora: None,
                 },
                 input_layernorm: rms(d, self.rms_norm_eps, device),
                 post_attention_layernorm: rms(d, self.rms_norm_eps, device),
@@ -285,11 +302,11 @@ impl<B: Backend> Attention<B> {
                 None => t,
             }
         };
-        let q = heads(proj(&self.q_proj, x.clone()), h, &self.q_norm);
+        let q = heads(proj(&self.q_proj, &self.q_lora, x.clone()), h, &self.q_norm);
         let q = rope.queries(q);
-        let key = heads(proj(&self.k_proj, x.clone()), g, &self.k_norm);
+        let key = heads(proj(&self.k_proj, &self.k_lora, x.clone()), g, &self.k_norm);
         let key = rope.keys(key);
-        let v = heads(proj(&self.v_proj, x), g, &None).swap_dims(1, 2);
+        let v = heads(proj(&self.v_proj, &self.v_lora, x), g, &None).swap_dims(1, 2);
         let (key, v, kept) = match cache {
             Some((kv, start)) => {
                 let end = start + s;
@@ -303,7 +320,8 @@ impl<B: Backend> Attention<B> {
             }
             None => (key, v, None),
         };
-        (proj(&self.o_proj, ops::attention(q, key, v, mask)), kept)
+        let o = ops::attention(q, key, v, mask);
+        (proj(&self.o_proj, &self.o_lora, o), kept)
     }
 }
 
@@ -312,12 +330,70 @@ impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, d] = x.dims();
         let x = x.reshape([b * s, d]);
-        let (gate, up) = (rows(&self.gate_proj, x.clone()), rows(&self.up_proj, x));
-        rows(&self.down_proj, ops::swiglu(gate, up)).reshape([b, s, d])
+        let gate = rows(&self.gate_proj, &self.gate_lora, x.clone());
+        let up = rows(&self.up_proj, &self.up_lora, x);
+        rows(&self.down_proj, &self.down_lora, ops::swiglu(gate, up)).reshape([b, s, d])
+    }
+}
+
+impl<B: Backend> Layer<B> {
+    /// The linear layer a LoRA target names.
+    pub fn linear(&self, t: Target) -> &Linear<B> {
+        match t {
+            Target::Q => &self.self_attn.q_proj,
+            Target::K => &self.self_attn.k_proj,
+            Target::V => &self.self_attn.v_proj,
+            Target::O => &self.self_attn.o_proj,
+            Target::Gate => &self.mlp.gate_proj,
+            Target::Up => &self.mlp.up_proj,
+            Target::Down => &self.mlp.down_proj,
+        }
+    }
+
+    pub fn linear_mut(&mut self, t: Target) -> &mut Linear<B> {
+        match t {
+            Target::Q => &mut self.self_attn.q_proj,
+            Target::K => &mut self.self_attn.k_proj,
+            Target::V => &mut self.self_attn.v_proj,
+            Target::O => &mut self.self_attn.o_proj,
+            Target::Gate => &mut self.mlp.gate_proj,
+            Target::Up => &mut self.mlp.up_proj,
+            Target::Down => &mut self.mlp.down_proj,
+        }
+    }
+
+    /// The adapter on a target, if any.
+    pub fn lora(&self, t: Target) -> &Option<Lora<B>> {
+        match t {
+            Target::Q => &self.self_attn.q_lora,
+            Target::K => &self.self_attn.k_lora,
+            Target::V => &self.self_attn.v_lora,
+            Target::O => &self.self_attn.o_lora,
+            Target::Gate => &self.mlp.gate_lora,
+            Target::Up => &self.mlp.up_lora,
+            Target::Down => &self.mlp.down_lora,
+        }
+    }
+
+    pub fn lora_mut(&mut self, t: Target) -> &mut Option<Lora<B>> {
+        match t {
+            Target::Q => &mut self.self_attn.q_lora,
+            Target::K => &mut self.self_attn.k_lora,
+            Target::V => &mut self.self_attn.v_lora,
+            Target::O => &mut self.self_attn.o_lora,
+            Target::Gate => &mut self.mlp.gate_lora,
+            Target::Up => &mut self.mlp.up_lora,
+            Target::Down => &mut self.mlp.down_lora,
+        }
     }
 }
 
 impl<B: Backend> Decoder<B> {
+    /// The decoder blocks, for attaching or merging adapters (`lora.rs`).
+    pub(super) fn layers_mut(&mut self) -> &mut [Layer<B>] {
+        &mut self.model.layers
+    }
+
     pub fn config(&self) -> &DecoderConfig {
         &self.config
     }
@@ -523,7 +599,7 @@ impl<B: Backend> Decoder<B> {
     /// Logits `[b, s, V]` from hidden states `[b, s, d]` (tied head: the embedding matrix).
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(head) => proj(head, hidden),
+            Some(head) => proj(head, &None, hidden),
             None => {
                 let [b, s, d] = hidden.dims();
                 let w = self.model.embed_tokens.weight.val(); // [V, d]

@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod decoder;
 pub mod generate;
 pub mod latent;
+pub mod lora;
 pub mod memory;
 mod ops;
 pub mod tokenizer;
@@ -20,5 +21,6 @@ pub use decoder::{Decoder, KvCache};
 pub use generate::{
     Embed, GenerateOptions, Rollout, Sampler, StopReason, generate, sampling_bytes_read,
 };
+pub use lora::{Lora, LoraSpec, Target};
 pub use tokenizer::T1Tokenizer;
 pub use weights::{load_hf, save_hf};

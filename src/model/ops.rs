@@ -12,6 +12,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use super::cpu;
+use super::lora::Lora;
 
 /// RoPE factors of one forward. On the CPU backend each rotation is one fused op
 /// ([`cpu::rope`]) that also writes the heads-first layout attention reads. Elsewhere the
@@ -134,9 +135,13 @@ impl<B: Backend> AttnMask<B> {
 /// A linear layer over `[b, s, d_in]` as one `[b·s, d_in] × [d_in, d_out]` matmul → `[b, s, d_out]`.
 /// burn's `Linear` on a 3-D input broadcasts the weight and runs one GEMM per batch row, which
 /// re-packs the weight b times (at decode, s = 1: b matrix-vector products instead of one GEMM).
-pub(super) fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+pub(super) fn linear<B: Backend>(
+    layer: &Linear<B>,
+    lora: &Option<Lora<B>>,
+    x: Tensor<B, 3>,
+) -> Tensor<B, 3> {
     let [b, s, d] = x.dims();
-    let y = linear_rows(layer, x.reshape([b * s, d]));
+    let y = linear_rows(layer, lora, x.reshape([b * s, d]));
     let n = y.dims()[1];
     y.reshape([b, s, n])
 }
@@ -144,14 +149,33 @@ pub(super) fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B
 /// A linear layer over rows `[m, d_in]` → `[m, d_out]`. At decode (few rows, CPU backend, no
 /// autodiff) the matmul is [`cpu::decode_matmul`]'s streaming kernel; otherwise on the CPU
 /// backend [`cpu::linear`] (gemm into unfilled buffers, own backward); elsewhere burn's `Linear`.
-pub(super) fn linear_rows<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+/// With a LoRA adapter, its update `(α/r)·(x·A)·B` is added to the base layer's output.
+pub(super) fn linear_rows<B: Backend>(
+    layer: &Linear<B>,
+    lora: &Option<Lora<B>>,
+    x: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    let delta = lora.as_ref().map(|l| l.delta(x.clone()));
     let w = layer.weight.val();
-    let Some(y) = cpu::decode_matmul(&x, &w).or_else(|| cpu::linear(&x, &w)) else {
-        return layer.forward(x);
+    let y = match cpu::decode_matmul(&x, &w).or_else(|| cpu::linear(&x, &w)) {
+        Some(y) => match &layer.bias {
+            Some(bias) => y + bias.val().unsqueeze(),
+            None => y,
+        },
+        None => layer.forward(x),
     };
-    match &layer.bias {
-        Some(bias) => y + bias.val().unsqueeze(),
+    match delta {
+        Some(d) => y + d,
         None => y,
+    }
+}
+
+/// `x` `[m, k]` · `w` `[k, n]` for a LoRA factor: the CPU backend's linear kernel where it
+/// applies, burn's matmul elsewhere.
+pub(super) fn matmul_rows<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    match cpu::decode_matmul(&x, &w).or_else(|| cpu::linear(&x, &w)) {
+        Some(y) => y,
+        None => x.matmul(w),
     }
 }
 

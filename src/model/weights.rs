@@ -236,6 +236,13 @@ pub fn first_nonfinite<B: Backend, M: Module<B>>(model: &M) -> Option<String> {
 /// Saves `model` as an HF folder: `config.json` + `model.safetensors` (f32). Copy the tokenizer
 /// beside it separately (`Tokenizer::save`).
 pub fn save_hf<B: Backend>(model: &Decoder<B>, dir: &Path) -> Result<()> {
+    if model.has_lora() {
+        return Err(Error::Runtime(format!(
+            "{}: this model carries LoRA adapters, which have no place in an HF model folder: \
+             merge them first (Decoder::merge_lora)",
+            dir.display()
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg = serde_json::to_string_pretty(&model.config().to_hf_json())
         .map_err(|e| Error::Runtime(format!("cannot serialise config.json: {e}")))?;
