@@ -13,6 +13,7 @@ pub mod latent;
 pub mod lora;
 pub mod memory;
 mod ops;
+pub mod peft;
 pub mod tokenizer;
 pub mod weights;
 
@@ -22,5 +23,6 @@ pub use generate::{
     Embed, GenerateOptions, Rollout, Sampler, StopReason, generate, sampling_bytes_read,
 };
 pub use lora::{Lora, LoraSpec, Target};
+pub use peft::{load_peft, save_peft};
 pub use tokenizer::T1Tokenizer;
 pub use weights::{load_hf, save_hf};
