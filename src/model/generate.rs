@@ -167,14 +167,19 @@ const BISECT_STEPS: usize = 48;
 pub(crate) fn draw<B: Backend>(logits: Tensor<B, 2>, sampler: &Sampler, u: &[f32]) -> Tensor<B, 2> {
     let [n, v] = logits.dims();
     let dev = logits.device();
-    let z = logits.div_scalar(sampler.temperature());
+    // x / 1 is x exactly: no pass over [n, V] at temperature 1 (greedy included)
+    let t = sampler.temperature();
+    let z = if t == 1.0 {
+        logits
+    } else {
+        logits.div_scalar(t)
+    };
     let m = z.clone().max_dim(1); // [n, 1]
     let e = (z.clone() - m.clone().expand([n, v])).exp();
     let sum = e.clone().sum_dim(1);
     let lse = sum.clone().log() + m.clone();
-    let logp = z.clone() - lse.clone().expand([n, v]);
     let p = e / sum.expand([n, v]);
-    let entropy = (lse - (p.clone() * z.clone()).sum_dim(1)).clamp_min(0.0);
+    let entropy = (lse.clone() - (p.clone() * z.clone()).sum_dim(1)).clamp_min(0.0);
     let token = match sampler {
         Sampler::Greedy => iota::<B>(n, v, &dev)
             .mask_fill(z.clone().lower(m.expand([n, v])), v as i64)
@@ -199,10 +204,10 @@ pub(crate) fn draw<B: Backend>(logits: Tensor<B, 2>, sampler: &Sampler, u: &[f32
             inverse_cdf(q, u)
         }
     };
-    Tensor::cat(
-        vec![token.clone().float(), logp.gather(1, token), entropy],
-        1,
-    )
+    // the chosen token's log-prob z − lse, element for element what log-softmax then gather
+    // gives, without the [n, V] log-softmax
+    let logp = z.gather(1, token.clone()) - lse;
+    Tensor::cat(vec![token.float(), logp, entropy], 1)
 }
 
 /// `[n, len]` rows of the indices `0..len`.
