@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde_json::{Value, json};
@@ -149,7 +150,9 @@ pub fn load_peft<B: Backend>(base: Decoder<B>, dir: &Path) -> Result<(Decoder<B>
         let slot = &mut found.entry((layer, t)).or_default()[factor];
         *slot = Some((values, view.shape().to_vec()));
     }
-    let mut model = base.with_lora(&spec, 0);
+    // the base frozen as `with_lora` freezes it; every target of every layer gets the file's
+    // factors below (no fresh adapters drawn only to be replaced)
+    let mut model = base.no_grad();
     for layer in 0..layers {
         for &t in &spec.targets {
             let w = model.model.layers[layer].linear(t).weight.val();
