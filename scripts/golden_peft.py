@@ -9,6 +9,10 @@ the PeftModel computes on the base fixture's input_ids / attention_mask / positi
 
   qwen3_tied_r4:           r = 4, lora_alpha = 8, all seven projections
   llama_untied_bias_rs2:   r = 2, lora_alpha = 16, use_rslora, q_proj / v_proj / down_proj
+  qwen3_tied_tokens:       r = 2, lora_alpha = 4, q/v/o/up_proj, trainable_token_indices = [3, 90, 95]
+                           (list form: embedding rows; the tied head follows them)
+  qwen3_untied_tokens:     r = 2, lora_alpha = 4, k/gate/down_proj, trainable_token_indices =
+                           {embed_tokens: [95, 3, 50], lm_head: [95, 3, 50]} (the untied head's rows too)
 
   python3 scripts/golden_peft.py                 # rewrite the fixtures
   python3 scripts/golden_peft.py --check BASE DIR  # PeftModel.from_pretrained(BASE, DIR) (e.g. an
@@ -32,6 +36,11 @@ VARIANTS = {
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])),
     "llama_untied_bias_rs2": ("llama_untied_bias", dict(r=2, lora_alpha=16, use_rslora=True,
                                                         target_modules=["q_proj", "v_proj", "down_proj"])),
+    "qwen3_tied_tokens": ("qwen3_tied", dict(r=2, lora_alpha=4, target_modules=[
+        "q_proj", "v_proj", "o_proj", "up_proj"], trainable_token_indices=[3, 90, 95])),
+    "qwen3_untied_tokens": ("qwen3_untied", dict(r=2, lora_alpha=4, target_modules=[
+        "k_proj", "gate_proj", "down_proj"], trainable_token_indices={
+            "embed_tokens": [95, 3, 50], "lm_head": [95, 3, 50]})),
 }
 
 
@@ -56,6 +65,8 @@ def make():
             for n, p in model.named_parameters():
                 if "lora_" in n:
                     p.copy_(torch.randn_like(p) * 0.2)
+                elif "trainable_tokens_delta" in n:  # full rows (PEFT stores values, not deltas)
+                    p.copy_(torch.randn_like(p))
         out = os.path.join(ROOT, "peft", name)
         model.save_pretrained(out)
         cfg_path = os.path.join(out, "adapter_config.json")

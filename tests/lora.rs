@@ -26,11 +26,12 @@ fn an_optimizer_step_moves_only_the_adapters() {
         alpha: 4.0,
         use_rslora: false,
         targets: vec![Target::Q, Target::V, Target::Down],
+        tokens: Vec::new(),
     };
     let base: Decoder<AD> = DecoderConfig::tiny(64)
         .init_seeded(1, &Default::default())
         .unwrap();
-    let mut model = base.with_lora(&spec, 2);
+    let mut model = base.with_lora(&spec, 2).unwrap();
     let before = params(&model);
     let adapters = before.iter().filter(|(n, _)| n.contains("_lora")).count();
     assert_eq!(
@@ -133,13 +134,14 @@ fn tensors(path: &std::path::Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
     v
 }
 
-/// Adapters PEFT wrote (`scripts/golden_peft.py`, peft 0.21.2) on two base fixtures: loaded
-/// here they give PEFT's logits (≤ 1e-4); saved again they are PEFT's tensors, byte for byte,
-/// under PEFT's keys; merged, the plain model gives the same logits.
+/// Adapters PEFT wrote (`scripts/golden_peft.py`, peft 0.21.2) on base fixtures — two with
+/// trainable token rows (tied: PEFT's list form; untied: embedding and head rows): loaded here
+/// they give PEFT's logits (≤ 1e-4); saved again they are PEFT's tensors, byte for byte, under
+/// PEFT's keys; merged, the plain model gives the same logits.
 #[test]
 fn peft_adapters_round_trip_against_peft() {
-    for (name, base, rank, alpha, rslora, targets) in [
-        ("qwen3_tied_r4", "qwen3_tied", 4, 8.0, false, 7),
+    for (name, base, rank, alpha, rslora, targets, tokens) in [
+        ("qwen3_tied_r4", "qwen3_tied", 4, 8.0, false, 7, vec![]),
         (
             "llama_untied_bias_rs2",
             "llama_untied_bias",
@@ -147,15 +149,18 @@ fn peft_adapters_round_trip_against_peft() {
             16.0,
             true,
             3,
+            vec![],
         ),
+        ("qwen3_tied_tokens", "qwen3_tied", 2, 4.0, false, 4, vec![3, 90, 95]),
+        ("qwen3_untied_tokens", "qwen3_untied", 2, 4.0, false, 3, vec![95, 3, 50]),
     ] {
         let dir = fixture(&format!("peft/{name}"));
         let plain: Decoder<Flex> =
             load_hf(&fixture(&format!("backbone/{base}")), &Default::default()).unwrap();
         let (adapted, spec) = load_peft(plain, &dir).unwrap();
         assert_eq!(
-            (spec.rank, spec.alpha, spec.use_rslora, spec.targets.len()),
-            (rank, alpha, rslora, targets),
+            (spec.rank, spec.alpha, spec.use_rslora, spec.targets.len(), spec.tokens.clone()),
+            (rank, alpha, rslora, targets, tokens),
             "{name}: adapter_config.json"
         );
         let want = peft_logits(&dir, base);
@@ -220,7 +225,13 @@ fn unsupported_or_broken_adapters_are_refused_by_name() {
         ("layers_to_transform", serde_json::json!([0])),
         ("modules_to_save", serde_json::json!(["lm_head"])),
         ("rank_pattern", serde_json::json!({"q_proj": 8})),
-        ("trainable_token_indices", serde_json::json!([3, 4])),
+        (
+            "trainable_token_indices",
+            serde_json::json!({"embed_tokens": [3], "lm_head": [4]}),
+        ),
+        ("trainable_token_indices", serde_json::json!({"wte": [3]})),
+        ("trainable_token_indices", serde_json::json!([3, 3])),
+        ("trainable_token_indices", serde_json::json!([96])),
     ] {
         let err = try_config(&|c| c[field] = value.clone());
         assert!(
@@ -284,4 +295,52 @@ fn unsupported_or_broken_adapters_are_refused_by_name() {
         ))
     });
     assert!(err.contains("base_model.model.lm_head.weight"), "{err}");
+    // token rows the config does not list
+    let rows = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta";
+    let err = edit_tensors(&|t| t.push((rows.into(), vec![1, 32], vec![0; 128])));
+    assert!(err.contains(rows) && err.contains("does not list"), "{err}");
+    // listed token rows missing from the file, or of the wrong shape
+    let src = fixture("peft/qwen3_untied_tokens");
+    let untied = tensors(&src.join("adapter_model.safetensors"));
+    let head_rows = "base_model.model.lm_head.token_adapter.trainable_tokens_delta";
+    for (edit, want) in [
+        (
+            Box::new(|t: &mut Vec<(String, Vec<usize>, Vec<u8>)>| t.retain(|x| x.0 != head_rows))
+                as Box<dyn Fn(&mut Vec<_>)>,
+            "missing",
+        ),
+        (
+            Box::new(|t: &mut Vec<(String, Vec<usize>, Vec<u8>)>| {
+                for x in t.iter_mut().filter(|x| x.0 == head_rows) {
+                    x.1 = vec![6, 16];
+                }
+            }),
+            "shape",
+        ),
+    ] {
+        let mut t = untied.clone();
+        edit(&mut t);
+        let views: Vec<_> = t
+            .iter()
+            .map(|(k, s, d)| {
+                let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d);
+                (k.clone(), v.unwrap())
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("adapter_model.safetensors"),
+            safetensors::serialize(views, None).unwrap(),
+        )
+        .unwrap();
+        std::fs::copy(
+            src.join("adapter_config.json"),
+            dir.path().join("adapter_config.json"),
+        )
+        .unwrap();
+        let base: Decoder<Flex> =
+            load_hf(&fixture("backbone/qwen3_untied"), &Default::default()).unwrap();
+        let err = load_peft(base, dir.path()).unwrap_err().to_string();
+        assert!(err.contains(head_rows) && err.contains(want), "{want}: {err}");
+    }
 }

@@ -10,10 +10,10 @@
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor};
 
 use super::config::{DecoderConfig, Family};
-use super::lora::{Lora, Target};
+use super::lora::{Lora, Target, TokenRows};
 use super::ops::{self, AttnMask, Rope, linear as proj, linear_rows as rows, rms_norm as norm};
 
 /// Grouped-query self-attention with HF (rotate-half) RoPE and optional per-head q/k RMSNorm.
@@ -71,6 +71,8 @@ pub struct Backbone<B: Backend> {
 pub struct Decoder<B: Backend> {
     pub model: Backbone<B>,
     pub lm_head: Option<Linear<B>>,
+    /// Trainable rows of the vocabulary beside LoRA adapters (`lora.rs`; absent in a plain model).
+    pub token_rows: Option<TokenRows<B>>,
     #[module(skip)]
     config: DecoderConfig,
     /// RoPE inverse frequencies `[k / 2]` (scaling applied), kept as plain numbers.
@@ -181,6 +183,7 @@ impl DecoderConfig {
             },
             lm_head: (!self.tie_word_embeddings)
                 .then(|| linear(self, d, self.vocab_size, false, device)),
+            token_rows: None,
             inv_freq: self.inv_freq().into_iter().map(|f| f as f32).collect(),
             config: self.clone(),
         }
@@ -455,12 +458,39 @@ impl<B: Backend> Decoder<B> {
 
     /// Input embeddings `[b, s, d]` of token ids `[b, s]`.
     pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        self.model.embed_tokens.forward(ids)
+        let x = self.model.embed_tokens.forward(ids.clone());
+        match &self.token_rows {
+            Some(rows) => rows.embed(ids, x),
+            None => x,
+        }
     }
 
-    /// The input embedding table E `[V, d]`.
+    /// The input embedding table E `[V, d]` (with trainable token rows: a table with their rows
+    /// written in, differentiable in them).
     pub fn embedding_table(&self) -> Tensor<B, 2> {
-        self.model.embed_tokens.weight.val()
+        let w = self.model.embed_tokens.weight.val();
+        match &self.token_rows {
+            Some(rows) => {
+                let idx = rows.index(&w.device());
+                let delta = rows.embed.val() - w.clone().select(0, idx.clone());
+                w.select_assign(0, idx, delta, IndexingUpdateOp::Add)
+            }
+            None => w,
+        }
+    }
+
+    /// With trainable token rows that change the LM head: the token indices `[n]` and the change
+    /// of their head rows, `[n, d]` (new − base; differentiable in the new rows).
+    fn head_row_delta(&self) -> Option<(Tensor<B, 1, Int>, Tensor<B, 2>)> {
+        let rows = self.token_rows.as_ref()?;
+        let values = match (&self.lm_head, &rows.head) {
+            (None, _) => rows.embed.val(), // tied: the head is the embedding table
+            (Some(_), Some(h)) => h.val(),
+            (Some(_), None) => return None, // untied, only the input rows train
+        };
+        let idx = rows.index(&values.device());
+        let base = self.base_head_rows().select(0, idx.clone()).detach();
+        Some((idx, values - base))
     }
 
     /// Blocks → final norm over input embeddings `x` `[b, s, d]`. With a cache, each layer's keys/values are written at
@@ -598,17 +628,30 @@ impl<B: Backend> Decoder<B> {
 
     /// Logits `[b, s, V]` from hidden states `[b, s, d]` (tied head: the embedding matrix).
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(head) => proj(head, &None, hidden),
+        let [b, s, d] = hidden.dims();
+        let logits = match &self.lm_head {
+            Some(head) => proj(head, &None, hidden.clone()),
             None => {
-                let [b, s, d] = hidden.dims();
                 let w = self.model.embed_tokens.weight.val(); // [V, d]
                 let v = w.dims()[0];
                 hidden
+                    .clone()
                     .reshape([b * s, d])
                     .matmul(w.transpose())
                     .reshape([b, s, v])
             }
+        };
+        match self.head_row_delta() {
+            // trainable token rows: their n columns corrected, h · (new − base)ᵀ added
+            Some((idx, delta)) => {
+                let v = logits.dims()[2];
+                let fix = hidden.reshape([b * s, d]).matmul(delta.transpose()); // [b·s, n]
+                logits
+                    .reshape([b * s, v])
+                    .select_assign(1, idx, fix, IndexingUpdateOp::Add)
+                    .reshape([b, s, v])
+            }
+            None => logits,
         }
     }
 
@@ -633,12 +676,20 @@ impl<B: Backend> Decoder<B> {
         chunk: usize,
     ) -> (Tensor<B, 2>, Tensor<B, 2, Bool>) {
         let logits = |h| self.logits(h);
-        ops::token_logprobs(hidden, targets, &self.head_rows(), logits, chunk)
+        let mut rows = self.base_head_rows();
+        if let Some((idx, delta)) = self.head_row_delta() {
+            // the fused CPU op takes the head as one table: the token rows written in (a copy,
+            // differentiable in them); elsewhere `logits` corrects n columns and no copy is made
+            if super::cpu::applies(&hidden) {
+                rows = rows.select_assign(0, idx, delta, IndexingUpdateOp::Add);
+            }
+        }
+        ops::token_logprobs(hidden, targets, &rows, logits, chunk)
     }
 
-    /// The LM head as `[V, d]` rows (the tied embeddings, or the untied head transposed — a
-    /// view, not a copy): `logits = hidden · head_rows()ᵀ`.
-    fn head_rows(&self) -> Tensor<B, 2> {
+    /// The base LM head as `[V, d]` rows (the tied embeddings, or the untied head transposed — a
+    /// view, not a copy), trainable token rows not applied: `logits = hidden · rowsᵀ`.
+    fn base_head_rows(&self) -> Tensor<B, 2> {
         match &self.lm_head {
             Some(head) => head.weight.val().transpose(),
             None => self.model.embed_tokens.weight.val(),
@@ -656,12 +707,16 @@ impl<B: Backend> Decoder<B> {
     /// The LM head as a contiguous `[d, V]` matrix (the transposed embeddings when tied), for
     /// decode loops that apply it every step.
     pub fn head_matrix(&self) -> Tensor<B, 2> {
-        match &self.lm_head {
+        let w = match &self.lm_head {
             Some(head) => head.weight.val(),
             None => {
                 let w = self.model.embed_tokens.weight.val().transpose();
                 Tensor::from_data(w.into_data(), &self.device())
             }
+        };
+        match self.head_row_delta() {
+            Some((idx, delta)) => w.select_assign(1, idx, delta.transpose(), IndexingUpdateOp::Add),
+            None => w,
         }
     }
 

@@ -18,12 +18,16 @@ use burn::tensor::{Tensor, TensorData};
 use serde_json::{Value, json};
 
 use super::decoder::Decoder;
-use super::lora::{Lora, LoraSpec, Target};
+use super::lora::{Lora, LoraSpec, Target, TokenRows};
 use crate::error::{Error, Result};
 
 pub const CONFIG: &str = "adapter_config.json";
 pub const WEIGHTS: &str = "adapter_model.safetensors";
 const PREFIX: &str = "base_model.model.model.layers.";
+/// PEFT's trainable token rows (`trainable_token_indices`): the embedding's, and an untied
+/// LM head's when listed for it.
+const EMBED_ROWS: &str = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta";
+const HEAD_ROWS: &str = "base_model.model.lm_head.token_adapter.trainable_tokens_delta";
 
 fn key(layer: usize, t: Target, factor: &str) -> String {
     format!("{PREFIX}{layer}.{}.lora_{factor}.weight", t.hf_path())
@@ -48,6 +52,20 @@ pub fn save_peft<B: Backend>(
             // ours [d_in, r] / [r, d_out] → PEFT's [r, d_in] / [d_out, r]
             tensors.push((key(i, t, "A"), le(&transpose(&a, d_in, r)), vec![r, d_in]));
             tensors.push((key(i, t, "B"), le(&transpose(&b, r, d_out)), vec![d_out, r]));
+        }
+    }
+    // trainable token rows: PEFT's list form when only the embedding's train (or the head is
+    // tied to it), its {module: ids} form when an untied head's rows train too
+    let mut token_indices = Value::Null;
+    if let Some(rows) = &model.token_rows {
+        let ids: Vec<u32> = rows.ids().to_vec();
+        let (e, shape) = host(rows.embed.val());
+        tensors.push((EMBED_ROWS.to_string(), le(&e), shape.to_vec()));
+        token_indices = json!(ids);
+        if let Some(h) = &rows.head {
+            let (h, shape) = host(h.val());
+            tensors.push((HEAD_ROWS.to_string(), le(&h), shape.to_vec()));
+            token_indices = json!({"embed_tokens": ids, "lm_head": ids});
         }
     }
     if tensors.is_empty() {
@@ -88,6 +106,7 @@ pub fn save_peft<B: Backend>(
         "alpha_pattern": {},
         "use_dora": false,
         "revision": null,
+        "trainable_token_indices": token_indices,
     });
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let text = serde_json::to_string_pretty(&config).expect("a JSON value serialises");
@@ -100,7 +119,7 @@ pub fn save_peft<B: Backend>(
 /// adapter's settings. Every problem is an [`Error::Data`] naming the file and the field or key.
 pub fn load_peft<B: Backend>(base: Decoder<B>, dir: &Path) -> Result<(Decoder<B>, LoraSpec)> {
     let config_path = dir.join(CONFIG);
-    let spec = read_config(&config_path)?;
+    let (spec, spec_head) = read_config(&config_path)?;
     let path = dir.join(WEIGHTS);
     let bad = |field: &str, message: String| Error::Data {
         file: path.clone(),
@@ -114,7 +133,35 @@ pub fn load_peft<B: Backend>(base: Decoder<B>, dir: &Path) -> Result<(Decoder<B>
     let layers = base.model.layers.len();
     // (layer, target) → (A, B) as read
     let mut found: BTreeMap<(usize, Target), [Option<(Vec<f32>, Vec<usize>)>; 2]> = BTreeMap::new();
+    let mut rows: [Option<(Vec<f32>, Vec<usize>)>; 2] = [None, None];
     for (name, view) in st.tensors() {
+        if name == EMBED_ROWS || name == HEAD_ROWS {
+            let head = name == HEAD_ROWS;
+            let listed = if head {
+                spec_head
+            } else {
+                !spec.tokens.is_empty()
+            };
+            if !listed {
+                return Err(bad(
+                    &name,
+                    format!(
+                        "trainable token rows that {}'s trainable_token_indices does not list{}",
+                        config_path.display(),
+                        if head { " for lm_head" } else { "" }
+                    ),
+                ));
+            }
+            let values = floats(&view).map_err(|m| bad(&name, m))?;
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(bad(
+                    &name,
+                    format!("element {i} is {} (not finite)", values[i]),
+                ));
+            }
+            rows[usize::from(head)] = Some((values, view.shape().to_vec()));
+            continue;
+        }
         let (layer, t, factor) = parse_key(&name).ok_or_else(|| {
             bad(
                 &name,
@@ -187,11 +234,52 @@ pub fn load_peft<B: Backend>(base: Decoder<B>, dir: &Path) -> Result<(Decoder<B>
                 Some(Lora::from_factors(a, b, spec.scale() as f32));
         }
     }
+    if !spec.tokens.is_empty() {
+        let bad_indices = |m: String| Error::Data {
+            file: config_path.clone(),
+            line: 0,
+            field: Some("trainable_token_indices".into()),
+            message: m,
+        };
+        model
+            .check_token_ids(&spec.tokens)
+            .map_err(|e| bad_indices(e.to_string()))?;
+        if spec_head && model.lm_head.is_none() {
+            // PEFT ties a tied head's rows to the embedding's and saves them once
+            if rows[1].is_some() {
+                return Err(bad(
+                    HEAD_ROWS,
+                    "LM-head rows for a model whose head is tied to its embeddings".into(),
+                ));
+            }
+        }
+        let d = model.config().hidden_size;
+        let n = spec.tokens.len();
+        let device = model.device();
+        let mut take = |slot: usize, key: &str| -> Result<Tensor<B, 2>> {
+            match rows[slot].take() {
+                None => Err(bad(key, "missing: trainable_token_indices lists these rows".into())),
+                Some((_, shape)) if shape.as_slice() != [n, d] => Err(bad(
+                    key,
+                    format!("shape {shape:?}, expected [{n}, {d}] (tokens × hidden size)"),
+                )),
+                Some((v, _)) => Ok(Tensor::from_data(TensorData::new(v, [n, d]), &device)),
+            }
+        };
+        let embed = take(0, EMBED_ROWS)?.require_grad();
+        let head = if spec_head && model.lm_head.is_some() {
+            Some(take(1, HEAD_ROWS)?.require_grad())
+        } else {
+            None
+        };
+        model.token_rows = Some(TokenRows::from_values(spec.tokens.clone(), embed, head));
+    }
     Ok((model, spec))
 }
 
-/// PEFT's `LoraConfig` as t1-train runs it; anything else is refused by field.
-fn read_config(path: &Path) -> Result<LoraSpec> {
+/// PEFT's `LoraConfig` as t1-train runs it; anything else is refused by field. Also says whether
+/// `trainable_token_indices` lists the rows for `lm_head` too (its `{module: ids}` form).
+fn read_config(path: &Path) -> Result<(LoraSpec, bool)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let bad = |field: &str, message: String| Error::Data {
         file: path.to_path_buf(),
@@ -258,7 +346,11 @@ fn read_config(path: &Path) -> Result<LoraSpec> {
     if targets.is_empty() {
         return Err(bad("target_modules", "an empty list".into()));
     }
-    let refused: [(&str, fn(&Value) -> bool, &str); 14] = [
+    let (tokens, head) = match get("trainable_token_indices") {
+        None => (Vec::new(), false),
+        Some(x) => token_indices(x).map_err(|m| bad("trainable_token_indices", format!("{x}: {m}")))?,
+    };
+    let refused: [(&str, fn(&Value) -> bool, &str); 13] = [
         (
             "lora_bias",
             |x| x.as_bool() == Some(true),
@@ -283,11 +375,6 @@ fn read_config(path: &Path) -> Result<LoraSpec> {
             "target_parameters",
             |_| true,
             "adapters on bare parameters are not supported",
-        ),
-        (
-            "trainable_token_indices",
-            |_| true,
-            "trainable token rows are not supported yet",
         ),
         (
             "alora_invocation_tokens",
@@ -337,12 +424,58 @@ fn read_config(path: &Path) -> Result<LoraSpec> {
             return Err(bad(field, format!("{x}: {why}")));
         }
     }
-    Ok(LoraSpec {
-        rank,
-        alpha,
-        use_rslora,
-        targets,
-    })
+    Ok((
+        LoraSpec {
+            rank,
+            alpha,
+            use_rslora,
+            targets,
+            tokens,
+        },
+        head,
+    ))
+}
+
+/// PEFT's `trainable_token_indices`: a list of token ids (the embedding's rows), or
+/// `{"embed_tokens": ids, "lm_head": ids}` (the head's rows too; the same ids).
+fn token_indices(x: &Value) -> std::result::Result<(Vec<u32>, bool), String> {
+    let ids = |v: &Value| -> std::result::Result<Vec<u32>, String> {
+        v.as_array()
+            .ok_or("a list of token ids expected")?
+            .iter()
+            .map(|i| {
+                i.as_u64()
+                    .and_then(|i| u32::try_from(i).ok())
+                    .ok_or_else(|| format!("{i} is not a token id"))
+            })
+            .collect()
+    };
+    match x {
+        Value::Array(_) => Ok((ids(x)?, false)),
+        Value::Object(m) => {
+            let mut embed = None;
+            let mut head = None;
+            for (k, v) in m {
+                match k.as_str() {
+                    "embed_tokens" => embed = Some(ids(v)?),
+                    "lm_head" => head = Some(ids(v)?),
+                    other => {
+                        return Err(format!(
+                            "module {other:?}: t1-train trains token rows of embed_tokens and lm_head only"
+                        ));
+                    }
+                }
+            }
+            let embed = embed.ok_or("the rows of embed_tokens must be listed")?;
+            match head {
+                Some(h) if h != embed => {
+                    Err("lm_head must list the same token ids as embed_tokens".into())
+                }
+                h => Ok((embed, h.is_some())),
+            }
+        }
+        _ => Err("a list of token ids, or {module name: list of token ids}".into()),
+    }
 }
 
 /// `(layer, target, 0 for A / 1 for B)` of a PEFT key (with or without the adapter name PEFT
