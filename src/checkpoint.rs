@@ -4,13 +4,16 @@
 //! runs/<name>/checkpoints/
 //!   step-000120/            one checkpoint (written as .tmp-step-000120/, then renamed)
 //!     config.json, model.safetensors, tokenizer.json[, tokenizer_config.json]   HF folder (f32)
+//!       — or, with [lora], adapter_config.json + adapter_model.safetensors (PEFT's format,
+//!       the adapters and trainable token rows only; the base is rebuilt from the config)
 //!     optimizer.mpk         AdamW moments, keyed by parameter order (not burn's random ids)
 //!     state.json            step, epoch, data position, RNG state, best dev metric, stage
 //!     SHA256SUMS            SHA-256 of every file above (`sha256sum -c` format), written last
 //!   latest                  name of the newest checkpoint (for people; resume scans step-*)
 //! ```
 //!
-//! The model goes to disk in HF format, so every checkpoint is also a model transformers loads.
+//! The model goes to disk in HF format (a LoRA run's as a PEFT adapter), so every checkpoint is
+//! also a model transformers (+ peft) loads.
 //! Loading gives fresh burn parameter ids, so the optimizer record is saved with ids replaced by
 //! each parameter's position in module order and mapped back to the new ids on load.
 //!
@@ -29,7 +32,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{Decoder, T1Tokenizer, load_hf, save_hf};
+use crate::model::peft::{self, Adapter};
+use crate::model::{Decoder, T1Tokenizer, load_hf};
 use crate::run::write_atomic;
 
 /// A ChaCha8 stream's exact position.
@@ -134,6 +138,7 @@ pub fn root(run_dir: &Path) -> PathBuf {
 pub fn save<B: Backend, V: Record<B>>(
     run_dir: &Path,
     model: &Decoder<B>,
+    adapter: Option<&Adapter>,
     tokenizer: &T1Tokenizer,
     optimizer: HashMap<ParamId, V>,
     state: &TrainState,
@@ -141,7 +146,7 @@ pub fn save<B: Backend, V: Record<B>>(
     let root = root(run_dir);
     let name = format!("step-{:06}", state.step);
     let tmp = root.join(format!(".tmp-{name}"));
-    let written = write_folder(&tmp, model, tokenizer, optimizer, state).and_then(|()| {
+    let written = write_folder(&tmp, model, adapter, tokenizer, optimizer, state).and_then(|()| {
         let dest = root.join(&name);
         if dest.exists() {
             std::fs::remove_dir_all(&dest).map_err(|e| Error::io(&dest, e))?;
@@ -175,6 +180,7 @@ pub fn how_to_go_on(run_dir: &Path) -> String {
 fn write_folder<B: Backend, V: Record<B>>(
     tmp: &Path,
     model: &Decoder<B>,
+    adapter: Option<&Adapter>,
     tokenizer: &T1Tokenizer,
     optimizer: HashMap<ParamId, V>,
     state: &TrainState,
@@ -183,7 +189,7 @@ fn write_folder<B: Backend, V: Record<B>>(
         std::fs::remove_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
     }
     std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
-    save_hf(model, tmp)?;
+    peft::save_model(model, adapter, tmp)?;
     tokenizer.save(&tmp.join("tokenizer.json"))?;
     let ids = param_ids(model);
     let record = rekey(optimizer, &ids, &ordinal_ids(ids.len()));
@@ -225,9 +231,11 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
 }
 
 /// Loads a checkpoint: model (on `device`), optimizer record keyed to the new model's ids, state.
+/// A LoRA checkpoint's adapters are attached to what `base` returns (called only for one).
 pub fn load<B: Backend, V: Record<B>>(
     dir: &Path,
     device: &B::Device,
+    base: impl FnOnce() -> Result<Decoder<B>>,
 ) -> Result<(Decoder<B>, HashMap<ParamId, V>, TrainState)> {
     // load_hf below verifies every file SHA256SUMS lists (optimizer and state included)
     if !dir.join(crate::checksums::FILE).exists() {
@@ -241,7 +249,13 @@ pub fn load<B: Backend, V: Record<B>>(
     // every file a checkpoint needs must be listed (an emptied or partial SHA256SUMS would
     // otherwise let an altered file through); load_hf checks the model's files
     crate::checksums::verify_listing(dir, &["optimizer.mpk", "state.json"])?;
-    let model: Decoder<B> = load_hf(dir, device)?;
+    let model: Decoder<B> = if peft::is_adapter_dir(dir) {
+        crate::checksums::verify_listing(dir, &[peft::CONFIG, peft::WEIGHTS, "tokenizer.json"])?;
+        crate::checksums::verify(dir)?;
+        peft::load_peft(base()?, dir)?.0
+    } else {
+        load_hf(dir, device)?
+    };
     let state_path = dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
     let state: TrainState = serde_json::from_str(&text).map_err(|e| {

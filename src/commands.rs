@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::eval::{Report, Run, evaluate, write_trec_run};
 use crate::metrics::{MetricsSink, progress_bar};
 use crate::model::generate::{self, Embed, GenerateOptions, Sampler, StopReason};
-use crate::model::{Decoder, T1Tokenizer, load_hf};
+use crate::model::{Decoder, T1Tokenizer, load_model};
 use crate::run::RunDir;
 
 /// `t1-train data DIR`: load every file (any error names file and line) and print a summary.
@@ -334,13 +334,15 @@ pub struct Sample {
 
 /// A `--model` argument that is no model folder is a usage error (exit 2), not a failed load.
 fn model_folder_arg(dir: &Path) -> Result<()> {
-    if dir.join("config.json").is_file() && dir.join("tokenizer.json").is_file() {
+    let model = dir.join("config.json").is_file() || crate::model::is_adapter_dir(dir);
+    if model && dir.join("tokenizer.json").is_file() {
         return Ok(());
     }
     Err(Error::Config {
         location: "--model".into(),
         message: format!(
-            "{}: not a model folder (config.json, tokenizer.json and safetensors expected)",
+            "{}: not a model folder (config.json, tokenizer.json and safetensors expected, or a \
+             LoRA stage's adapter_config.json, adapter_model.safetensors and tokenizer.json)",
             dir.display()
         ),
     })
@@ -355,8 +357,8 @@ pub fn generate<B: Backend>(req: &GenerateRequest, device: &B::Device) -> Result
             message: "must be at least 1".into(),
         });
     }
-    // the model first: load_hf verifies the folder's SHA256SUMS (tokenizer included) when it has one
-    let mut model: Decoder<B> = load_hf(&req.model, device)?;
+    // the model first: it verifies the folder's SHA256SUMS (tokenizer included) when it has one
+    let mut model: Decoder<B> = load_model(&req.model, device)?;
     let tok = T1Tokenizer::load(&req.model.join("tokenizer.json"))?;
     let ids = if req.query {
         tok.query_prompt(&req.prompt, usize::MAX)?
@@ -576,7 +578,7 @@ pub fn search<B: Backend>(
         );
         None
     };
-    let mut model: Decoder<B> = load_hf(model_dir, device)?; // verifies SHA256SUMS first
+    let mut model: Decoder<B> = load_model(model_dir, device)?; // verifies SHA256SUMS first
     let tok = T1Tokenizer::load(&model_dir.join("tokenizer.json"))?;
     if tok.vocab_size() > model.config().vocab_size {
         model = model.resize_vocab(tok.vocab_size())?;
@@ -609,4 +611,48 @@ pub fn search<B: Backend>(
             (r, hits)
         })
         .collect())
+}
+
+/// `t1-train merge --model DIR --out DIR`: a model folder (a LoRA stage's adapter folder, its
+/// chain of bases resolved) as one merged HF folder — `config.json`, `model.safetensors`, the
+/// tokenizer, `t1-best.json` when the source has one, `SHA256SUMS` — that transformers loads
+/// without peft. `out` must not exist yet (nothing is overwritten).
+pub fn merge<B: Backend>(model_dir: &Path, out: &Path, device: &B::Device) -> Result<()> {
+    model_folder_arg(model_dir)?;
+    if out.exists() {
+        return Err(Error::Config {
+            location: "--out".into(),
+            message: format!(
+                "{} already exists: pick a new folder (merge never overwrites)",
+                out.display()
+            ),
+        });
+    }
+    let mut model: Decoder<B> = load_model(model_dir, device)?;
+    let tok = T1Tokenizer::load(&model_dir.join("tokenizer.json"))?;
+    if tok.vocab_size() > model.config().vocab_size {
+        model = model.resize_vocab(tok.vocab_size())?;
+    }
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let tmp = out.with_file_name(format!(".{name}.tmp"));
+    let written = (|| {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        crate::model::save_hf(&model, &tmp)?;
+        tok.save(&tmp.join("tokenizer.json"))?;
+        let about = model_dir.join("t1-best.json");
+        if about.is_file() {
+            std::fs::copy(&about, tmp.join("t1-best.json")).map_err(|e| Error::io(&about, e))?;
+        }
+        crate::checksums::write(&tmp)?;
+        std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written
 }

@@ -43,6 +43,90 @@ pub struct RawConfig {
     /// resolved config only when it differs from the defaults.
     #[serde(default, skip_serializing_if = "LatentSection::is_default")]
     pub latent: LatentSection,
+    /// LoRA adapters instead of full fine-tuning (any stage). Written to the resolved config
+    /// only when it differs from the defaults.
+    #[serde(default, skip_serializing_if = "LoraSection::is_default")]
+    pub lora: LoraSection,
+}
+
+/// LoRA (issue 22): the backbone frozen, low-rank adapters `W + (α/r)·A·B` on the listed
+/// projections of every layer, and the rows of the T1 tokens trained in full, saved as a PEFT
+/// adapter (`adapter_config.json` + `adapter_model.safetensors`). A stage that starts from a
+/// LoRA stage's `best/` starts from its merged model with fresh adapters.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    /// Train adapters (true) or every weight (false). Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Adapter rank r. Default 16.
+    #[serde(default = "default_lora_rank")]
+    pub rank: usize,
+    /// Scale numerator: the update is `(alpha / rank)·A·B` (PEFT's `lora_alpha`). Default 32.
+    #[serde(default = "default_lora_alpha")]
+    pub alpha: f64,
+    /// rsLoRA: scale by `alpha / √rank` instead. Default false.
+    #[serde(default)]
+    pub use_rslora: bool,
+    /// Projections that get an adapter, by their HF names (`q_proj`, `k_proj`, `v_proj`,
+    /// `o_proj`, `gate_proj`, `up_proj`, `down_proj`). Default all seven.
+    #[serde(default = "default_lora_targets")]
+    pub target_modules: Vec<String>,
+    /// Train the embedding rows (and an untied LM head's rows) of `<think>`, `</think>` and
+    /// `<emb_token>` in full beside the adapters (PEFT's `trainable_token_indices`): added tokens
+    /// start as the mean row, and a frozen mean `<emb_token>` could not learn to pool. Default true.
+    #[serde(default = "yes")]
+    pub train_new_tokens: bool,
+    /// Dropout on the adapter input. Only 0 is accepted for now (no seeded mask yet, so a run
+    /// with dropout could not be resumed exactly). Default 0.
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        toml::from_str("").expect("every lora field has a default")
+    }
+}
+
+impl LoraSection {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The adapter spec for a model with tokenizer `tok` (validated at load: every target
+    /// name is known).
+    pub fn spec(&self, tok: &crate::model::T1Tokenizer) -> crate::model::LoraSpec {
+        use crate::model::lora::Target;
+        crate::model::LoraSpec {
+            rank: self.rank,
+            alpha: self.alpha,
+            use_rslora: self.use_rslora,
+            targets: self
+                .target_modules
+                .iter()
+                .filter_map(|n| Target::from_hf_name(n))
+                .collect(),
+            tokens: if self.train_new_tokens {
+                vec![tok.think, tok.end_think, tok.emb]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+fn default_lora_rank() -> usize {
+    16
+}
+fn default_lora_alpha() -> f64 {
+    32.0
+}
+fn default_lora_targets() -> Vec<String> {
+    crate::model::lora::Target::ALL
+        .iter()
+        .map(|t| t.hf_name().to_string())
+        .collect()
 }
 
 /// LaSER (DESIGN §1): the latent query view and its self-distillation objective.
@@ -974,6 +1058,53 @@ impl RawConfig {
             r.resolve(base);
             r.build()
                 .map_err(|e| err(&format!("stage3.rewards[{i}]"), e.0))?;
+        }
+        let l = &self.lora;
+        if l.rank == 0 {
+            return Err(err("lora.rank", "must be at least 1".into()));
+        }
+        if !(l.alpha.is_finite() && l.alpha > 0.0) {
+            return Err(err(
+                "lora.alpha",
+                format!("must be a finite number > 0, got {}", l.alpha),
+            ));
+        }
+        if !(l.dropout.is_finite() && (0.0..1.0).contains(&l.dropout)) {
+            return Err(err(
+                "lora.dropout",
+                format!("must be in [0, 1), got {}", l.dropout),
+            ));
+        }
+        if l.dropout > 0.0 {
+            return Err(err(
+                "lora.dropout",
+                format!(
+                    "{} is not supported yet: only 0 (adapter dropout needs a seeded mask for \
+                     exact resume, not written yet)",
+                    l.dropout
+                ),
+            ));
+        }
+        if l.target_modules.is_empty() {
+            return Err(err("lora.target_modules", "an empty list".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, name) in l.target_modules.iter().enumerate() {
+            if crate::model::lora::Target::from_hf_name(name).is_none() {
+                return Err(err(
+                    &format!("lora.target_modules[{i}]"),
+                    format!(
+                        "unknown module {name:?}; names: {}",
+                        default_lora_targets().join(", ")
+                    ),
+                ));
+            }
+            if !seen.insert(name) {
+                return Err(err(
+                    &format!("lora.target_modules[{i}]"),
+                    format!("{name:?} listed twice"),
+                ));
+            }
         }
         let run_dir = output_dir.join(&self.run.name);
         Ok(Config {

@@ -262,7 +262,8 @@ pub fn run<B: AutodiffBackend>(
             other => other,
         })?;
         let dir = cfg.run_dir.join("best");
-        if !dir.join("config.json").exists() {
+        // an HF folder, or with [lora] an adapter folder (the next stage starts from its merge)
+        if !dir.join("config.json").exists() && !crate::model::is_adapter_dir(&dir) {
             return Err(Error::Runtime(format!(
                 "{}: {} kept no best model (set train.eval_every > 0 in {})",
                 dir.display(),

@@ -171,13 +171,31 @@ pub fn corpus_hash(corpus: &Corpus) -> String {
 
 /// SHA-256 over a model folder's weight files (`model.safetensors` or its shards, in name order).
 pub fn model_hash(dir: &Path) -> Result<String> {
+    use crate::model::peft;
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    for f in crate::model::weights::safetensors_files(dir)? {
-        let mut file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
-        std::io::copy(&mut file, &mut h).map_err(|e| Error::io(&f, e))?;
+    let mut dir = dir.to_path_buf();
+    // an adapter folder: its files, then its base's (a chain as deep as `load_model` reads)
+    for _ in 0..=peft::MAX_CHAIN {
+        if !peft::is_adapter_dir(&dir) {
+            for f in crate::model::weights::safetensors_files(&dir)? {
+                let mut file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
+                std::io::copy(&mut file, &mut h).map_err(|e| Error::io(&f, e))?;
+            }
+            return Ok(format!("{:x}", h.finalize()));
+        }
+        for name in [peft::CONFIG, peft::WEIGHTS] {
+            let f = dir.join(name);
+            let mut file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
+            std::io::copy(&mut file, &mut h).map_err(|e| Error::io(&f, e))?;
+        }
+        dir = peft::base_of(&dir)?;
     }
-    Ok(format!("{:x}", h.finalize()))
+    Err(Error::Runtime(format!(
+        "{}: adapter folders chained more than {} deep (a cycle?)",
+        dir.display(),
+        peft::MAX_CHAIN
+    )))
 }
 
 /// The training step a model folder was saved at, when it says.

@@ -182,6 +182,17 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Merge a LoRA stage's adapter folder (e.g. runs/<name>/best) into its base and write one
+    /// HF folder (config.json, model.safetensors, tokenizer) that transformers loads without peft.
+    Merge {
+        /// The adapter folder (adapter_config.json, adapter_model.safetensors, tokenizer.json);
+        /// an HF folder is copied as is.
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// The new HF folder (must not exist).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Validate a BEIR dataset folder (errors name file, line and field) and print a summary:
     /// queries, documents, judgments per split, length percentiles.
     Data {
@@ -375,6 +386,10 @@ fn run(cli: Cli) -> Result<(), Error> {
                 }
                 println!();
             }
+        }
+        Command::Merge { model, out } => {
+            commands::merge::<Compute>(&model, &out, &Default::default())?;
+            println!("{}: merged HF model folder", out.display());
         }
         Command::Generate {
             model,

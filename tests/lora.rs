@@ -151,15 +151,37 @@ fn peft_adapters_round_trip_against_peft() {
             3,
             vec![],
         ),
-        ("qwen3_tied_tokens", "qwen3_tied", 2, 4.0, false, 4, vec![3, 90, 95]),
-        ("qwen3_untied_tokens", "qwen3_untied", 2, 4.0, false, 3, vec![95, 3, 50]),
+        (
+            "qwen3_tied_tokens",
+            "qwen3_tied",
+            2,
+            4.0,
+            false,
+            4,
+            vec![3, 90, 95],
+        ),
+        (
+            "qwen3_untied_tokens",
+            "qwen3_untied",
+            2,
+            4.0,
+            false,
+            3,
+            vec![95, 3, 50],
+        ),
     ] {
         let dir = fixture(&format!("peft/{name}"));
         let plain: Decoder<Flex> =
             load_hf(&fixture(&format!("backbone/{base}")), &Default::default()).unwrap();
         let (adapted, spec) = load_peft(plain, &dir).unwrap();
         assert_eq!(
-            (spec.rank, spec.alpha, spec.use_rslora, spec.targets.len(), spec.tokens.clone()),
+            (
+                spec.rank,
+                spec.alpha,
+                spec.use_rslora,
+                spec.targets.len(),
+                spec.tokens.clone()
+            ),
             (rank, alpha, rslora, targets, tokens),
             "{name}: adapter_config.json"
         );
@@ -341,6 +363,9 @@ fn unsupported_or_broken_adapters_are_refused_by_name() {
         let base: Decoder<Flex> =
             load_hf(&fixture("backbone/qwen3_untied"), &Default::default()).unwrap();
         let err = load_peft(base, dir.path()).unwrap_err().to_string();
-        assert!(err.contains(head_rows) && err.contains(want), "{want}: {err}");
+        assert!(
+            err.contains(head_rows) && err.contains(want),
+            "{want}: {err}"
+        );
     }
 }

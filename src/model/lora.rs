@@ -264,7 +264,10 @@ impl<B: Backend> Decoder<B> {
     pub(super) fn base_token_rows(&self, ids: &[u32]) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
         let device = self.device();
         let idx = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [ids.len()]),
+            TensorData::new(
+                ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [ids.len()],
+            ),
             &device,
         );
         let embed = self.model.embed_tokens.weight.val().select(0, idx.clone());
@@ -336,6 +339,21 @@ impl<B: Backend> Decoder<B> {
             }
         }
         m
+    }
+
+    /// This model with every parameter trainable again (the inverse of `no_grad`): a merged
+    /// model that a full fine-tuning stage starts from.
+    pub fn trainable(self) -> Self {
+        struct Trainable;
+        impl<B: Backend> burn::module::ModuleMapper<B> for Trainable {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
+                param.set_require_grad(true)
+            }
+        }
+        self.map(&mut Trainable)
     }
 }
 
@@ -504,7 +522,11 @@ mod tests {
             // move the rows (a trained state)
             let mut rng = ChaCha8Rng::seed_from_u64(4);
             let rows = m.token_rows.as_mut().unwrap();
-            assert_eq!(rows.head.is_some(), !tied, "an untied head's rows train too");
+            assert_eq!(
+                rows.head.is_some(),
+                !tied,
+                "an untied head's rows train too"
+            );
             let mut shift = |p: &mut Param<Tensor<AD, 2>>| {
                 let v: Vec<f32> = (0..3 * d).map(|_| rng.random_range(-1.0..1.0)).collect();
                 *p = Param::from_tensor(
@@ -527,14 +549,22 @@ mod tests {
             let fused = loss(&m, Kernels::Fused);
             let generic = loss(&m, Kernels::Generic);
             let (lf, lg) = (fused.clone().into_scalar(), generic.clone().into_scalar());
-            assert!((lf - lg).abs() < 1e-5, "tied {tied}: fused {lf} vs generic {lg}");
+            assert!(
+                (lf - lg).abs() < 1e-5,
+                "tied {tied}: fused {lf} vs generic {lg}"
+            );
             // the same log-probs from the full logits
             let full = {
                 let (lg, _) = m.forward(ids.clone().slice([0..2, 0..6]), None);
                 let lp = burn::tensor::activation::log_softmax(lg, 2);
-                lp.gather(2, targets.clone().unsqueeze_dim(2)).mean().into_scalar()
+                lp.gather(2, targets.clone().unsqueeze_dim(2))
+                    .mean()
+                    .into_scalar()
             };
-            assert!((full - lf).abs() < 1e-5, "tied {tied}: logits give {full}, log-probs {lf}");
+            assert!(
+                (full - lf).abs() < 1e-5,
+                "tied {tied}: logits give {full}, log-probs {lf}"
+            );
             for (path, l) in [("fused", fused), ("generic", generic)] {
                 let grads = l.backward();
                 assert!(m.model.embed_tokens.weight.val().grad(&grads).is_none());
@@ -549,7 +579,8 @@ mod tests {
                             w[i] = x;
                             let mut m2 = m.clone();
                             let r = m2.token_rows.as_mut().unwrap();
-                            let t = Tensor::from_data(TensorData::new(w, [3, d]), &Default::default());
+                            let t =
+                                Tensor::from_data(TensorData::new(w, [3, d]), &Default::default());
                             if which == 0 {
                                 r.embed = Param::from_tensor(t);
                             } else {
@@ -578,7 +609,10 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
             assert!(d < 1e-4, "tied {tied}: merged logits differ by {d}");
-            let idx = Tensor::<AD, 1, Int>::from_data(TensorData::new(vec![10i64, 3, 63], [3]), &Default::default());
+            let idx = Tensor::<AD, 1, Int>::from_data(
+                TensorData::new(vec![10i64, 3, 63], [3]),
+                &Default::default(),
+            );
             let table = merged.model.embed_tokens.weight.val().select(0, idx);
             assert_eq!(
                 table.into_data().to_vec::<f32>().unwrap(),

@@ -29,6 +29,31 @@ pub fn param_count(c: &DecoderConfig) -> f64 {
     v * d + c.num_hidden_layers as f64 * (attn + mlp + norms + biases) + d + head
 }
 
+/// Trainable parameters of the adapters `spec` attaches to a model with config `c`: `r·(d_in +
+/// d_out)` per target per layer, plus the full rows of the trainable tokens (twice on an untied
+/// model: embedding and LM head).
+pub fn lora_param_count(c: &DecoderConfig, spec: &super::LoraSpec) -> f64 {
+    use super::Target;
+    let (d, i) = (c.hidden_size as f64, c.intermediate_size as f64);
+    let q = c.num_attention_heads as f64 * c.head_dim as f64;
+    let kv = c.num_key_value_heads as f64 * c.head_dim as f64;
+    let mut targets = spec.targets.clone();
+    targets.sort();
+    targets.dedup();
+    let per_layer: f64 = targets
+        .iter()
+        .map(|t| match t {
+            Target::Q => d + q,
+            Target::K | Target::V => d + kv,
+            Target::O => q + d,
+            Target::Gate | Target::Up | Target::Down => d + i,
+        })
+        .sum::<f64>()
+        * spec.rank as f64;
+    let heads = if c.tie_word_embeddings { 1.0 } else { 2.0 };
+    c.num_hidden_layers as f64 * per_layer + spec.tokens.len() as f64 * d * heads
+}
+
 /// Bytes the activations of one forward (and, with `train`, its backward) over `rows`
 /// sequences of `seq` tokens need at least, in f32. In f64: absurd sizes give huge numbers (or
 /// infinity), never an overflow.

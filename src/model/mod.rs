@@ -23,6 +23,7 @@ pub use generate::{
     Embed, GenerateOptions, Rollout, Sampler, StopReason, generate, sampling_bytes_read,
 };
 pub use lora::{Lora, LoraSpec, Target, TokenRows};
+pub use peft::{is_adapter_dir, load_model};
 pub use peft::{load_peft, save_peft};
 pub use tokenizer::T1Tokenizer;
 pub use weights::{load_hf, save_hf};

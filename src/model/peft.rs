@@ -115,6 +115,107 @@ pub fn save_peft<B: Backend>(
     Ok(())
 }
 
+/// How a LoRA run writes its model (checkpoints, `best/`): the adapter's settings and the base
+/// folder its `adapter_config.json` names.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    pub spec: LoraSpec,
+    pub base: std::path::PathBuf,
+}
+
+/// Writes `model` to `dir`: a PEFT adapter folder with `adapter`, else an HF folder
+/// (`config.json` + `model.safetensors`). The tokenizer goes beside it separately.
+pub fn save_model<B: Backend>(
+    model: &Decoder<B>,
+    adapter: Option<&Adapter>,
+    dir: &Path,
+) -> Result<()> {
+    match adapter {
+        Some(a) => save_peft(model, &a.spec, &a.base.display().to_string(), dir),
+        None => super::save_hf(model, dir),
+    }
+}
+
+/// Whether `dir` is a PEFT adapter folder (it has `adapter_config.json`).
+pub fn is_adapter_dir(dir: &Path) -> bool {
+    dir.join(CONFIG).is_file()
+}
+
+/// Adapter chains deeper than this are refused (a folder naming itself as its base, say).
+pub const MAX_CHAIN: usize = 8;
+
+/// A model folder as a plain decoder on `device`: an HF folder (read by [`super::load_hf`]), or
+/// a PEFT adapter folder whose `base_model_name_or_path` names a local folder of either kind
+/// (relative paths against the adapter folder). An adapter is applied to its base grown to the
+/// vocabulary of the adapter folder's `tokenizer.json` (the added T1 tokens), then merged, so
+/// what comes back is the model the adapter's training ended with, every parameter trainable.
+/// A `SHA256SUMS` in an adapter folder (every one t1-train writes) is verified first.
+pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<Decoder<B>> {
+    load_chain(dir, device, 0)
+}
+
+fn load_chain<B: Backend>(dir: &Path, device: &B::Device, depth: usize) -> Result<Decoder<B>> {
+    if !is_adapter_dir(dir) {
+        return super::load_hf(dir, device);
+    }
+    if depth >= MAX_CHAIN {
+        return Err(Error::Runtime(format!(
+            "{}: adapter folders chained more than {MAX_CHAIN} deep through \
+             base_model_name_or_path (a cycle?)",
+            dir.display()
+        )));
+    }
+    let tokenizer = dir.join("tokenizer.json");
+    let mut needed = vec![CONFIG, WEIGHTS];
+    if tokenizer.exists() {
+        needed.push("tokenizer.json");
+    }
+    crate::checksums::verify_listing(dir, &needed)?;
+    crate::checksums::verify(dir)?;
+    let base_dir = base_of(dir)?;
+    let mut base = load_chain::<B>(&base_dir, device, depth + 1)?;
+    if tokenizer.exists() {
+        let vocab = super::T1Tokenizer::load(&tokenizer)?.vocab_size();
+        if vocab > base.config().vocab_size {
+            base = base.resize_vocab(vocab)?;
+        }
+    }
+    let (model, _) = load_peft(base, dir)?;
+    Ok(model.merge_lora().trainable())
+}
+
+/// The local folder an adapter's `base_model_name_or_path` names.
+pub fn base_of(dir: &Path) -> Result<std::path::PathBuf> {
+    let path = dir.join(CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| Error::Data {
+        file: path.clone(),
+        line: e.line(),
+        field: None,
+        message: format!("not valid JSON: {e}"),
+    })?;
+    let bad = |message: String| Error::Data {
+        file: path.clone(),
+        line: 0,
+        field: Some("base_model_name_or_path".into()),
+        message,
+    };
+    let name = v
+        .get("base_model_name_or_path")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| bad("required: the folder of the base model".into()))?;
+    let base = dir.join(name);
+    if !base.join("config.json").is_file() && !is_adapter_dir(&base) {
+        return Err(bad(format!(
+            "{name:?} is not a local model folder ({} has no config.json or {CONFIG}); \
+             t1-train never downloads: point it at the base model's folder",
+            base.display()
+        )));
+    }
+    Ok(base)
+}
+
 /// `base` with the PEFT adapter of `dir` attached (base frozen, adapters trainable), and the
 /// adapter's settings. Every problem is an [`Error::Data`] naming the file and the field or key.
 pub fn load_peft<B: Backend>(base: Decoder<B>, dir: &Path) -> Result<(Decoder<B>, LoraSpec)> {
@@ -258,7 +359,10 @@ pub fn load_peft<B: Backend>(base: Decoder<B>, dir: &Path) -> Result<(Decoder<B>
         let device = model.device();
         let mut take = |slot: usize, key: &str| -> Result<Tensor<B, 2>> {
             match rows[slot].take() {
-                None => Err(bad(key, "missing: trainable_token_indices lists these rows".into())),
+                None => Err(bad(
+                    key,
+                    "missing: trainable_token_indices lists these rows".into(),
+                )),
                 Some((_, shape)) if shape.as_slice() != [n, d] => Err(bad(
                     key,
                     format!("shape {shape:?}, expected [{n}, {d}] (tokens × hidden size)"),
@@ -348,7 +452,9 @@ fn read_config(path: &Path) -> Result<(LoraSpec, bool)> {
     }
     let (tokens, head) = match get("trainable_token_indices") {
         None => (Vec::new(), false),
-        Some(x) => token_indices(x).map_err(|m| bad("trainable_token_indices", format!("{x}: {m}")))?,
+        Some(x) => {
+            token_indices(x).map_err(|m| bad("trainable_token_indices", format!("{x}: {m}")))?
+        }
     };
     let refused: [(&str, fn(&Value) -> bool, &str); 13] = [
         (

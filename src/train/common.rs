@@ -27,7 +27,8 @@ use crate::index::{DocIndex, embed_last};
 use crate::metrics::{MetricsSink, progress_bar};
 use crate::model::generate::{Embed, GenerateOptions, Sampler, generate};
 use crate::model::latent::{LatentOptions, latent_vectors};
-use crate::model::{Decoder, DecoderConfig, T1Tokenizer, load_hf, save_hf};
+use crate::model::peft::{Adapter, save_model};
+use crate::model::{Decoder, DecoderConfig, T1Tokenizer, save_hf};
 use crate::run::RunDir;
 use crate::train::optim::{AdamW, adamw, clip_global_norm, lr_at};
 
@@ -48,17 +49,18 @@ pub fn load_backbone<B: Backend>(
     let m = model_section(cfg)?;
     let (model, tok) = match (&m.path, &m.preset) {
         (Some(dir), _) => {
-            if !dir.join("config.json").exists() {
+            if !dir.join("config.json").exists() && !crate::model::is_adapter_dir(dir) {
                 return Err(Error::Config {
                     location: format!("{} (key 'model.path')", cfg.source.display()),
                     message: format!(
-                        "{} has no config.json (an HF model folder is expected; for a previous stage's runs/<name>/best, run that stage first)",
+                        "{} has no config.json (an HF model folder or a LoRA stage's adapter folder is expected; for a previous stage's runs/<name>/best, run that stage first)",
                         dir.display()
                     ),
                 });
             }
-            // the model first: it verifies the folder's SHA256SUMS (tokenizer included)
-            let model = load_hf::<B>(dir, device)?;
+            // the model first: it verifies the folder's SHA256SUMS (tokenizer included); an
+            // adapter folder comes back merged into its base
+            let model = crate::model::load_model::<B>(dir, device)?;
             (model, T1Tokenizer::load(&dir.join("tokenizer.json"))?)
         }
         (None, Some(name)) => {
@@ -83,6 +85,68 @@ pub fn load_backbone<B: Backend>(
     };
     check_lengths(cfg, model.config())?;
     Ok((model, tok))
+}
+
+/// `model` (a stage's starting model, from [`load_backbone`]) with fresh LoRA adapters when
+/// `[lora]` is enabled (drawn from `run.seed`), and how its checkpoints are then written.
+pub fn attach_lora<B: Backend>(
+    cfg: &Config,
+    run_root: &Path,
+    model: Decoder<B>,
+    tok: &T1Tokenizer,
+) -> Result<(Decoder<B>, Option<Adapter>)> {
+    if !cfg.raw.lora.enabled {
+        return Ok((model, None));
+    }
+    let adapter = lora_adapter(cfg, run_root, &model, tok)?;
+    let model = model.with_lora(&adapter.spec, cfg.raw.run.seed)?;
+    Ok((model, Some(adapter)))
+}
+
+/// The adapter settings of a LoRA stage whose base model is `base`. The base folder its
+/// adapters name is `model.path` when that is an HF folder; otherwise (a preset, or a previous
+/// LoRA stage's adapter folder, merged) `base` is written once to `runs/<name>/base/`, so
+/// every adapter the stage writes names a folder holding its base.
+pub fn lora_adapter<B: Backend>(
+    cfg: &Config,
+    run_root: &Path,
+    base: &Decoder<B>,
+    tok: &T1Tokenizer,
+) -> Result<Adapter> {
+    let spec = cfg.raw.lora.spec(tok);
+    let m = model_section(cfg)?;
+    if let Some(p) = &m.path
+        && !crate::model::is_adapter_dir(p)
+    {
+        return Ok(Adapter {
+            spec,
+            base: p.clone(),
+        });
+    }
+    let dir = run_root.join("base");
+    if !dir.join(crate::checksums::FILE).is_file() {
+        let tmp = run_root.join(".base.tmp");
+        let written = (|| {
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            }
+            save_hf(base, &tmp)?;
+            tok.save(&tmp.join("tokenizer.json"))?;
+            crate::checksums::write(&tmp)?;
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            }
+            std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(Error::Runtime(format!(
+                "the LoRA base model was not written to {} ({e})",
+                dir.display()
+            )));
+        }
+    }
+    Ok(Adapter { spec, base: dir })
 }
 
 /// The config's sequence lengths fit the model's positions: a query view (query + reasoning +
@@ -115,8 +179,14 @@ pub fn check_lengths(cfg: &Config, c: &DecoderConfig) -> Result<()> {
 
 /// The activations of `stage`'s micro-batch, its KV cache (stage 3) and an evaluation batch fit
 /// in memory at least roughly (`model::memory`): an absurd `train.batch_size` or group size is
-/// an exit-2 error, not an allocation abort.
-pub fn check_batch_fits(cfg: &Config, c: &DecoderConfig, stage: &str) -> Result<()> {
+/// an exit-2 error, not an allocation abort. With `lora`, only the adapters have gradients and
+/// moments.
+pub fn check_batch_fits(
+    cfg: &Config,
+    c: &DecoderConfig,
+    stage: &str,
+    lora: Option<&crate::model::LoraSpec>,
+) -> Result<()> {
     use crate::model::memory::{activation_bytes, check_fits, kv_cache_bytes};
     let m = model_section(cfg)?;
     let t = &cfg.raw.train;
@@ -151,7 +221,12 @@ pub fn check_batch_fits(cfg: &Config, c: &DecoderConfig, stage: &str) -> Result<
         seq
     };
     let location = |k: &str| format!("{} (key '{k}')", cfg.source.display());
-    let weights = crate::model::memory::param_count(c) * 4.0 * 4.0; // weights, grads, 2 moments
+    // weights, and gradients + 2 moments of what trains
+    let trained = match lora {
+        Some(spec) => crate::model::memory::lora_param_count(c, spec),
+        None => crate::model::memory::param_count(c),
+    };
+    let weights = (crate::model::memory::param_count(c) + 3.0 * trained) * 4.0;
     check_fits(
         &location(key),
         &format!("a training micro-batch of {rows} sequences × {seq} tokens"),
@@ -397,6 +472,9 @@ pub struct Trainer<B: AutodiffBackend> {
     pub bar: ProgressBar,
     pub model: Decoder<B>,
     pub tok: T1Tokenizer,
+    /// With `[lora]`: the adapters' settings and base (`model` then trains only the adapters
+    /// and token rows; checkpoints and `best/` are adapter folders).
+    pub adapter: Option<Adapter>,
     optim: Optim<B>,
     accum: GradientsAccumulator<Decoder<B>>,
     pub state: TrainState,
@@ -430,9 +508,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         let t = &cfg.raw.train;
         let mut optim = adamw((t.beta1, t.beta2), t.eps, t.weight_decay).init::<B, Decoder<B>>();
         let latest = checkpoint::latest(run_dir.root())?;
-        let (model, tok, state) = match (resume, latest) {
+        let (model, tok, state, adapter) = match (resume, latest) {
             (true, Some(dir)) => {
-                let (model, record, state) = checkpoint::load::<B, _>(&dir, device)?;
+                let mut adapter = None;
+                let (model, record, state) = checkpoint::load::<B, _>(&dir, device, || {
+                    let (base, tok) = load_backbone::<B>(cfg, device)?;
+                    adapter = Some(lora_adapter(cfg, run_dir.root(), &base, &tok)?);
+                    Ok(base)
+                })?;
                 if state.stage != stage {
                     return Err(Error::Usage(format!(
                         "{}: checkpoint of {}, cannot resume it as {stage}",
@@ -449,9 +532,24 @@ impl<B: AutodiffBackend> Trainer<B> {
                         ),
                     });
                 }
+                if adapter.is_some() != cfg.raw.lora.enabled {
+                    return Err(Error::Config {
+                        location: format!("{} (key 'lora.enabled')", cfg.source.display()),
+                        message: format!(
+                            "{} is {}, but lora.enabled = {}",
+                            dir.display(),
+                            if adapter.is_some() {
+                                "a LoRA checkpoint"
+                            } else {
+                                "a full-weights checkpoint"
+                            },
+                            cfg.raw.lora.enabled
+                        ),
+                    });
+                }
                 optim = optim.load_record(record);
                 let tok = T1Tokenizer::load(&dir.join("tokenizer.json"))?;
-                (model, tok, state)
+                (model, tok, state, adapter)
             }
             (true, None) => {
                 return Err(Error::Usage(format!(
@@ -468,6 +566,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             (false, None) => {
                 let (model, tok) = load_backbone::<B>(cfg, device)?;
+                let (model, adapter) = attach_lora(cfg, run_dir.root(), model, &tok)?;
                 let mut rng = ChaCha8Rng::seed_from_u64(cfg.raw.run.seed);
                 rng.set_stream(0xC0FFEE);
                 let state = TrainState {
@@ -481,11 +580,16 @@ impl<B: AutodiffBackend> Trainer<B> {
                     nonfinite_steps: 0,
                     nonfinite_in_a_row: 0,
                 };
-                (model, tok, state)
+                (model, tok, state, adapter)
             }
         };
         check_lengths(cfg, model.config())?;
-        check_batch_fits(cfg, model.config(), stage)?;
+        check_batch_fits(
+            cfg,
+            model.config(),
+            stage,
+            adapter.as_ref().map(|a| &a.spec),
+        )?;
         run_dir.write_resolved(cfg)?;
         if resume {
             // what was logged after the checkpoint is logged again by this run: once each
@@ -507,6 +611,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             bar,
             model,
             tok,
+            adapter,
             optim,
             accum: GradientsAccumulator::new(),
             state,
@@ -732,7 +837,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 if tmp.exists() {
                     std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
                 }
-                save_hf(&self.model.valid(), &tmp)?;
+                save_model(&self.model.valid(), self.adapter.as_ref(), &tmp)?;
                 self.tok.save(&tmp.join("tokenizer.json"))?;
                 crate::run::write_atomic(&tmp.join("t1-best.json"), about.to_string().as_bytes())?;
                 crate::checksums::write(&tmp)
@@ -795,6 +900,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let name = checkpoint::save(
             self.run_dir.root(),
             &self.model,
+            self.adapter.as_ref(),
             &self.tok,
             self.optim.to_record(),
             &self.state,

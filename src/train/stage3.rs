@@ -125,7 +125,12 @@ pub fn run<B: AutodiffBackend>(
     // the frozen reference: the stage's starting model
     // The starting model: the frozen reference (β > 0) and, on resume, what a frozen index is
     // rebuilt from (so a resumed run ranks against the same index as an uninterrupted one).
-    let starting = if s3.beta > 0.0 || tr.state.step > 0 {
+    // With LoRA the starting model is the base under the adapters (frozen, so unchanged by
+    // training): a view sharing its tensors, not a second copy in memory (TRL + PEFT's
+    // disable_adapter()).
+    let starting = if tr.adapter.is_some() {
+        Some(tr.model.valid().base_view())
+    } else if s3.beta > 0.0 || tr.state.step > 0 {
         Some(load_backbone::<B>(cfg, device)?.0.valid())
     } else {
         None
