@@ -28,11 +28,11 @@ def main() -> int:
     base_dir = adapter / config["base_model_name_or_path"]
     tok = Tokenizer.from_file(str(adapter / "tokenizer.json"))
     vocab = tok.get_vocab_size(with_added_tokens=True)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     if base.get_input_embeddings().weight.shape[0] < vocab:
         base.resize_token_embeddings(vocab, mean_resizing=False)
     model = PeftModel.from_pretrained(base, adapter).eval()
-    reference = AutoModelForCausalLM.from_pretrained(merged, torch_dtype=torch.float32).eval()
+    reference = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     t1 = [tok.token_to_id(t) for t in ("<think>", "</think>", "<emb_token>")]
     ids = [(i * 7 + 3) % vocab for i in range(24)]
     ids[:3] = t1
