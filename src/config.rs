@@ -383,6 +383,15 @@ pub struct TrainSection {
         skip_serializing_if = "is_default_max_nonfinite"
     )]
     pub max_nonfinite_steps: u64,
+    /// Recompute each decoder layer in the backward instead of keeping its activations
+    /// (`model::recompute`): activation memory of one layer plus each layer's input, each layer
+    /// run forward twice; the same losses and gradients. May change on resume. Default false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub gradient_checkpointing: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for TrainSection {

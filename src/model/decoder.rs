@@ -78,6 +78,10 @@ pub struct Decoder<B: Backend> {
     /// RoPE inverse frequencies `[k / 2]` (scaling applied), kept as plain numbers.
     #[module(skip)]
     inv_freq: Vec<f32>,
+    /// Per-layer activation checkpointing (`train.gradient_checkpointing`): set, a training
+    /// forward keeps only each layer's input and [`Decoder::backward`] recomputes the layers.
+    #[module(skip)]
+    pub recompute: Option<super::recompute::Recompute>,
 }
 
 fn linear<B: Backend>(
@@ -184,6 +188,7 @@ impl DecoderConfig {
             lm_head: (!self.tie_word_embeddings)
                 .then(|| linear(self, d, self.vocab_size, false, device)),
             token_rows: None,
+            recompute: None,
             inv_freq: self.inv_freq().into_iter().map(|f| f as f32).collect(),
             config: self.clone(),
         }
@@ -192,7 +197,7 @@ impl DecoderConfig {
 
 /// Key/value buffers of one layer `[b, g, capacity, k]`.
 #[derive(Debug, Clone)]
-struct LayerKv<B: Backend> {
+pub(super) struct LayerKv<B: Backend> {
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
 }
@@ -279,6 +284,25 @@ impl<B: Backend> KvCache<B> {
             batch: rows.len(),
             pad,
         }
+    }
+}
+
+impl<B: Backend> Layer<B> {
+    /// One decoder block: `x + attn(norm(x))`, then `+ mlp(norm(·))`; with `kv` the attention
+    /// reads and extends that layer's cache.
+    pub(super) fn block(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        mask: &AttnMask<B>,
+        kv: Option<(LayerKv<B>, usize)>,
+    ) -> (Tensor<B, 3>, Option<LayerKv<B>>) {
+        let (a, kv) = self
+            .self_attn
+            .forward(norm(&self.input_layernorm, x.clone()), rope, mask, kv);
+        let x_mid = x + a;
+        let out = x_mid.clone() + self.mlp.forward(norm(&self.post_attention_layernorm, x_mid));
+        (out, kv)
     }
 }
 
@@ -453,7 +477,44 @@ impl<B: Backend> Decoder<B> {
             None => causal,
         };
         let mask = mask.reshape([b, 1, 1, s, s]);
+        if let Some(rec) = &self.recompute
+            && super::recompute::tracks_grad::<B>(&device)
+        {
+            return self.layers_recorded(ids, cos, sin, mask, rec);
+        }
         self.layers(self.embed(ids), cos, sin, mask, None)
+    }
+
+    /// [`Self::layers`] checkpointed (`model::recompute`): the blocks run untracked, each one's
+    /// input kept; the last output becomes a leaf the (tracked) final norm reads, and
+    /// [`Decoder::backward`] replays the blocks and the embedding lookup of `ids`.
+    fn layers_recorded(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        mask: Tensor<B, 5, Bool>,
+        rec: &super::recompute::Recompute,
+    ) -> Tensor<B, 3> {
+        let c = &self.config;
+        let frozen = self.clone().no_grad();
+        let mut x = frozen.embed(ids.clone());
+        let rope = Rope::new(cos, sin, c.num_attention_heads, c.num_key_value_heads);
+        let mask = AttnMask::new(mask, &x);
+        let mut inputs = Vec::with_capacity(frozen.model.layers.len());
+        for layer in &frozen.model.layers {
+            inputs.push(x.clone());
+            x = layer.block(x, &rope, &mask, None).0;
+        }
+        let leaf = x.require_grad();
+        rec.record(super::recompute::Tape {
+            rope,
+            mask,
+            ids,
+            inputs,
+            leaf: leaf.clone(),
+        });
+        norm(&self.model.norm, leaf)
     }
 
     /// Input embeddings `[b, s, d]` of token ids `[b, s]`.
@@ -514,16 +575,9 @@ impl<B: Backend> Decoder<B> {
         let mask = AttnMask::new(mask, &x);
         for layer in &self.model.layers {
             let kv = kvs.as_mut().and_then(|it| it.next()).map(|kv| (kv, start));
-            let (a, kv) =
-                layer
-                    .self_attn
-                    .forward(norm(&layer.input_layernorm, x.clone()), &rope, &mask, kv);
+            let (out, kv) = layer.block(x, &rope, &mask, kv);
             kept.extend(kv);
-            let x_mid = x + a;
-            x = x_mid.clone()
-                + layer
-                    .mlp
-                    .forward(norm(&layer.post_attention_layernorm, x_mid));
+            x = out;
         }
         if let Some(c) = cache {
             c.layers = kept;

@@ -14,6 +14,7 @@ pub mod lora;
 pub mod memory;
 mod ops;
 pub mod peft;
+pub mod recompute;
 pub mod tokenizer;
 pub mod weights;
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{GradientsAccumulator, Optimizer};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use indicatif::ProgressBar;
@@ -435,6 +435,7 @@ pub fn config_hash(cfg: &Config) -> Result<String> {
     let mut raw = cfg.raw.clone();
     raw.train.steps = 0;
     raw.train.max_nonfinite_steps = crate::config::TrainSection::default().max_nonfinite_steps;
+    raw.train.gradient_checkpointing = false; // the same losses and gradients either way
     raw.logging = Default::default();
     raw.run.output_dir = None;
     canonical(&mut raw.data.dataset);
@@ -527,7 +528,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     return Err(Error::Config {
                         location: cfg.source.display().to_string(),
                         message: format!(
-                            "the config differs from the one {} was trained with (only train.steps, train.max_nonfinite_steps and [logging] may change on resume)",
+                            "the config differs from the one {} was trained with (only train.steps, train.max_nonfinite_steps, train.gradient_checkpointing and [logging] may change on resume)",
                             dir.display()
                         ),
                     });
@@ -583,6 +584,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 (model, tok, state, adapter)
             }
         };
+        let model = model.with_recompute(t.gradient_checkpointing);
         check_lengths(cfg, model.config())?;
         check_batch_fits(
             cfg,
@@ -657,7 +659,8 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Backward of `loss · scale`, accumulated until [`Self::step`]: for a stage whose
     /// micro-batches are not `grad_accum` equal parts (stage 3 passes each chunk's share).
     pub fn backward_scaled(&mut self, loss: Tensor<B, 1>, scale: f64) {
-        let grads = GradientsParams::from_grads((loss * scale).backward(), &self.model);
+        // with train.gradient_checkpointing the model replays its layers here
+        let grads = self.model.backward(loss * scale);
         self.accum.accumulate(&self.model, grads);
     }
 
@@ -670,6 +673,10 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// left them (the skipped steps did not touch them) and an error saying what to change.
     pub fn step(&mut self, scalars: &[(&str, f64)]) -> Result<()> {
         let t = &self.cfg.raw.train;
+        if let Some(r) = &self.model.recompute {
+            // forwards no loss was differentiated through are not kept past the step
+            r.clear();
+        }
         let grads = self.accum.grads();
         let max = (t.max_grad_norm > 0.0).then_some(t.max_grad_norm);
         let (grads, norm) = clip_global_norm(&self.model, grads, max);
