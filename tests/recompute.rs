@@ -1,8 +1,8 @@
 //! Per-layer activation checkpointing (`model::recompute`, `train.gradient_checkpointing`): the
 //! loss is bit-identical and every parameter's gradient equals the one without recomputation, for
 //! tied and untied models, full fine-tuning and LoRA with trainable token rows, a loss reading
-//! two forwards (as stage 2's query and document views do); and a stage-1 run with it ends where
-//! one without it ends. Runs on the fused CPU kernels and, under `T1_KERNELS=generic`, on
+//! two forwards (as stage 2's query and document views do); a stage-1 run and a LoRA stage-3 run
+//! with it end where runs without it end. Runs on the fused CPU kernels and, under `T1_KERNELS=generic`, on
 //! burn's generic ops.
 
 mod support;
@@ -29,7 +29,9 @@ fn loss(model: &Decoder<AD>) -> Tensor<AD, 1> {
     let v = model.config().vocab_size as i64;
     let dev = Default::default();
     let a = ids(v, 3, 9, 7, 3);
-    let mask: Vec<i64> = (0..27).map(|i| i64::from(i % 9 < [9, 6, 4][i / 9])).collect();
+    let mask: Vec<i64> = (0..27)
+        .map(|i| i64::from(i % 9 < [9, 6, 4][i / 9]))
+        .collect();
     let mask = Tensor::<AD, 2, Int>::from_data(TensorData::new(mask, [3, 9]), &dev);
     let h = model.hidden(a, Some(mask));
     let lp = model.token_logprobs(h.clone(), ids(v, 3, 9, 5, 1), 4);
@@ -87,8 +89,7 @@ fn check(tied: bool, lora: bool) {
         // B = 0 at creation: one plain step's worth of change so the adapters matter
         let g = model.backward(loss(&model));
         model = burn::optim::Optimizer::step(
-            &mut t1_train::train::optim::adamw((0.9, 0.999), 1e-8, 0.0)
-                .init::<AD, Decoder<AD>>(),
+            &mut t1_train::train::optim::adamw((0.9, 0.999), 1e-8, 0.0).init::<AD, Decoder<AD>>(),
             1e-2,
             model,
             g,
@@ -109,7 +110,11 @@ fn check(tied: bool, lora: bool) {
     assert_eq!(v0, v1, "{what}: the loss");
     let g0 = grads(&plain, &plain.backward(l0));
     let g1 = grads(&ck, &ck.backward(l1));
-    assert_eq!(ck.recompute.as_ref().unwrap().recorded(), 0, "{what}: replayed");
+    assert_eq!(
+        ck.recompute.as_ref().unwrap().recorded(),
+        0,
+        "{what}: replayed"
+    );
     let names0: Vec<&String> = g0.iter().map(|(n, _)| n).collect();
     let names1: Vec<&String> = g1.iter().map(|(n, _)| n).collect();
     assert_eq!(names0, names1, "{what}: parameters with a gradient");
@@ -123,10 +128,7 @@ fn check(tied: bool, lora: bool) {
     assert_eq!(g0.len(), expected, "{what}: parameters with a gradient");
     for ((name, a), (_, b)) in g0.iter().zip(&g1) {
         let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let d = a
-            .iter()
-            .zip(b)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(scale > 0.0, "{what}: {name} has a zero gradient");
         assert!(
             d <= 1e-5 * scale + 1e-8,
@@ -176,5 +178,72 @@ fn a_stage1_run_with_gradient_checkpointing_ends_where_one_without_ends() {
     assert!(worst <= 1e-5, "final weights differ by {worst}");
     // and the resolved config says it was on
     let resolved = std::fs::read_to_string(b.join("config.resolved.toml")).unwrap();
-    assert!(resolved.contains("gradient_checkpointing = true"), "{resolved}");
+    assert!(
+        resolved.contains("gradient_checkpointing = true"),
+        "{resolved}"
+    );
+}
+
+#[test]
+fn a_lora_stage3_with_gradient_checkpointing_ends_where_one_without_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[stage3]
+group_size = 2
+iterations = 2
+beta = 0.04
+mask_truncated = false
+
+[[stage3.rewards]]
+name = "reciprocal_rank"
+
+[lora]
+enabled = true
+rank = 4
+alpha = 8
+"#;
+    let run = |name: &str, on: bool| {
+        let cfg = config(
+            &dir.path().join(name),
+            &dir.path().join(name),
+            "s3",
+            4,
+            extra,
+        );
+        let o = t1(&[
+            "stage3",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            &format!("train.gradient_checkpointing={on}"),
+            "--set",
+            "train.batch_size=2",
+            "--set",
+            "model.max_reasoning_tokens=12",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        dir.path().join(name).join("s3")
+    };
+    let (a, b) = (run("plain", false), run("ck", true));
+    for tag in [
+        "stage3/loss",
+        "stage3/reward",
+        "stage3/kl",
+        "stage3/grad_norm",
+    ] {
+        let (x, y) = (scalar(&a, tag), scalar(&b, tag));
+        assert_eq!(x.len(), 4, "{tag}");
+        for ((s, p), (_, q)) in x.iter().zip(&y) {
+            assert!(
+                (p - q).abs() <= 1e-5 * p.abs().max(1e-3),
+                "step {s}: {tag} {p} vs {q}"
+            );
+        }
+    }
+    let dev = Default::default();
+    let last = "checkpoints/step-000004";
+    let wa = params(&t1_train::model::load_model::<Flex>(&a.join(last), &dev).unwrap());
+    let wb = params(&t1_train::model::load_model::<Flex>(&b.join(last), &dev).unwrap());
+    let worst = max_param_diff(&wa, &wb);
+    assert!(worst <= 1e-5, "final weights differ by {worst}");
 }
