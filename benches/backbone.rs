@@ -18,6 +18,10 @@
 //!   ratio is TRL's time over t1-train's (> 1: t1-train is faster). t1-train runs stage 3's own
 //!   code (`rollout::completions`/`logprobs`, `loss::grpo_loss`, `advantage`, `clip_global_norm`);
 //!   what it leaves out, for both sides, is the reward (random numbers here).
+//! - `grpo-lora`, `grpo-lora-ck`: the `grpo` step with LoRA r16 (α 32, all seven projections) on
+//!   the frozen base, the reference being the base under the adapters (no second model), without
+//!   and with per-layer activation checkpointing, against TRL with the same peft `LoraConfig`
+//!   (its reference: the adapter disabled) and `gradient_checkpointing` off / on;
 //! - `index`: document encoding (last-token state of the base model, no gradient), documents/s,
 //!   against a transformers base-model forward of the same batches;
 //! - `rollouts`: t1-train alone — the `decode` work with each prompt shared by G rows (one
@@ -35,7 +39,7 @@ use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::Optimizer;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -164,11 +168,36 @@ fn decode<BK: Backend>(dir: &Path, reps: usize, sh: &Shapes, group: usize, sampl
     (rows * sh.new) as f64 / secs
 }
 
-/// Median seconds of one GRPO step (after a first, warm-up step).
-fn grpo<BK: Backend>(dir: &Path, reps: usize, sh: &Shapes) -> f64 {
+/// LoRA rank of the `grpo-lora` line (α = 2r, all seven projections, no trainable token rows:
+/// the bench's vocabulary has no added tokens), as `scripts/bench_peer.py` gets it.
+const LORA_RANK: usize = 16;
+
+/// Median seconds of one GRPO step (after a first, warm-up step). With `lora_rank` > 0 the
+/// policy is the base with LoRA adapters of that rank and the reference is the base under them
+/// (no second model), as stage 3 runs with `[lora]`.
+/// With `recompute`, per-layer activation checkpointing (`train.gradient_checkpointing`).
+fn grpo<BK: Backend>(
+    dir: &Path,
+    reps: usize,
+    sh: &Shapes,
+    lora_rank: usize,
+    recompute: bool,
+) -> f64 {
     let device = Default::default();
-    let mut model: Decoder<AD<BK>> = load_hf(dir, &device).unwrap();
-    let reference: Decoder<BK> = load_hf(dir, &device).unwrap();
+    let mut model: Decoder<AD<BK>> = load_hf::<AD<BK>>(dir, &device)
+        .unwrap()
+        .with_recompute(recompute);
+    let copy = (lora_rank == 0).then(|| load_hf::<BK>(dir, &device).unwrap());
+    if lora_rank > 0 {
+        let spec = t1_train::model::LoraSpec {
+            rank: lora_rank,
+            alpha: 2.0 * lora_rank as f64,
+            use_rslora: false,
+            targets: t1_train::model::Target::ALL.to_vec(),
+            tokens: Vec::new(),
+        };
+        model = model.with_lora(&spec, 0).unwrap();
+    }
     let mut optim = adamw((0.9, 0.999), 1e-8, 0.0).init::<AD<BK>, Decoder<AD<BK>>>();
     let (g, n) = (sh.g, sh.b * sh.g);
     let vocab = model.config().vocab_size;
@@ -207,6 +236,10 @@ fn grpo<BK: Backend>(dir: &Path, reps: usize, sh: &Shapes) -> f64 {
         // 5. log-probs of policy and reference, loss; 6. backward, clip, AdamW
         let rows: Vec<usize> = (0..n).collect();
         let c = completions::<AD<BK>>(&p, &rollouts, &rows, 0, false, &device);
+        let reference = match &copy {
+            Some(r) => r.clone(),
+            None => model.valid().base_view(),
+        };
         let reference_lp = Tensor::from_inner(logprobs(&reference, &c.inner(), 1.0).0);
         let (lp, _) = logprobs(&model, &c, 1.0);
         let a = Tensor::<AD<BK>, 1>::from_data(TensorData::new(adv.values, [n]), &device);
@@ -218,7 +251,7 @@ fn grpo<BK: Backend>(dir: &Path, reps: usize, sh: &Shapes) -> f64 {
             c.mask.clone(),
             &params(c.tokens),
         );
-        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        let grads = model.backward(out.loss);
         let (grads, _) = clip_global_norm(&model, grads, Some(1.0));
         model = optim.step(1e-6, model, grads);
         sync::<BK>(&device);
@@ -289,7 +322,9 @@ fn child<BK: Backend>(args: &[String]) {
             let s = sh(&n[1..]);
             decode::<BK>(dir, reps, &s, s.g, true)
         }
-        "grpo" => grpo::<BK>(dir, reps, &sh(&n[1..])),
+        "grpo" => grpo::<BK>(dir, reps, &sh(&n[1..]), 0, false),
+        "grpo-lora" => grpo::<BK>(dir, reps, &sh(&n[1..]), LORA_RANK, false),
+        "grpo-lora-ck" => grpo::<BK>(dir, reps, &sh(&n[1..]), LORA_RANK, true),
         "index" => index::<BK>(dir, reps, n[1], n[2], n[3]),
         _ => panic!("unknown work {work}"),
     };
@@ -435,7 +470,7 @@ fn line(
         _ => format!("{:>7}", "-"),
     };
     println!(
-        "{model:<22} {what:<9} {shape:<14} {unit:<9} {} {}  {ratio}  {} {}",
+        "{model:<22} {what:<12} {shape:<14} {unit:<9} {} {}  {ratio}  {} {}",
         fmt(&ours),
         fmt(&theirs),
         mem(&ours),
@@ -501,6 +536,32 @@ fn report(
         true,
         notes,
     );
+    eprintln!("[{name}] grpo step with LoRA r{LORA_RANK} …");
+    let mut peer_lora = peer_grpo.clone();
+    peer_lora.push(LORA_RANK.to_string());
+    line(
+        name,
+        "grpo-lora",
+        &format!("{}x{}x{} r{LORA_RANK}", sh.b, sh.g, sh.new),
+        "s/step",
+        ours("grpo-lora", dir, reps, &bgpn),
+        peer("grpo", dir, reps, threads, &peer_lora, versions),
+        true,
+        notes,
+    );
+    eprintln!("[{name}] grpo step with LoRA r{LORA_RANK} and gradient checkpointing …");
+    let mut peer_ck = peer_lora.clone();
+    peer_ck.push("1".to_string());
+    line(
+        name,
+        "grpo-lora-ck",
+        &format!("{}x{}x{} r{LORA_RANK}", sh.b, sh.g, sh.new),
+        "s/step",
+        ours("grpo-lora-ck", dir, reps, &bgpn),
+        peer("grpo", dir, reps, threads, &peer_ck, versions),
+        true,
+        notes,
+    );
     eprintln!("[{name}] index …");
     line(
         name,
@@ -544,7 +605,7 @@ fn main() {
          ratio > 1: t1-train is faster (grpo: peer s/step ÷ t1-train s/step); peak MiB per process"
     );
     println!(
-        "{:<22} {:<9} {:<14} {:<9} {:>10} {:>10}  {:>7}  {:>7} {:>7}",
+        "{:<22} {:<12} {:<14} {:<9} {:>10} {:>10}  {:>7}  {:>7} {:>7}",
         "model", "what", "shape", "unit", "t1-train", "peer", "ratio", "MiB t1", "MiB peer"
     );
     let mut versions = None;

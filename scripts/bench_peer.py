@@ -9,7 +9,7 @@ WORK and SHAPE (all integers):
                                    (no optimizer step), tokens/s
   decode ROWS PROMPT NEW           greedy `generate` with the KV cache, exactly NEW tokens per row
                                    (min_new_tokens), generated tokens/s
-  grpo   B G PROMPT NEW BETA_E6 LOSS
+  grpo   B G PROMPT NEW BETA_E6 LOSS [LORA_R [CKPT]]
                                    one TRL `GRPOTrainer` optimizer step on B prompts × G rollouts:
                                    sampling at temperature 1 forced to exactly NEW tokens
                                    (generation_kwargs min_new_tokens), policy log-probs, reference
@@ -17,7 +17,10 @@ WORK and SHAPE (all integers):
                                    LOSS (0 grpo, 1 bnpo, 2 dapo, 3 dr_grpo), backward, gradient
                                    clipping at 1.0, AdamW, gradient checkpointing off (TRL turns it
                                    on by default; t1-train does not checkpoint); seconds per step
-                                   (median of steps 2..)
+                                   (median of steps 2..); with LORA_R > 0 the policy is a peft
+                                   LoRA (r, alpha 2r, the seven projections) and the reference
+                                   is the base with the adapter disabled; CKPT 1: gradient
+                                   checkpointing on
   index  DOCS LEN BATCH            document encoding: base-model forward (no LM head, no grad) of
                                    DOCS sequences of LEN tokens, BATCH at a time, last-token state;
                                    documents/s
@@ -148,7 +151,7 @@ def prompts_of_length(tok, n, length, seed=0):
     return out
 
 
-def grpo(d, tok_file, reps, b, g, prompt, new, beta_e6, loss):
+def grpo(d, tok_file, reps, b, g, prompt, new, beta_e6, loss, lora_rank=0, checkpointing=0):
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -182,11 +185,21 @@ def grpo(d, tok_file, reps, b, g, prompt, new, beta_e6, loss):
             generation_kwargs={"min_new_tokens": new}, temperature=1.0, top_p=1.0, top_k=0,
             beta=beta_e6 / 1e6, loss_type=["grpo", "bnpo", "dapo", "dr_grpo"][loss],
             learning_rate=1e-6, max_grad_norm=1.0, logging_steps=10**6, save_strategy="no",
-            dataloader_num_workers=0, seed=0, disable_dropout=True, gradient_checkpointing=False,
+            dataloader_num_workers=0, seed=0, disable_dropout=True,
+            gradient_checkpointing=bool(checkpointing),
             model_init_kwargs={"dtype": "float32", "attn_implementation": ATTN},
         )
+        peft_config = None
+        if lora_rank > 0:
+            # the bench's LoRA: r, alpha = 2r, all seven projections (TRL's reference is then
+            # the base with the adapter disabled, no second model)
+            from peft import LoraConfig
+            peft_config = LoraConfig(
+                r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, task_type="CAUSAL_LM",
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                "down_proj"])
         trainer = GRPOTrainer(model=d, reward_funcs=reward, args=args, train_dataset=dataset,
-                              processing_class=tok, callbacks=[clock])
+                              processing_class=tok, callbacks=[clock], peft_config=peft_config)
         trainer.train()
     assert lengths and all(n == new for n in lengths), f"completion lengths {set(lengths)}"
     assert len(clock.times) == steps
@@ -214,6 +227,9 @@ def main():
     if work == "grpo":
         import trl
         versions["trl"] = trl.__version__
+        if len(shape) > 6:
+            import peft
+            versions["peft"] = peft.__version__
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     out = {"value": value, "unit": unit, "peak_mb": peak, "threads": threads,
            "versions": versions}
