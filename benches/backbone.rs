@@ -522,46 +522,40 @@ fn report(
         false,
         notes,
     );
-    eprintln!("[{name}] grpo step …");
+    // the GRPO step: full f32, LoRA, LoRA + checkpointing (the peer's trailing LORA_R, CKPT)
     let mut peer_grpo = s(&bgpn);
     peer_grpo.push(((BETA * 1e6).round() as u64).to_string());
     peer_grpo.push(LOSS.1.to_string());
-    line(
-        name,
-        "grpo",
-        &format!("{}x{}x{}", sh.b, sh.g, sh.new),
-        "s/step",
-        ours("grpo", dir, reps, &bgpn),
-        peer("grpo", dir, reps, threads, &peer_grpo, versions),
-        true,
-        notes,
-    );
-    eprintln!("[{name}] grpo step with LoRA r{LORA_RANK} …");
-    let mut peer_lora = peer_grpo.clone();
-    peer_lora.push(LORA_RANK.to_string());
-    line(
-        name,
-        "grpo-lora",
-        &format!("{}x{}x{} r{LORA_RANK}", sh.b, sh.g, sh.new),
-        "s/step",
-        ours("grpo-lora", dir, reps, &bgpn),
-        peer("grpo", dir, reps, threads, &peer_lora, versions),
-        true,
-        notes,
-    );
-    eprintln!("[{name}] grpo step with LoRA r{LORA_RANK} and gradient checkpointing …");
-    let mut peer_ck = peer_lora.clone();
-    peer_ck.push("1".to_string());
-    line(
-        name,
-        "grpo-lora-ck",
-        &format!("{}x{}x{} r{LORA_RANK}", sh.b, sh.g, sh.new),
-        "s/step",
-        ours("grpo-lora-ck", dir, reps, &bgpn),
-        peer("grpo", dir, reps, threads, &peer_ck, versions),
-        true,
-        notes,
-    );
+    let lora = format!(" r{LORA_RANK}");
+    for (work, suffix, extra, about) in [
+        ("grpo", "", vec![], String::new()),
+        (
+            "grpo-lora",
+            lora.as_str(),
+            vec![LORA_RANK],
+            format!(" with LoRA r{LORA_RANK}"),
+        ),
+        (
+            "grpo-lora-ck",
+            lora.as_str(),
+            vec![LORA_RANK, 1],
+            format!(" with LoRA r{LORA_RANK} and gradient checkpointing"),
+        ),
+    ] {
+        eprintln!("[{name}] grpo step{about} …");
+        let mut peer_args = peer_grpo.clone();
+        peer_args.extend(s(&extra));
+        line(
+            name,
+            work,
+            &format!("{}x{}x{}{suffix}", sh.b, sh.g, sh.new),
+            "s/step",
+            ours(work, dir, reps, &bgpn),
+            peer("grpo", dir, reps, threads, &peer_args, versions),
+            true,
+            notes,
+        );
+    }
     eprintln!("[{name}] index …");
     line(
         name,

@@ -226,15 +226,8 @@ fn a_lora_stage3_interrupted_and_resumed_equals_uninterrupted() {
     let o = t1(&resume);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for tag in ["stage3/reward", "stage3/kl"] {
-        let ra = scalar(&dir.path().join("a/s3"), tag);
-        let mut rb = scalar(&dir.path().join("b/s3"), tag);
-        rb.sort_by_key(|x| x.0);
-        rb.dedup_by_key(|x| x.0);
-        assert_eq!(ra.len(), steps as usize, "{tag}");
-        assert_eq!(ra.len(), rb.len(), "{tag}");
-        for ((s, x), (_, y)) in ra.iter().zip(&rb) {
-            assert!((x - y).abs() <= 1e-5, "step {s}: {tag} {x} vs {y}");
-        }
+        let (a, b) = (dir.path().join("a/s3"), dir.path().join("b/s3"));
+        support::assert_same_scalars(&a, &b, tag, steps as usize, 1e-5, 1.0);
     }
     // the policy moved away from the reference (the KL is not identically zero)
     let kl = scalar(&dir.path().join("a/s3"), "stage3/kl");
@@ -322,25 +315,20 @@ fn a_lora_curriculum_hands_each_merged_best_on_and_merge_writes_it() {
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
     // `generate` reads an adapter folder as its merged model
-    let o = t1(&[
-        "generate",
-        "--model",
-        best.to_str().unwrap(),
-        "--prompt",
-        "what is",
-        "--max-new-tokens",
-        "3",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o2 = t1(&[
-        "generate",
-        "--model",
-        out.to_str().unwrap(),
-        "--prompt",
-        "what is",
-        "--max-new-tokens",
-        "3",
-    ]);
+    let generate = |model: &Path| {
+        let o = t1(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "what is",
+            "--max-new-tokens",
+            "3",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    let (o, o2) = (generate(&best), generate(&out));
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o2.stdout),

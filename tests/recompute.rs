@@ -11,7 +11,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, TensorData};
-use support::{config, max_param_diff, params, scalar, t1};
+use support::{config, max_param_diff, params, t1};
 use t1_train::model::{Decoder, DecoderConfig, LoraSpec, Target, load_hf};
 
 type AD = Autodiff<Flex>;
@@ -164,12 +164,7 @@ fn a_stage1_run_with_gradient_checkpointing_ends_where_one_without_ends() {
         dir.path().join(name).join("s1")
     };
     let (a, b) = (run("plain", false), run("ck", true));
-    let la = scalar(&a, "stage1/loss");
-    let lb = scalar(&b, "stage1/loss");
-    assert_eq!(la.len(), 6);
-    for ((s, x), (_, y)) in la.iter().zip(&lb) {
-        assert!((x - y).abs() <= 1e-6 * x.abs(), "step {s}: loss {x} vs {y}");
-    }
+    support::assert_same_scalars(&a, &b, "stage1/loss", 6, 1e-6, 0.0);
     let dev = Default::default();
     let last = "checkpoints/step-000006";
     let wa = params(&load_hf::<Flex>(&a.join(last), &dev).unwrap());
@@ -231,14 +226,7 @@ alpha = 8
         "stage3/kl",
         "stage3/grad_norm",
     ] {
-        let (x, y) = (scalar(&a, tag), scalar(&b, tag));
-        assert_eq!(x.len(), 4, "{tag}");
-        for ((s, p), (_, q)) in x.iter().zip(&y) {
-            assert!(
-                (p - q).abs() <= 1e-5 * p.abs().max(1e-3),
-                "step {s}: {tag} {p} vs {q}"
-            );
-        }
+        support::assert_same_scalars(&a, &b, tag, 4, 1e-5, 1e-3);
     }
     let dev = Default::default();
     let last = "checkpoints/step-000004";

@@ -201,3 +201,24 @@ pub fn expected(dir: &Path) -> Expected {
 pub mod check;
 #[allow(unused_imports)]
 pub use check::max_abs_diff;
+
+/// Runs `a` and `b` logged scalar `tag` at the same `steps` steps, each pair within
+/// `rel · max(|a|, floor)` (a step logged twice, as around a resume, counts once).
+pub fn assert_same_scalars(a: &Path, b: &Path, tag: &str, steps: usize, rel: f64, floor: f64) {
+    let read = |run: &Path| {
+        let mut v = scalar(run, tag);
+        v.sort_by_key(|x| x.0);
+        v.dedup_by_key(|x| x.0);
+        v
+    };
+    let (x, y) = (read(a), read(b));
+    assert_eq!(x.len(), steps, "{tag} in {}", a.display());
+    assert_eq!(y.len(), steps, "{tag} in {}", b.display());
+    for ((s, p), (t, q)) in x.iter().zip(&y) {
+        assert_eq!(s, t, "{tag}: steps");
+        assert!(
+            (p - q).abs() <= rel * p.abs().max(floor),
+            "step {s}: {tag} {p} vs {q}"
+        );
+    }
+}
