@@ -46,6 +46,18 @@ fn the_trainer_moves_only_adapters_and_token_rows_and_saves_adapter_folders() {
     let path = config(dir.path(), &dir.path().join("runs"), "l", 3, LORA);
     let cfg = Config::load(&path, &[]).unwrap();
     let dev = Default::default();
+    // a base/ left by an earlier start under another seed is not kept
+    let tok = t1_train::model::T1Tokenizer::load(
+        &support::root().join("curricula/default/tokenizer.json"),
+    )
+    .unwrap();
+    let stale: Decoder<Flex> = t1_train::model::DecoderConfig::preset("tiny", tok.vocab_size())
+        .unwrap()
+        .init_seeded(99, &dev)
+        .unwrap();
+    let stale_dir = dir.path().join("runs/l/base");
+    t1_train::model::save_hf(&stale, &stale_dir).unwrap();
+    t1_train::checksums::write(&stale_dir).unwrap();
     let mut tr = Trainer::<AD>::start(&cfg, "stage1", false, Goal::Minimize, "loss", &dev).unwrap();
     let before = params(&tr.model.valid());
     let n_adapters = before.iter().filter(|(n, _)| is_adapter(n)).count();

@@ -297,11 +297,14 @@ impl<B: Backend> Layer<B> {
         mask: &AttnMask<B>,
         kv: Option<(LayerKv<B>, usize)>,
     ) -> (Tensor<B, 3>, Option<LayerKv<B>>) {
-        let (a, kv) = self
-            .self_attn
-            .forward(norm(&self.input_layernorm, x.clone()), rope, mask, kv);
+        let (a, kv) =
+            self.self_attn
+                .forward(norm(&self.input_layernorm, x.clone()), rope, mask, kv);
         let x_mid = x + a;
-        let out = x_mid.clone() + self.mlp.forward(norm(&self.post_attention_layernorm, x_mid));
+        let out = x_mid.clone()
+            + self
+                .mlp
+                .forward(norm(&self.post_attention_layernorm, x_mid));
         (out, kv)
     }
 }

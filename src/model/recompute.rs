@@ -19,8 +19,8 @@ use std::any::Any;
 use std::sync::{Arc, Mutex};
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{Int, Tensor};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor};
 
 use super::decoder::Decoder;
 use super::ops::{AttnMask, Rope};

@@ -98,7 +98,7 @@ pub fn attach_lora<B: Backend>(
     if !cfg.raw.lora.enabled {
         return Ok((model, None));
     }
-    let adapter = lora_adapter(cfg, run_root, &model, tok)?;
+    let adapter = lora_adapter(cfg, run_root, &model, tok, true)?;
     let model = model.with_lora(&adapter.spec, cfg.raw.run.seed)?;
     Ok((model, Some(adapter)))
 }
@@ -106,12 +106,15 @@ pub fn attach_lora<B: Backend>(
 /// The adapter settings of a LoRA stage whose base model is `base`. The base folder its
 /// adapters name is `model.path` when that is an HF folder; otherwise (a preset, or a previous
 /// LoRA stage's adapter folder, merged) `base` is written once to `runs/<name>/base/`, so
-/// every adapter the stage writes names a folder holding its base.
+/// every adapter the stage writes names a folder holding its base. `fresh` (a stage starting
+/// at step 0) rewrites it, so one left by an earlier start under another config is not kept;
+/// a resumed stage keeps the one its checkpoints were written against.
 pub fn lora_adapter<B: Backend>(
     cfg: &Config,
     run_root: &Path,
     base: &Decoder<B>,
     tok: &T1Tokenizer,
+    fresh: bool,
 ) -> Result<Adapter> {
     let spec = cfg.raw.lora.spec(tok);
     let m = model_section(cfg)?;
@@ -124,7 +127,7 @@ pub fn lora_adapter<B: Backend>(
         });
     }
     let dir = run_root.join("base");
-    if !dir.join(crate::checksums::FILE).is_file() {
+    if fresh || !dir.join(crate::checksums::FILE).is_file() {
         let tmp = run_root.join(".base.tmp");
         let written = (|| {
             if tmp.exists() {
@@ -514,7 +517,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let mut adapter = None;
                 let (model, record, state) = checkpoint::load::<B, _>(&dir, device, || {
                     let (base, tok) = load_backbone::<B>(cfg, device)?;
-                    adapter = Some(lora_adapter(cfg, run_dir.root(), &base, &tok)?);
+                    adapter = Some(lora_adapter(cfg, run_dir.root(), &base, &tok, false)?);
                     Ok(base)
                 })?;
                 if state.stage != stage {
