@@ -31,6 +31,10 @@ pub struct StageEntry {
     /// The stage's config, relative to the curriculum file. Its `[model]` is used as is for
     /// the first stage; later stages start from the previous stage's `best/`.
     pub config: PathBuf,
+    /// `key=value` overrides of this stage's config (as `--set`), applied before the command
+    /// line's `--set`s: e.g. `set = ["lora.enabled=true", "train.lr=1e-2"]`. Default none.
+    #[serde(default)]
+    pub set: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -170,7 +174,7 @@ fn absolute(base: &Path, p: &Path) -> PathBuf {
 }
 
 /// The resolved config of stage `i`: its file, the curriculum's folder and name, the previous
-/// stage's best model, then the command line's `--set`s.
+/// stage's best model, the stage's own `set`, then the command line's `--set`s.
 pub fn stage_config(
     c: &Curriculum,
     i: usize,
@@ -185,6 +189,7 @@ pub fn stage_config(
         ),
         format!("run.name={:?}", s.kind.name()),
     ];
+    overrides.extend(s.set.iter().cloned());
     overrides.extend(extra.iter().cloned());
     match previous_best {
         Some(best) => Config::load_from_model(&s.config, &overrides, best),

@@ -272,3 +272,49 @@ fn every_shipped_config_validates() {
     }
     assert!(n >= 5, "only {n} configs found");
 }
+
+#[test]
+fn every_shipped_curriculum_resolves_every_stage() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(root().join("curricula")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let c = t1_train::curriculum::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        // fetched data (assets/, git-ignored) may be absent: the shipped dataset stands in
+        let fetched = !root().join("assets/coq-premises").exists()
+            && c.stage.iter().any(|s| {
+                std::fs::read_to_string(p.parent().unwrap().join(&s.config))
+                    .unwrap()
+                    .contains("dataset = \"../assets/")
+            });
+        let extra = if fetched {
+            vec![format!(
+                "data.dataset={:?}",
+                root().join("curricula/default/data").display().to_string()
+            )]
+        } else {
+            vec![]
+        };
+        for i in 0..c.stage.len() {
+            let cfg = t1_train::curriculum::stage_config(&c, i, None, &extra)
+                .unwrap_or_else(|e| panic!("{} stage {i}: {e}", p.display()));
+            // a stage's own `set` reaches its config
+            for s in &c.stage[i].set {
+                let (key, value) = s.split_once('=').unwrap();
+                let resolved = cfg.to_toml().unwrap();
+                let table: toml::Table = toml::from_str(&resolved).unwrap();
+                let mut v = &toml::Value::Table(table);
+                for part in key.split('.') {
+                    v = &v[part];
+                }
+                let want: toml::Value =
+                    toml::from_str::<toml::Table>(&format!("x = {value}")).unwrap()["x"].clone();
+                assert_eq!(v, &want, "{} stage {i}: {key}", p.display());
+            }
+        }
+        n += 1;
+    }
+    assert!(n >= 4, "only {n} curricula found");
+}

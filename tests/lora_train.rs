@@ -256,13 +256,14 @@ fn a_lora_stage3_interrupted_and_resumed_equals_uninterrupted() {
 fn a_lora_curriculum_hands_each_merged_best_on_and_merge_writes_it() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("unused");
+    // stage 1's [lora] comes from its config, stage 2's from the curriculum's per-stage `set`
     let c1 = config(dir.path(), &runs, "c1", 3, LORA);
-    let c2 = config(dir.path(), &runs, "c2", 3, LORA);
+    let c2 = config(dir.path(), &runs, "c2", 3, "");
     let file = dir.path().join("lora.toml");
     std::fs::write(
         &file,
         format!(
-            "name = \"lora\"\noutput_dir = \"out\"\n\n[[stage]]\nkind = \"stage1\"\nconfig = \"{}\"\n\n[[stage]]\nkind = \"stage2\"\nconfig = \"{}\"\n",
+            "name = \"lora\"\noutput_dir = \"out\"\n\n[[stage]]\nkind = \"stage1\"\nconfig = \"{}\"\n\n[[stage]]\nkind = \"stage2\"\nconfig = \"{}\"\nset = [\"lora.enabled=true\", \"lora.rank=4\", \"lora.alpha=8\"]\n",
             c1.file_name().unwrap().to_str().unwrap(),
             c2.file_name().unwrap().to_str().unwrap(),
         ),
