@@ -300,26 +300,23 @@ fn a_lora_curriculum_hands_each_merged_best_on_and_merge_writes_it() {
     // merge: one HF folder equal to the chain (stage 2's adapter on stage 1's merged best)
     let out = dir.path().join("merged");
     let best = root.join("stage2/best");
-    let o = t1(&[
-        "merge",
-        "--model",
-        best.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let merge = || {
+        t1(&[
+            "merge",
+            "--model",
+            best.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let o = merge();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.join("config.json").is_file() && out.join("tokenizer.json").is_file());
     let merged = params(&load_hf::<Flex>(&out, &dev).unwrap());
     let chain = params(&load_model::<Flex>(&best, &dev).unwrap());
     assert_eq!(max_param_diff(&merged, &chain), 0.0);
     // a second merge into the same folder is refused, and it is left as it was
-    let o = t1(&[
-        "merge",
-        "--model",
-        best.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = merge();
     assert_eq!(
         o.status.code(),
         Some(2),
@@ -327,6 +324,12 @@ fn a_lora_curriculum_hands_each_merged_best_on_and_merge_writes_it() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+    let again = params(&load_hf::<Flex>(&out, &dev).unwrap());
+    assert_eq!(
+        max_param_diff(&again, &merged),
+        0.0,
+        "the refused merge changed {out:?}"
+    );
     // `generate` reads an adapter folder as its merged model
     let generate = |model: &Path| {
         let o = t1(&[

@@ -366,6 +366,14 @@ mod tests {
 
     type AD = Autodiff<Flex>;
 
+    /// Largest absolute difference of two equally long slices.
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    }
+
     fn spec() -> LoraSpec {
         LoraSpec {
             rank: 4,
@@ -428,11 +436,7 @@ mod tests {
         );
         let trained = perturbed(adapted);
         let got = logits(&trained);
-        let moved = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let moved = max_diff(&got, &want);
         assert!(moved > 1e-3, "a non-zero B changes the logits ({moved})");
         let dir = tempfile::tempdir().unwrap();
         let err = crate::model::save_hf(&trained, dir.path())
@@ -442,11 +446,7 @@ mod tests {
         let merged = trained.merge_lora();
         crate::model::save_hf(&merged, dir.path()).unwrap();
         assert!(!merged.has_lora());
-        let d = logits(&merged)
-            .iter()
-            .zip(&got)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let d = max_diff(&logits(&merged), &got);
         assert!(d < 1e-5, "merged logits differ by {d}");
     }
 
@@ -603,11 +603,7 @@ mod tests {
             let rows_were = m.token_rows.as_ref().unwrap().embed.val();
             let merged = m.merge_lora();
             assert!(!merged.has_lora());
-            let d = logits(&merged)
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let d = max_diff(&logits(&merged), &got);
             assert!(d < 1e-4, "tied {tied}: merged logits differ by {d}");
             let idx = Tensor::<AD, 1, Int>::from_data(
                 TensorData::new(vec![10i64, 3, 63], [3]),
