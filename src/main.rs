@@ -193,6 +193,22 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Print the predicted peak memory of a stage under a config, per component (weights,
+    /// gradients, moments, reference, activations, KV cache, index), without loading weights.
+    Plan {
+        #[command(flatten)]
+        args: ConfigArgs,
+        /// The stage to plan: stage1, stage2, stage3 or latent.
+        #[arg(long, default_value = "stage3")]
+        stage: String,
+        /// Plan for another architecture: an HF config.json (e.g. Qwen3-8B's) in place of the
+        /// config's model, with the config's tokenizer, batch, lengths and options.
+        #[arg(long, value_name = "FILE")]
+        arch: Option<PathBuf>,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a BEIR dataset folder (errors name file, line and field) and print a summary:
     /// queries, documents, judgments per split, length percentiles.
     Data {
@@ -385,6 +401,20 @@ fn run(cli: Cli) -> Result<(), Error> {
                     println!("{:>4}. {:.4}  {}{about}", h.rank, h.score, h.id);
                 }
                 println!();
+            }
+        }
+        Command::Plan {
+            args: a,
+            stage,
+            arch,
+            json,
+        } => {
+            let cfg = Config::load(&a.config, &a.overrides)?;
+            let p = t1_train::train::plan::for_config(&cfg, &stage, arch.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p).expect("plain data"));
+            } else {
+                print!("{}", p.render());
             }
         }
         Command::Merge { model, out } => {

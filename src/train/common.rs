@@ -722,6 +722,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             format!("{}/tokens_per_s", self.stage),
             self.tokens as f64 / secs,
         ));
+        // the process's peak resident memory so far (what `t1-train plan` predicts)
+        if let Some(peak) = super::plan::rss_bytes(true) {
+            all.push((
+                format!("{}/peak_rss_mib", self.stage),
+                peak / (1u64 << 20) as f64,
+            ));
+        }
         if self.state.step % self.cfg.raw.logging.log_every == 0 || !self.running() {
             let pairs: Vec<(&str, f64)> = all.iter().map(|(k, v)| (k.as_str(), *v)).collect();
             self.sinks.scalars(self.state.step, &pairs)?;

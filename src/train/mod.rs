@@ -3,6 +3,7 @@
 pub mod common;
 pub mod latent;
 pub mod optim;
+pub mod plan;
 pub mod stage1;
 pub mod stage2;
 pub mod stage3;

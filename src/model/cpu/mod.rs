@@ -34,6 +34,7 @@ mod decode;
 mod fused;
 mod gemm;
 mod head;
+pub use head::LOGITS_BUDGET;
 mod linear;
 
 use std::any::Any;
