@@ -410,7 +410,10 @@ fn run(cli: Cli) -> Result<(), Error> {
             json,
         } => {
             let cfg = Config::load(&a.config, &a.overrides)?;
-            let p = t1_train::train::plan::for_config(&cfg, &stage, arch.as_deref())?;
+            // the CPU kernels run on the CPU backend unless T1_KERNELS=generic forces them off
+            let fused = cfg!(not(any(feature = "cuda", feature = "wgpu")))
+                && t1_train::model::cpu::kernels() == t1_train::model::cpu::Kernels::Fused;
+            let p = t1_train::train::plan::for_config(&cfg, &stage, arch.as_deref(), fused)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&p).expect("plain data"));
             } else {

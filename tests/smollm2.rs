@@ -7,7 +7,9 @@
 //! When the folder is absent each test prints why it is skipped and passes; set
 //! `T1_REQUIRE_SMOLLM2=1` (CI does) to make its absence a failure instead.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -16,26 +18,6 @@ use t1_train::model::{
 };
 
 type B = Flex;
-
-fn folder() -> Option<PathBuf> {
-    let dir = std::env::var_os("T1_SMOLLM2_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/smollm2-135m-instruct")
-        });
-    if dir.join("model.safetensors").exists() {
-        return Some(dir);
-    }
-    let why = format!(
-        "SmolLM2 folder {} is absent: run `python3 scripts/fetch_smollm2.py`",
-        dir.display()
-    );
-    if std::env::var_os("T1_REQUIRE_SMOLLM2").is_some_and(|v| v == "1") {
-        panic!("{why} (T1_REQUIRE_SMOLLM2=1)");
-    }
-    eprintln!("skipped: {why}");
-    None
-}
 
 struct Expected {
     input_ids: Vec<u32>,
@@ -83,7 +65,9 @@ fn load(dir: &Path) -> (Decoder<B>, T1Tokenizer) {
 
 #[test]
 fn smollm2_logits_greedy_and_chat_template_match_transformers() {
-    let Some(dir) = folder() else { return };
+    let Some(dir) = support::smollm2_dir() else {
+        return;
+    };
     let (model, tok) = load(&dir);
     let c = model.config();
     assert_eq!(
@@ -161,7 +145,9 @@ fn smollm2_logits_greedy_and_chat_template_match_transformers() {
 
 #[test]
 fn generate_command_continues_with_paris() {
-    let Some(dir) = folder() else { return };
+    let Some(dir) = support::smollm2_dir() else {
+        return;
+    };
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_t1-train"))
         .args(["generate", "--model"])
         .arg(&dir)

@@ -56,6 +56,8 @@ pub struct Plan {
     /// Largest phase + baseline.
     pub peak: f64,
     pub peak_phase: &'static str,
+    /// Activations as the CPU kernels keep them (else as burn's generic ops do).
+    pub fused: bool,
 }
 
 /// Shapes the plan needs beyond the config: the architecture, what trains, the prompt overhead
@@ -73,29 +75,34 @@ pub struct Shapes<'a> {
     pub doc: usize,
     pub corpus_docs: usize,
     pub baseline: f64,
+    /// The CPU backend's kernels run (else burn's generic ops: GPU backends, `T1_KERNELS=generic`).
+    pub fused: bool,
 }
 
 const F32: f64 = 4.0;
 
-/// f32 elements one decoder layer keeps per token for backward, attending over `keys` keys.
-fn layer_saved(c: &DecoderConfig, lora: Option<&LoraSpec>, keys: usize) -> f64 {
+/// f32 elements one decoder layer keeps per token for backward, attending over `keys` keys:
+/// with the CPU kernels (`fused`), or burn's generic ops (GPU backends, `T1_KERNELS=generic`).
+fn layer_saved(c: &DecoderConfig, lora: Option<&LoraSpec>, keys: usize, fused: bool) -> f64 {
     let d = c.hidden_size as f64;
     let i = c.intermediate_size as f64;
     let q = (c.num_attention_heads * c.head_dim) as f64;
     let kv = (c.num_key_value_heads * c.head_dim) as f64;
-    let head_norms = if c.family == Family::Qwen3 {
-        q + kv
-    } else {
-        0.0
-    };
+    let qwen3 = c.family == Family::Qwen3;
     let adapters = lora.map_or(0.0, |s| (s.rank * s.targets.len()) as f64);
-    4.0 * d
-        + 2.0 * q
-        + 2.0 * kv
-        + head_norms
-        + 3.0 * i
-        + adapters
-        + c.num_attention_heads as f64 * keys as f64
+    let probs = c.num_attention_heads as f64 * keys as f64;
+    if fused {
+        // x and both norm outputs, x_mid; q, k, v after RoPE (+ their pre-norm values on Qwen3)
+        // and the attention output; gate, up and SwiGLU output; P
+        let head_norms = if qwen3 { q + kv } else { 0.0 };
+        4.0 * d + 2.0 * q + 2.0 * kv + head_norms + 3.0 * i + adapters + probs
+    } else {
+        // each norm keeps its input, x / rms and its output; RoPE its input and x·R, attention
+        // its q copy, k and v, exp(S) and P (and the mask, a byte each), the merged-head copy;
+        // silu keeps gate and σ(gate), the products their inputs
+        let rope_path = if qwen3 { 5.0 } else { 3.0 };
+        6.0 * d + (rope_path + 1.0) * q + (rope_path + 1.0) * kv + 5.0 * i + adapters + 2.25 * probs
+    }
 }
 
 /// f32 elements a layer's forward needs at once without autodiff (one layer at a time).
@@ -122,6 +129,7 @@ fn train_activations(
     lora: Option<&LoraSpec>,
     forwards: &[Forward],
     checkpointing: bool,
+    fused: bool,
 ) -> (f64, String) {
     let layers = c.num_hidden_layers as f64;
     let d = c.hidden_size as f64;
@@ -129,13 +137,17 @@ fn train_activations(
     let mut shapes = Vec::new();
     for f in forwards.iter().filter(|f| f.rows > 0) {
         let tokens = (f.rows * f.seq) as f64;
-        let layer = tokens * layer_saved(c, lora, f.seq);
+        let layer = tokens * layer_saved(c, lora, f.seq, fused);
         largest = largest.max(layer);
         // the head: the scored rows' logits while they fit the fused head's budget, else its
-        // chunks; the final norm's input and output
-        let logits = ((f.rows * f.scored) as f64 * c.vocab_size as f64 * F32)
-            .min(crate::model::cpu::LOGITS_BUDGET as f64);
-        kept += logits + 2.0 * tokens * d * F32;
+        // chunks (burn's ops keep every chunk's exp(logits)); the final norm's tensors
+        let logits = (f.rows * f.scored) as f64 * c.vocab_size as f64 * F32;
+        let logits = if fused {
+            logits.min(crate::model::cpu::LOGITS_BUDGET as f64)
+        } else {
+            logits
+        };
+        kept += logits + if fused { 2.0 } else { 3.0 } * tokens * d * F32;
         kept += F32
             * if checkpointing {
                 layers * tokens * d
@@ -283,8 +295,27 @@ pub fn plan(cfg: &Config, stage: &str, s: &Shapes) -> Result<Plan> {
         index,
         format!("{} docs × {}", s.corpus_docs, c.hidden_size),
     );
-    let (acts, detail) = train_activations(c, s.lora, &forwards, checkpointing);
+    let (acts, detail) = train_activations(c, s.lora, &forwards, checkpointing, s.fused);
     add("activations", acts, detail);
+    // the fused CPU head takes the head as one table: with trainable token rows, a copy with
+    // the rows written in is kept for backward, and backward makes its full [V, d] gradient
+    let table = match s.lora {
+        Some(spec)
+            if s.fused && !spec.tokens.is_empty() && forwards.iter().any(|f| f.scored > 0) =>
+        {
+            2.0 * c.vocab_size as f64 * c.hidden_size as f64 * F32
+        }
+        _ => 0.0,
+    };
+    add(
+        "head_table",
+        table,
+        if table > 0.0 {
+            "token rows written into a copy of the head, and its gradient".into()
+        } else {
+            "none".into()
+        },
+    );
     let kv = kv_rows as f64 * query_seq as f64 * layers * 2.0 * kv_width * F32;
     add(
         "kv_cache",
@@ -331,7 +362,7 @@ pub fn plan(cfg: &Config, stage: &str, s: &Shapes) -> Result<Plan> {
         resident.iter().chain(extra).copied().collect()
     };
     let mut phases = vec![
-        ("update", with(&["activations", "gradients"])),
+        ("update", with(&["activations", "head_table", "gradients"])),
         ("optimizer step", with(&["gradients", "optimizer"])),
         ("index encode", with(&["encode"])),
     ];
@@ -358,6 +389,7 @@ pub fn plan(cfg: &Config, stage: &str, s: &Shapes) -> Result<Plan> {
         baseline: s.baseline,
         peak: top + s.baseline,
         peak_phase,
+        fused: s.fused,
     })
 }
 
@@ -365,8 +397,18 @@ impl Plan {
     /// The table `t1-train plan` prints.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "{}: {:.3e} parameters, {:.3e} trained\n\n{:<12} {:>12}  {}\n",
-            self.stage, self.params, self.trained, "component", "bytes", "shapes"
+            "{}: {:.3e} parameters, {:.3e} trained; activations as {} keep them\n\n{:<12} {:>12}  {}\n",
+            self.stage,
+            self.params,
+            self.trained,
+            if self.fused {
+                "the CPU kernels"
+            } else {
+                "burn's generic ops (GPU backends)"
+            },
+            "component",
+            "bytes",
+            "shapes"
         );
         for c in &self.components {
             out.push_str(&format!(
@@ -454,7 +496,7 @@ pub fn architecture(cfg: &Config) -> Result<(DecoderConfig, T1Tokenizer)> {
 
 /// The plan `t1-train plan` prints: `stage` of `cfg`, optionally for another architecture
 /// (`arch`, an HF `config.json`: e.g. Qwen3-8B's, to plan a run before downloading it).
-pub fn for_config(cfg: &Config, stage: &str, arch: Option<&Path>) -> Result<Plan> {
+pub fn for_config(cfg: &Config, stage: &str, arch: Option<&Path>, fused: bool) -> Result<Plan> {
     let (own, tok) = architecture(cfg)?;
     let mut c = match arch {
         Some(p) => DecoderConfig::from_hf_file(p)?,
@@ -495,6 +537,7 @@ pub fn for_config(cfg: &Config, stage: &str, arch: Option<&Path>) -> Result<Plan
             doc,
             corpus_docs: ds.corpus.ids.len(),
             baseline,
+            fused,
         },
     )
 }

@@ -222,3 +222,23 @@ pub fn assert_same_scalars(a: &Path, b: &Path, tag: &str, steps: usize, rel: f64
         );
     }
 }
+
+/// The SmolLM2-135M folder (`T1_SMOLLM2_DIR`, or assets/ as `scripts/fetch_smollm2.py` writes it);
+/// `None` (the test skips) when absent, a failure under `T1_REQUIRE_SMOLLM2=1` (CI).
+pub fn smollm2_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("T1_SMOLLM2_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("assets/smollm2-135m-instruct"));
+    if dir.join("model.safetensors").exists() {
+        return Some(dir);
+    }
+    let why = format!(
+        "SmolLM2 folder {} is absent: run `python3 scripts/fetch_smollm2.py`",
+        dir.display()
+    );
+    if std::env::var_os("T1_REQUIRE_SMOLLM2").is_some_and(|v| v == "1") {
+        panic!("{why} (T1_REQUIRE_SMOLLM2=1)");
+    }
+    eprintln!("skipped: {why}");
+    None
+}
