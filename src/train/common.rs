@@ -64,16 +64,7 @@ pub fn load_backbone<B: Backend>(
             (model, T1Tokenizer::load(&dir.join("tokenizer.json"))?)
         }
         (None, Some(name)) => {
-            let tok_path = m.tokenizer.as_ref().ok_or_else(|| Error::Config {
-                location: cfg.source.display().to_string(),
-                message: "model.preset needs model.tokenizer".into(),
-            })?;
-            let tok = T1Tokenizer::load(tok_path)?;
-            let c =
-                DecoderConfig::preset(name, tok.vocab_size()).map_err(|message| Error::Config {
-                    location: cfg.source.display().to_string(),
-                    message,
-                })?;
+            let (c, tok) = preset_config(cfg, name)?;
             (c.init_seeded::<B>(cfg.raw.run.seed, device)?, tok)
         }
         (None, None) => unreachable!("validate() requires model.path or model.preset"),
@@ -85,6 +76,21 @@ pub fn load_backbone<B: Backend>(
     };
     check_lengths(cfg, model.config())?;
     Ok((model, tok))
+}
+
+/// The preset `name`'s architecture at `model.tokenizer`'s vocabulary, and that tokenizer.
+pub fn preset_config(cfg: &Config, name: &str) -> Result<(DecoderConfig, T1Tokenizer)> {
+    let m = model_section(cfg)?;
+    let tok_path = m.tokenizer.as_ref().ok_or_else(|| Error::Config {
+        location: cfg.source.display().to_string(),
+        message: "model.preset needs model.tokenizer".into(),
+    })?;
+    let tok = T1Tokenizer::load(tok_path)?;
+    let c = DecoderConfig::preset(name, tok.vocab_size()).map_err(|message| Error::Config {
+        location: cfg.source.display().to_string(),
+        message,
+    })?;
+    Ok((c, tok))
 }
 
 /// `model` (a stage's starting model, from [`load_backbone`]) with fresh LoRA adapters when

@@ -471,19 +471,7 @@ pub fn architecture(cfg: &Config) -> Result<(DecoderConfig, T1Tokenizer)> {
             let c = DecoderConfig::from_hf_file(&root.join("config.json"))?;
             (c, T1Tokenizer::load(&dir.join("tokenizer.json"))?)
         }
-        (None, Some(name)) => {
-            let tok_path = m.tokenizer.as_ref().ok_or_else(|| Error::Config {
-                location: cfg.source.display().to_string(),
-                message: "model.preset needs model.tokenizer".into(),
-            })?;
-            let tok = T1Tokenizer::load(tok_path)?;
-            let c =
-                DecoderConfig::preset(name, tok.vocab_size()).map_err(|message| Error::Config {
-                    location: cfg.source.display().to_string(),
-                    message,
-                })?;
-            (c, tok)
-        }
+        (None, Some(name)) => super::common::preset_config(cfg, name)?,
         (None, None) => {
             return Err(Error::Config {
                 location: cfg.source.display().to_string(),
