@@ -496,10 +496,10 @@ pub fn for_config(cfg: &Config, stage: &str, arch: Option<&Path>, fused: bool) -
     let m = super::common::model_section(cfg)?;
     let (mut prompt, mut gold) = (1, 1);
     for q in ds.split_queries(&cfg.raw.data.train_split)? {
-        prompt = prompt.max(tok.query_prompt(&q.text, m.max_query_tokens)?.len());
         let r = q.reasoning.as_deref().unwrap_or("");
-        let (ids, _) =
+        let (ids, prompt_len) =
             tok.query_with_reasoning(&q.text, r, m.max_query_tokens, m.max_reasoning_tokens)?;
+        prompt = prompt.max(prompt_len);
         gold = gold.max(ids.len());
     }
     // the longest document view; past DOCS_SCANNED documents the limit itself
