@@ -20,8 +20,23 @@ refresh_every = 0
 name = "reciprocal_rank"
 "#;
 
+/// `t1-train args… --set s…` for each of `sets`; asserts it succeeded.
+fn t1_ok(args: &[&str], sets: &[&str]) -> std::process::Output {
+    let mut all = args.to_vec();
+    for s in sets {
+        all.extend(["--set", s]);
+    }
+    let o = t1(&all);
+    assert!(
+        o.status.success(),
+        "{all:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
 fn plan_json(cfg: &Path, stage: &str, sets: &[&str]) -> serde_json::Value {
-    let mut args = vec![
+    let args = [
         "plan",
         "--config",
         cfg.to_str().unwrap(),
@@ -29,16 +44,7 @@ fn plan_json(cfg: &Path, stage: &str, sets: &[&str]) -> serde_json::Value {
         stage,
         "--json",
     ];
-    for s in sets {
-        args.extend(["--set", s]);
-    }
-    let o = t1(&args);
-    assert!(
-        o.status.success(),
-        "plan: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("plan --json prints JSON")
+    serde_json::from_slice(&t1_ok(&args, sets).stdout).expect("plan --json prints JSON")
 }
 
 fn component(plan: &serde_json::Value, name: &str) -> f64 {
@@ -55,16 +61,7 @@ fn component(plan: &serde_json::Value, name: &str) -> f64 {
 /// Plans `stage` of `cfg` with `sets`, runs it, and returns (predicted, measured) MiB.
 fn predicted_and_measured(cfg: &Path, run: &Path, stage: &str, sets: &[&str]) -> (f64, f64) {
     let plan = plan_json(cfg, stage, sets);
-    let mut args = vec![stage, "--config", cfg.to_str().unwrap()];
-    for s in sets {
-        args.extend(["--set", s]);
-    }
-    let o = t1(&args);
-    assert!(
-        o.status.success(),
-        "{stage} {sets:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    t1_ok(&[stage, "--config", cfg.to_str().unwrap()], sets);
     let peaks = scalar(run, &format!("{stage}/peak_rss_mib"));
     let measured = peaks.iter().map(|p| p.1).fold(0.0, f64::max);
     assert!(measured > 0.0, "{stage}: no peak_rss_mib logged");
@@ -179,16 +176,15 @@ fn components_follow_the_options() {
     // another architecture from its config.json: Qwen3-0.6B's ≈ 0.6e9 parameters (+ the grown
     // vocabulary) without any weights on disk
     let arch = root().join("docs/plan/qwen3-0.6b.json");
-    let o = t1(&[
+    let args = [
         "plan",
         "--config",
         cfg.to_str().unwrap(),
         "--arch",
         arch.to_str().unwrap(),
         "--json",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let q: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    ];
+    let q: serde_json::Value = serde_json::from_slice(&t1_ok(&args, &[]).stdout).unwrap();
     let n = q["params"].as_f64().unwrap();
     assert!((5.9e8..6.2e8).contains(&n), "Qwen3-0.6B: {n}");
     // a stage that does not exist is a usage error
