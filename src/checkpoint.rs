@@ -97,6 +97,68 @@ pub struct TrainState {
     pub nonfinite_steps: u64,
     #[serde(default)]
     pub nonfinite_in_a_row: u64,
+    /// LoRA runs: the frozen base's [`base_fingerprint`], so a resume that rebuilds the base
+    /// from the config (a preset, `model.path`, a previous stage's adapter folder) can tell when
+    /// it no longer gives the base the adapters were trained on. Absent for full fine-tuning and
+    /// in checkpoints of older versions (not checked then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_fingerprint: Option<Vec<[f64; 3]>>,
+}
+
+/// A content fingerprint of a model's weights: per float parameter, in module order, its element
+/// count, sum and sum of squares (in f64 of the backend's f32 reductions). Cheap on any backend
+/// (two reductions a tensor, no copy to the host), and compared with a tolerance
+/// ([`fingerprint_mismatch`]) so the same weights on another backend — other reduction orders —
+/// still match.
+pub fn base_fingerprint<B: Backend, M: Module<B>>(model: &M) -> Vec<[f64; 3]> {
+    struct Stats(Vec<[f64; 3]>);
+    impl<B: Backend> ModuleVisitor<B> for Stats {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            use burn::tensor::ElementConversion;
+            let t = p.val().cast(burn::tensor::FloatDType::F32);
+            let n = t.shape().num_elements() as f64;
+            let sum: f64 = t.clone().sum().into_scalar().elem();
+            let sq: f64 = t.square().sum().into_scalar().elem();
+            self.0.push([n, sum, sq]);
+        }
+    }
+    let mut stats = Stats(Vec::new());
+    model.visit(&mut stats);
+    stats.0
+}
+
+/// Where two [`base_fingerprint`]s differ (`None`: the same weights). A parameter differs when
+/// its size does, its sum of squares by more than 1e-5 of itself, or its sum by more than 1e-5
+/// of √(n·Σx²) — the largest |Σx| can be — far above f32 summation error (≈ 1e-6 of that at
+/// these sizes) and far below what a changed model moves.
+pub fn fingerprint_mismatch(saved: &[[f64; 3]], now: &[[f64; 3]]) -> Option<String> {
+    if saved.len() != now.len() {
+        return Some(format!(
+            "{} weight tensors now, {} then",
+            now.len(),
+            saved.len()
+        ));
+    }
+    let tol = 1e-5;
+    saved.iter().zip(now).enumerate().find_map(|(i, (a, b))| {
+        let differs = a[0] != b[0]
+            || !((a[2] - b[2]).abs() <= tol * a[2].abs().max(b[2].abs()))
+            || !((a[1] - b[1]).abs() <= tol * (a[0] * a[2].max(b[2])).sqrt());
+        differs.then(|| {
+            format!(
+                "weight tensor {} of {} (module order): {} elements, sum {:.6e}, sum of squares \
+                 {:.6e} now; {} elements, sum {:.6e}, sum of squares {:.6e} then",
+                i + 1,
+                now.len(),
+                b[0],
+                b[1],
+                b[2],
+                a[0],
+                a[1],
+                a[2]
+            )
+        })
+    })
 }
 
 /// Parameter ids in module order.

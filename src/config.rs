@@ -81,6 +81,40 @@ pub struct LoraSection {
     /// with dropout could not be resumed exactly). Default 0.
     #[serde(default)]
     pub dropout: f64,
+    /// The dtype the frozen base's projection weights (q/k/v/o/gate/up/down of every layer) are
+    /// held in: `f32`, `bf16` (f16 where the backend lacks bf16), or `f16`. Adapters, token
+    /// rows, norms, embeddings, the LM head, gradients and AdamW state stay f32. Halves the
+    /// weights that dominate a LoRA run's memory on GPU backends; on the CPU backend the half
+    /// matmuls are slower than its f32 kernels (README). Default `f32`.
+    #[serde(default, skip_serializing_if = "BaseDType::is_f32")]
+    pub base_dtype: BaseDType,
+}
+
+/// [`LoraSection::base_dtype`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BaseDType {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl BaseDType {
+    /// The default (left out of the config hash, so older LoRA checkpoints still resume).
+    pub fn is_f32(&self) -> bool {
+        *self == BaseDType::F32
+    }
+
+    /// The half dtype asked for (`None` for f32).
+    pub fn half(self) -> Option<burn::tensor::FloatDType> {
+        use burn::tensor::FloatDType;
+        match self {
+            BaseDType::F32 => None,
+            BaseDType::Bf16 => Some(FloatDType::BF16),
+            BaseDType::F16 => Some(FloatDType::F16),
+        }
+    }
 }
 
 impl Default for LoraSection {
@@ -1091,6 +1125,16 @@ impl RawConfig {
                     "{} is not supported yet: only 0 (adapter dropout needs a seeded mask for \
                      exact resume, not written yet)",
                     l.dropout
+                ),
+            ));
+        }
+        if l.base_dtype != BaseDType::F32 && !l.enabled {
+            return Err(err(
+                "lora.base_dtype",
+                format!(
+                    "{:?} needs lora.enabled = true: only a frozen base can be held in half \
+                     precision (the weights AdamW updates stay f32)",
+                    l.base_dtype
                 ),
             ));
         }

@@ -175,12 +175,87 @@ fn bad_lora_settings_are_refused_by_key() {
         ),
         ("lora.target_modules=[]", "lora.target_modules", "empty"),
         ("lora.ranks=4", "ranks", "unknown field"),
+        ("lora.base_dtype=\"f8\"", "base_dtype", "unknown variant"),
     ] {
         let cfg = config(dir.path(), &dir.path().join("runs"), "bad", 4, LORA);
         let o = t1(&["stage1", "--config", cfg.to_str().unwrap(), "--set", set]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{set}: {err}");
         assert!(err.contains(key) && err.contains(says), "{set}: {err}");
+    }
+    // a half-precision base needs a frozen one
+    let cfg = config(dir.path(), &dir.path().join("runs"), "bad", 4, "");
+    let o = t1(&[
+        "stage1",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--set",
+        "lora.base_dtype=\"bf16\"",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("lora.base_dtype") && err.contains("needs lora.enabled = true"),
+        "{err}"
+    );
+}
+
+/// `lora.base_dtype`: the frozen projections held in bf16 / f16 (norms, embeddings, adapters
+/// f32), the losses of a few LoRA steps near the f32 run's (but not equal: the products do run
+/// in half precision), training still lowering the loss, and merging back to f32.
+#[test]
+fn a_half_precision_base_trains_the_adapters_near_the_f32_run() {
+    use burn::tensor::DType;
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Default::default();
+    let run = |name: &str, extra: &str| -> (Vec<f64>, Trainer<AD>) {
+        let path = config(dir.path(), &dir.path().join("runs"), name, 4, extra);
+        let cfg = Config::load(&path, &[]).unwrap();
+        let mut tr =
+            Trainer::<AD>::start(&cfg, "stage1", false, Goal::Minimize, "loss", &dev).unwrap();
+        let mut t1 = vec![tr.tok.think, tr.tok.end_think, tr.tok.emb];
+        t1.sort();
+        let t1: Vec<i64> = t1.iter().map(|&t| t as i64).collect();
+        let mut losses = Vec::new();
+        for _ in 0..4 {
+            let loss = objective(&tr.model, &t1);
+            let value = loss.clone().into_scalar() as f64;
+            losses.push(value);
+            tr.backward(loss);
+            tr.step(&[("loss", value)]).unwrap();
+        }
+        (losses, tr)
+    };
+    let (full, _) = run("f32", LORA);
+    for (name, dtype, tol) in [("bf16", DType::BF16, 2e-2), ("f16", DType::F16, 3e-3)] {
+        let (half, tr) = run(name, &format!("{LORA}base_dtype = \"{name}\"\n"));
+        let m = &tr.model;
+        for layer in &m.model.layers {
+            let (a, p) = (&layer.self_attn, &layer.mlp);
+            for w in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]
+                .into_iter()
+                .chain([&p.gate_proj, &p.up_proj, &p.down_proj])
+            {
+                assert_eq!(w.weight.val().dtype(), dtype, "{name}: a projection");
+            }
+            assert_eq!(layer.input_layernorm.gamma.val().dtype(), DType::F32);
+            let lora = a.q_lora.as_ref().unwrap();
+            assert_eq!(lora.b.val().dtype(), DType::F32, "{name}: an adapter");
+        }
+        assert_eq!(m.model.embed_tokens.weight.val().dtype(), DType::F32);
+        for (step, (h, f)) in half.iter().zip(&full).enumerate() {
+            let rel = (h - f).abs() / f.abs();
+            eprintln!("{name} step {step}: loss {h:.6} vs f32 {f:.6} ({rel:.1e})");
+            assert!(rel <= tol, "{name} step {step}: {h} vs {f}");
+            assert!(
+                step > 0 || rel > 0.0,
+                "{name}: the products did not run in {name}"
+            );
+        }
+        assert!(half[3] < half[0], "{name}: the loss did not fall: {half:?}");
+        let merged = m.valid().merge_lora();
+        let q = &merged.model.layers[0].self_attn.q_proj.weight;
+        assert_eq!(q.val().dtype(), DType::F32, "{name}: merged in f32");
     }
 }
 
@@ -350,4 +425,69 @@ fn a_lora_curriculum_hands_each_merged_best_on_and_merge_writes_it() {
         String::from_utf8_lossy(&o2.stdout),
         "adapter folder and merged folder generate the same"
     );
+}
+
+/// A LoRA checkpoint remembers its base's fingerprint: resuming after the base folder was
+/// replaced by another model (same path, same config, valid checksums) is refused with exit
+/// code 2 instead of attaching the adapters to weights they were not trained on.
+#[test]
+fn a_lora_resume_on_a_changed_base_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("runs");
+    // two full stage-1 runs from other seeds: two bases of the same shape
+    for (name, seed) in [("p", 7), ("q", 8)] {
+        let cfg = config(dir.path(), &out, name, 4, "");
+        let o = t1(&[
+            "stage1",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            &format!("run.seed={seed}"),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let base = out.join("base-folder");
+    let copy = |from: &Path| {
+        if base.exists() {
+            std::fs::remove_dir_all(&base).unwrap();
+        }
+        std::fs::create_dir_all(&base).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), base.join(e.file_name())).unwrap();
+        }
+    };
+    copy(&out.join("p/checkpoints/step-000004"));
+    let cfg = config(dir.path(), &out, "l", 4, LORA);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "preset = \"tiny\"",
+        &format!("path = {:?}", base.display().to_string()),
+    );
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("tokenizer ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&cfg, text).unwrap();
+    let args = ["stage1", "--config", cfg.to_str().unwrap()];
+    let o = t1(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let resume = [&args[..], &["--resume", "--set", "train.steps=8"]].concat();
+    // the same base resumes (and the state records its fingerprint)
+    let state = std::fs::read_to_string(out.join("l/checkpoints/step-000004/state.json")).unwrap();
+    assert!(state.contains("base_fingerprint"), "{state}");
+    // another model at the same path does not
+    copy(&out.join("q/checkpoints/step-000004"));
+    let o = t1(&resume);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("not the one the adapters") && err.contains("weight tensor"),
+        "{err}"
+    );
+    // the original back: the resume goes on
+    copy(&out.join("p/checkpoints/step-000004"));
+    let o = t1(&resume);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("l/checkpoints/step-000008/state.json").is_file());
 }

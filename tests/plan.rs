@@ -187,6 +187,29 @@ fn components_follow_the_options() {
     let q: serde_json::Value = serde_json::from_slice(&t1_ok(&args, &[]).stdout).unwrap();
     let n = q["params"].as_f64().unwrap();
     assert!((5.9e8..6.2e8).contains(&n), "Qwen3-0.6B: {n}");
+    // lora.base_dtype: the layers' projections at 2 bytes instead of 4, nothing else
+    let plan = |sets: &[&str]| -> serde_json::Value {
+        serde_json::from_slice(&t1_ok(&args, sets).stdout).unwrap()
+    };
+    let (f32_base, bf16_base) = (
+        plan(&["lora.enabled=true"]),
+        plan(&["lora.enabled=true", "lora.base_dtype=\"bf16\""]),
+    );
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&arch).unwrap()).unwrap();
+    let u = |k: &str| c[k].as_f64().unwrap();
+    let (d, i) = (u("hidden_size"), u("intermediate_size"));
+    let (q_w, kv_w) = (
+        u("num_attention_heads") * u("head_dim"),
+        u("num_key_value_heads") * u("head_dim"),
+    );
+    let proj = u("num_hidden_layers") * (2.0 * d * q_w + 2.0 * d * kv_w + 3.0 * d * i);
+    let saved = component(&f32_base, "weights") - component(&bf16_base, "weights");
+    assert_eq!(saved, 2.0 * proj, "bf16 base: {saved} bytes saved");
+    assert_eq!(
+        component(&f32_base, "activations"),
+        component(&bf16_base, "activations")
+    );
     // a stage that does not exist is a usage error
     let o = t1(&[
         "plan",

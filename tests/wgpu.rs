@@ -209,6 +209,98 @@ mod on_wgpu {
         }
     }
 
+    /// A LoRA model (rank-2 adapters on all seven projections, fixed non-zero factors) on `B`.
+    fn adapted<B: burn::prelude::Backend>(dir: &std::path::Path, dev: &B::Device) -> Decoder<B> {
+        use burn::tensor::TensorData;
+        use t1_train::model::{Lora, LoraSpec, Target};
+        let spec = LoraSpec {
+            rank: 2,
+            alpha: 4.0,
+            use_rslora: false,
+            targets: Target::ALL.to_vec(),
+            tokens: vec![],
+        };
+        let mut m = load_hf::<B>(dir, dev).unwrap().with_lora(&spec, 1).unwrap();
+        let mut k = 0usize;
+        let mut det = |r: usize, c: usize| -> Tensor<B, 2> {
+            k += 1;
+            let v: Vec<f32> = (0..r * c)
+                .map(|i| ((i * 7 + k * 13) as f32 * 0.37).sin() * 0.05)
+                .collect();
+            Tensor::from_data(TensorData::new(v, [r, c]), dev)
+        };
+        for layer in &mut m.model.layers {
+            let (a, p) = (&mut layer.self_attn, &mut layer.mlp);
+            for (lin, lora) in [
+                (&a.q_proj, &mut a.q_lora),
+                (&a.k_proj, &mut a.k_lora),
+                (&a.v_proj, &mut a.v_lora),
+                (&a.o_proj, &mut a.o_lora),
+                (&p.gate_proj, &mut p.gate_lora),
+                (&p.up_proj, &mut p.up_lora),
+                (&p.down_proj, &mut p.down_lora),
+            ] {
+                let [i, o] = lin.weight.val().dims();
+                *lora = Some(Lora::from_factors(det(i, 2), det(2, o), 2.0));
+            }
+        }
+        m
+    }
+
+    /// `lora.base_dtype` on wgpu: which half dtypes the device offers (printed: lavapipe's
+    /// answer goes in the README), the dtype `half_dtype` picks for bf16 (f16 in its place
+    /// where bf16 is missing), and where there is one, a LoRA objective and its adapter
+    /// gradients with the frozen projections held in it near the f32 CPU model's.
+    #[test]
+    fn a_half_precision_frozen_base_on_wgpu() {
+        use burn::prelude::Backend;
+        use burn::tensor::{DType, FloatDType};
+        if !available() {
+            return;
+        }
+        let dev = WgpuDevice::default();
+        let (bf16, f16) = (
+            G::supports_dtype(&dev, DType::BF16),
+            G::supports_dtype(&dev, DType::F16),
+        );
+        eprintln!("wgpu device supports bf16: {bf16}, f16: {f16}");
+        let picked = t1_train::model::lora::half_dtype::<GA>(FloatDType::BF16, &dev);
+        let dtype = match (bf16, f16) {
+            (true, _) => FloatDType::BF16,
+            (false, true) => FloatDType::F16,
+            (false, false) => {
+                let err = picked.expect_err("neither half dtype, yet one was picked");
+                eprintln!("no half dtype here: {err}");
+                return;
+            }
+        };
+        assert_eq!(picked, Ok(dtype));
+        let tol = if dtype == FloatDType::BF16 {
+            5e-2
+        } else {
+            1e-2
+        };
+        for name in ["qwen3_untied", "llama_tied_rope_llama3"] {
+            let dir = fixture(name);
+            let gpu = adapted::<GA>(&dir, &dev).with_base_dtype(dtype).unwrap();
+            let q = &gpu.model.layers[0].self_attn.q_proj.weight;
+            assert_eq!(q.val().dtype(), DType::from(dtype), "{name}");
+            let (vg, gg) = training_step::<GA>(&gpu);
+            let (vc, gc) = training_step::<CA>(&adapted::<CA>(&dir, &Default::default()));
+            let rel = (vg - vc).abs() / vc.abs();
+            eprintln!(
+                "{name}, base in {dtype:?}: objective {vg:.6} vs f32 CPU {vc:.6} ({rel:.1e})"
+            );
+            assert!(rel <= tol, "{name}: objective {vg} vs {vc}");
+            let n = assert_grads_agree(name, &gg, &gc, tol);
+            assert_eq!(
+                n,
+                2 * 7 * gpu.config().num_hidden_layers,
+                "{name}: adapters only"
+            );
+        }
+    }
+
     /// 2-step stage 1 / 2 / 3 runs of the tiny preset on the shipped data, in this process on
     /// each backend: every logged loss within 1e-4 relative, stage 3's rollouts identical.
     #[test]

@@ -10,7 +10,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -204,6 +204,24 @@ impl<B: Backend> TokenRows<B> {
 
 use super::decoder::Decoder;
 
+/// The dtype a frozen base is held in on `device` (`lora.base_dtype`): `want` where the backend
+/// supports it, f16 in place of a missing bf16 (said on stderr), an error when it has neither.
+pub fn half_dtype<B: Backend>(want: FloatDType, device: &B::Device) -> Result<FloatDType, String> {
+    use burn::tensor::DType;
+    if B::supports_dtype(device, want.into()) {
+        return Ok(want);
+    }
+    if want == FloatDType::BF16 && B::supports_dtype(device, DType::F16) {
+        eprintln!(
+            "lora.base_dtype = \"bf16\": this device has no bf16, the frozen base is held in f16"
+        );
+        return Ok(FloatDType::F16);
+    }
+    Err(format!(
+        "this device supports neither {want:?} nor F16 for the frozen base; use \"f32\""
+    ))
+}
+
 impl<B: Backend> Decoder<B> {
     /// This model with every parameter frozen (no gradient, so no optimizer state) and a fresh
     /// adapter on each target module of every layer, drawn from `seed` in layer order, then
@@ -290,7 +308,8 @@ impl<B: Backend> Decoder<B> {
                     let lin = layer.linear_mut(t);
                     lin.weight = lin.weight.clone().map(|w| {
                         let trainable = w.is_require_grad();
-                        (w.detach() + delta).set_require_grad(trainable)
+                        // a half-precision frozen base (`with_base_dtype`) merges in f32
+                        (w.detach().cast(delta.dtype()) + delta).set_require_grad(trainable)
                     });
                 }
             }
@@ -315,6 +334,29 @@ impl<B: Backend> Decoder<B> {
             }
         }
         self
+    }
+
+    /// This model with the frozen weight of every decoder-layer projection (q, k, v, o, gate,
+    /// up, down) held in `dtype` (`lora.base_dtype`: bf16, or f16) — half the bytes of the
+    /// bulk of the base. [`super::ops::linear_rows`] then multiplies in that dtype; biases, norms,
+    /// the embedding table and the LM head stay f32, as do adapters, token rows, gradients and
+    /// optimizer state. A trainable projection (full fine-tuning) is refused: its weight is what
+    /// AdamW updates and must stay f32.
+    pub fn with_base_dtype(mut self, dtype: FloatDType) -> crate::Result<Self> {
+        for (i, layer) in self.layers_mut().iter_mut().enumerate() {
+            for t in Target::ALL {
+                let lin = layer.linear_mut(t);
+                if lin.weight.val().is_require_grad() {
+                    return Err(crate::Error::Runtime(format!(
+                        "layer {i} {}: a trainable weight cannot be held in {dtype:?} (a \
+                         half-precision base needs the base frozen, i.e. lora.enabled = true)",
+                        t.hf_path()
+                    )));
+                }
+                lin.weight = lin.weight.clone().map(|w| w.cast(dtype));
+            }
+        }
+        Ok(self)
     }
 
     /// Whether the model carries an adapter (on a projection, or trainable token rows).

@@ -29,6 +29,15 @@ pub fn param_count(c: &DecoderConfig) -> f64 {
     v * d + c.num_hidden_layers as f64 * (attn + mlp + norms + biases) + d + head
 }
 
+/// The weights of every layer's seven projections (q, k, v, o, gate, up, down; no biases): what
+/// `lora.base_dtype` holds in half precision.
+pub fn projection_count(c: &DecoderConfig) -> f64 {
+    let (d, i) = (c.hidden_size as f64, c.intermediate_size as f64);
+    let q = c.num_attention_heads as f64 * c.head_dim as f64;
+    let kv = c.num_key_value_heads as f64 * c.head_dim as f64;
+    c.num_hidden_layers as f64 * (d * q + 2.0 * d * kv + q * d + 3.0 * d * i)
+}
+
 /// Trainable parameters of the adapters `spec` attaches to a model with config `c`: `r·(d_in +
 /// d_out)` per target per layer, plus the full rows of the trainable tokens (twice on an untied
 /// model: embedding and LM head).

@@ -148,7 +148,8 @@ pub(super) fn linear<B: Backend>(
 
 /// A linear layer over rows `[m, d_in]` → `[m, d_out]`. At decode (few rows, CPU backend, no
 /// autodiff) the matmul is [`cpu::decode_matmul`]'s streaming kernel; otherwise on the CPU
-/// backend [`cpu::linear`] (gemm into unfilled buffers, own backward); elsewhere burn's `Linear`.
+/// backend [`cpu::linear`] (gemm into unfilled buffers, own backward); elsewhere burn's `Linear`,
+/// or [`half_linear`] when the weight is a half-precision frozen base (`lora.base_dtype`).
 /// With a LoRA adapter, its update `(α/r)·(x·A)·B` is added to the base layer's output.
 pub(super) fn linear_rows<B: Backend>(
     layer: &Linear<B>,
@@ -162,10 +163,27 @@ pub(super) fn linear_rows<B: Backend>(
             Some(bias) => y + bias.val().unsqueeze(),
             None => y,
         },
+        None if w.dtype() != x.dtype() => half_linear(layer, x),
         None => layer.forward(x),
     };
     match delta {
         Some(d) => y + d,
+        None => y,
+    }
+}
+
+/// A linear layer whose weight is held in half precision (bf16 / f16; a frozen base under LoRA)
+/// on f32 rows `x`: the product runs in the weight's dtype, as PyTorch's autocast runs a bf16
+/// base — `y = (cast(x) · W)` cast back, plus the f32 bias. Casting the weight up instead would
+/// make the autodiff graph keep an f32 copy of every weight for the backward (its `dx = dy·Wᵀ`),
+/// undoing the saving; this way the graph keeps the half weight itself, and `dx` flows back
+/// through the casts.
+fn half_linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let w = layer.weight.val();
+    let (half, full) = (w.dtype(), x.dtype());
+    let y = x.cast(half).matmul(w).cast(full);
+    match &layer.bias {
+        Some(bias) => y + bias.val().cast(full).unsqueeze(),
         None => y,
     }
 }

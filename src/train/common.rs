@@ -520,10 +520,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         let latest = checkpoint::latest(run_dir.root())?;
         let (model, tok, state, adapter) = match (resume, latest) {
             (true, Some(dir)) => {
-                let mut adapter = None;
+                let (mut adapter, mut base_now) = (None, None);
                 let (model, record, state) = checkpoint::load::<B, _>(&dir, device, || {
                     let (base, tok) = load_backbone::<B>(cfg, device)?;
                     adapter = Some(lora_adapter(cfg, run_dir.root(), &base, &tok, false)?);
+                    base_now = Some(checkpoint::base_fingerprint(&base));
                     Ok(base)
                 })?;
                 if state.stage != stage {
@@ -557,6 +558,19 @@ impl<B: AutodiffBackend> Trainer<B> {
                         ),
                     });
                 }
+                if let (Some(then), Some(now)) = (&state.base_fingerprint, &base_now)
+                    && let Some(diff) = checkpoint::fingerprint_mismatch(then, now)
+                {
+                    return Err(Error::Config {
+                        location: format!("{} (key 'model')", cfg.source.display()),
+                        message: format!(
+                            "the base model the config gives now is not the one the adapters in \
+                             {} were trained on ({diff}); restore that base (model.path, its \
+                             files, or the previous stage's best/) or start a new run",
+                            dir.display()
+                        ),
+                    });
+                }
                 optim = optim.load_record(record);
                 let tok = T1Tokenizer::load(&dir.join("tokenizer.json"))?;
                 (model, tok, state, adapter)
@@ -576,6 +590,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             (false, None) => {
                 let (model, tok) = load_backbone::<B>(cfg, device)?;
+                let base_fingerprint = cfg
+                    .raw
+                    .lora
+                    .enabled
+                    .then(|| checkpoint::base_fingerprint(&model));
                 let (model, adapter) = attach_lora(cfg, run_dir.root(), model, &tok)?;
                 let mut rng = ChaCha8Rng::seed_from_u64(cfg.raw.run.seed);
                 rng.set_stream(0xC0FFEE);
@@ -589,9 +608,23 @@ impl<B: AutodiffBackend> Trainer<B> {
                     config_hash: hash,
                     nonfinite_steps: 0,
                     nonfinite_in_a_row: 0,
+                    base_fingerprint,
                 };
                 (model, tok, state, adapter)
             }
+        };
+        let model = match cfg.raw.lora.base_dtype.half() {
+            Some(want) => {
+                let dtype =
+                    crate::model::lora::half_dtype::<B>(want, device).map_err(|message| {
+                        Error::Config {
+                            location: format!("{} (key 'lora.base_dtype')", cfg.source.display()),
+                            message,
+                        }
+                    })?;
+                model.with_base_dtype(dtype)?
+            }
+            None => model,
         };
         let model = model.with_recompute(t.gradient_checkpointing);
         check_lengths(cfg, model.config())?;

@@ -2,8 +2,9 @@
 //! config alone (the model's `config.json` or preset and the tokenizer; no weights are read, so a
 //! laptop can plan an 8B run).
 //!
-//! What is counted (f32 everywhere, 4 bytes per element):
-//! - **weights**: every parameter of the (vocabulary-grown) model;
+//! What is counted (f32 everywhere, 4 bytes per element, but for `lora.base_dtype`):
+//! - **weights**: every parameter of the (vocabulary-grown) model; with a half-precision frozen
+//!   base, the layers' projection weights at 2 bytes;
 //! - **gradients**: one per trained parameter (all of them, or the adapters and token rows with
 //!   `[lora]`); twice that while a second micro-batch's gradients are summed into the first's;
 //! - **moments**: AdamW's two per trained parameter;
@@ -30,7 +31,7 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::model::memory::{lora_param_count, param_count};
+use crate::model::memory::{lora_param_count, param_count, projection_count};
 use crate::model::{DecoderConfig, Family, LoraSpec, T1Tokenizer};
 
 /// One line of the plan.
@@ -198,11 +199,22 @@ pub fn plan(cfg: &Config, stage: &str, s: &Shapes) -> Result<Plan> {
             detail,
         })
     };
-    add(
-        "weights",
-        params * F32,
-        format!("{params:.3e} parameters, f32"),
-    );
+    // lora.base_dtype: the frozen projections in 2 bytes, the rest f32
+    let half = cfg.raw.lora.base_dtype.half().filter(|_| s.lora.is_some());
+    let (weight_bytes, weight_detail) = match half {
+        Some(dtype) => {
+            let proj = projection_count(c);
+            (
+                (params - proj) * F32 + proj * 2.0,
+                format!(
+                    "{params:.3e} parameters: the {proj:.3e} of the layers' projections in \
+                     {dtype:?}, the rest f32"
+                ),
+            )
+        }
+        None => (params * F32, format!("{params:.3e} parameters, f32")),
+    };
+    add("weights", weight_bytes, weight_detail);
     // stages 1, 2 and latent sum grad_accum micro-batches of batch_size rows; stage 3 splits
     // batch_size × G rollouts into grad_accum chunks
     let b = t.batch_size;
