@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The README's "What fits" table: `t1-train plan` for Qwen3-0.6B / 4B / 8B (docs/plan/*.json) on
+# docs/lora.md's "What fits" table: `t1-train plan` for Qwen3-0.6B / 4B / 8B (docs/plan/*.json) on
 # a stage-3 config of T1's shape (8 queries × G = 8 rollouts, 64 query + 256 reasoning tokens,
-# 256-token documents), under each memory option, with burn's generic ops' activations (what the
-# GPU backends run). Usage: scripts/plan_table.sh [path/to/t1-train]
+# 256-token documents), under each memory option ("8 rollouts per micro-batch": 1 query × G 8
+# per micro-batch, grad_accum 8), with burn's generic ops' activations (what the GPU backends
+# run). Usage: scripts/plan_table.sh [path/to/t1-train]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/t1-train}
@@ -30,10 +31,10 @@ name = "reciprocal_rank"
 TOML
 options=(
   "full f32, β = 0.04 (reference copy)|"
-  "full f32 + checkpointing, 8 rollouts per micro-batch|--set train.gradient_checkpointing=true --set train.grad_accum=8"
+  "full f32 + checkpointing, 8 rollouts per micro-batch|--set train.gradient_checkpointing=true --set train.batch_size=1 --set train.grad_accum=8"
   "LoRA r16|--set lora.enabled=true"
   "LoRA r16 + checkpointing|--set lora.enabled=true --set train.gradient_checkpointing=true"
-  "LoRA r16 + checkpointing, 8 rollouts per micro-batch|--set lora.enabled=true --set train.gradient_checkpointing=true --set train.grad_accum=8"
+  "LoRA r16 + checkpointing, 8 rollouts per micro-batch|--set lora.enabled=true --set train.gradient_checkpointing=true --set train.batch_size=1 --set train.grad_accum=8"
 )
 gib() { python3 -c "import json,sys; p=json.load(open(sys.argv[1])); print(f'{p[\"peak\"]/2**30:.1f}')" "$1"; }
 echo "| model | option | predicted peak GiB | fits 80 GB | fits 141 GB |"

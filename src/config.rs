@@ -85,7 +85,7 @@ pub struct LoraSection {
     /// held in: `f32`, `bf16` (f16 where the backend lacks bf16), or `f16`. Adapters, token
     /// rows, norms, embeddings, the LM head, gradients and AdamW state stay f32. Halves the
     /// weights that dominate a LoRA run's memory on GPU backends; on the CPU backend the half
-    /// matmuls are slower than its f32 kernels (README). Default `f32`.
+    /// matmuls are slower than its f32 kernels (docs/lora.md). Default `f32`.
     #[serde(default, skip_serializing_if = "BaseDType::is_f32")]
     pub base_dtype: BaseDType,
 }
@@ -364,10 +364,13 @@ pub struct TrainSection {
     /// Optimizer steps in the stage. Default 200.
     #[serde(default = "default_steps")]
     pub steps: u64,
-    /// Examples per micro-batch. Default 16.
+    /// Examples per micro-batch (stage 3: queries, each with its `stage3.group_size` rollouts).
+    /// Default 16.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
-    /// Micro-batches per optimizer step (effective batch = batch_size × grad_accum). Default 1.
+    /// Micro-batches per optimizer step (effective batch = batch_size × grad_accum, in every
+    /// stage; stage 3 samples the step's batch_size × grad_accum queries at once, as TRL's
+    /// generation batch). Default 1.
     #[serde(default = "one_usize")]
     pub grad_accum: usize,
     /// Peak learning rate. Default 1e-3.

@@ -257,7 +257,7 @@ pub fn run<B: AutodiffBackend>(
             }),
             (_, StageKind::Stage1) => crate::train::stage1::run::<B>(&cfg, resume, device),
             (_, StageKind::Stage2) => crate::train::stage2::run::<B>(&cfg, resume, device),
-            (_, StageKind::Stage3) => crate::train::stage3::run::<B>(&cfg, resume, device),
+            (_, StageKind::Stage3) => crate::train::grpo::run::<B>(&cfg, resume, device),
             (_, StageKind::Latent) => crate::train::latent::run::<B>(&cfg, resume, device),
         }
         .map_err(|e| match e {

@@ -56,7 +56,7 @@ struct Cli {
 /// `--config FILE`, `--resume`, `--set key=value`.
 #[derive(Args)]
 struct StageArgs {
-    /// TOML config (see configs/ and the README's config reference). Relative paths inside it
+    /// TOML config (see configs/ and docs/configuration.md). Relative paths inside it
     /// resolve against its folder.
     #[arg(long, short, value_name = "FILE")]
     config: PathBuf,
@@ -310,7 +310,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Stage3(a) => {
             let cfg = Config::load(&a.config, &a.overrides)?;
-            let s = t1_train::train::stage3::run::<Train>(&cfg, a.resume, &Default::default())?;
+            let s = t1_train::train::grpo::run::<Train>(&cfg, a.resume, &Default::default())?;
             report_stage("stage3", &s);
         }
         Command::Latent(a) => {

@@ -25,7 +25,34 @@ pub struct RolloutBatch<B: Backend> {
     pub texts: Vec<String>,
     /// Closed `</think>` itself (not EOS, not truncated) `[B·G]`.
     pub format_ok: Vec<bool>,
+    /// G: rollouts per query, the one place the layout's group size lives.
     pub group: usize,
+}
+
+impl<B: Backend> RolloutBatch<B> {
+    /// B·G.
+    pub fn len(&self) -> usize {
+        self.rollouts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rollouts.is_empty()
+    }
+
+    /// The query (index into the sampled queries) rollout `i` answers.
+    pub fn query_of(&self, i: usize) -> usize {
+        i / self.group
+    }
+
+    /// Rollout `i`'s place within its query's group (`0..G`).
+    pub fn member_of(&self, i: usize) -> usize {
+        i % self.group
+    }
+
+    /// The rows of query `q`'s group.
+    pub fn group_rows(&self, q: usize) -> std::ops::Range<usize> {
+        q * self.group..(q + 1) * self.group
+    }
 }
 
 /// How rollouts are drawn.
@@ -91,6 +118,21 @@ pub fn sample<B: Backend>(
         format_ok,
         group,
     })
+}
+
+/// Whether rollout `r` takes part in the loss: all do, except truncated ones when
+/// `mask_truncated` (they are then masked out of every loss term and statistic).
+pub fn is_live(r: &Rollout, mask_truncated: bool) -> bool {
+    !(mask_truncated && r.truncated())
+}
+
+/// The completion tokens of rollout `r` that get a loss (all of a live rollout's, none else).
+pub fn loss_tokens(r: &Rollout, mask_truncated: bool) -> usize {
+    if is_live(r, mask_truncated) {
+        r.tokens.len()
+    } else {
+        0
+    }
 }
 
 /// Right-padded prompt + completion + forced (`</think>`, `<emb_token>`) sequences of some
@@ -177,7 +219,7 @@ pub fn completions<B: Backend>(
         let q = &seqs[r];
         let p = prompts[i].len();
         let ro = &rollouts[i];
-        let live = !(mask_truncated && ro.truncated());
+        let live = is_live(ro, mask_truncated);
         emb_pos.push(q.len() as i64 - 1);
         lives.push(live);
         for pos in 0..s {

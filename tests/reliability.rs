@@ -1110,12 +1110,13 @@ fn the_trec_run_file_is_the_run_the_metrics_were_computed_on() {
 
 #[test]
 fn stage3_gradient_does_not_depend_on_how_the_rollouts_are_split() {
-    // 3 queries × G 2 = 6 rollouts; grad_accum 4 splits them into 3 chunks of 2 (fewer chunks
-    // than grad_accum), 5 into chunks of 2, 2, 2 … the gradient must be the unsplit batch's
+    // 3 queries × G 2 = 6 rollouts per step, as one micro-batch (batch_size 3) or three of one
+    // query each (batch_size 1 × grad_accum 3: the same queries, sampled at once): the gradient
+    // and the logged loss must be the unsplit batch's
     let dir = tempfile::tempdir().unwrap();
     for loss in ["grpo", "bnpo", "dr_grpo", "dapo"] {
         let mut norms = Vec::new();
-        for accum in ["1", "4", "5"] {
+        for (batch, accum) in [("3", "1"), ("1", "3")] {
             let extra = format!(
                 "[stage3]\ngroup_size = 2\nmask_truncated = false\nloss_type = \"{loss}\"\naux_infonce_weight = 0.1\n\n[[stage3.rewards]]\nname = \"reciprocal_rank\"\n"
             );
@@ -1132,7 +1133,7 @@ fn stage3_gradient_does_not_depend_on_how_the_rollouts_are_split() {
                 "--config",
                 cfg.to_str().unwrap(),
                 "--set",
-                "train.batch_size=3",
+                &format!("train.batch_size={batch}"),
                 "--set",
                 &format!("train.grad_accum={accum}"),
                 "--set",

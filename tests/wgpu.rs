@@ -348,7 +348,7 @@ mod on_wgpu {
                         t1_train::train::stage2::run::<GA>(&cfg, false, &Default::default())
                     }
                     ("stage3", "wgpu") => {
-                        t1_train::train::stage3::run::<GA>(&cfg, false, &Default::default())
+                        t1_train::train::grpo::run::<GA>(&cfg, false, &Default::default())
                     }
                     ("stage1", _) => {
                         t1_train::train::stage1::run::<CA>(&cfg, false, &Default::default())
@@ -356,7 +356,7 @@ mod on_wgpu {
                     ("stage2", _) => {
                         t1_train::train::stage2::run::<CA>(&cfg, false, &Default::default())
                     }
-                    _ => t1_train::train::stage3::run::<CA>(&cfg, false, &Default::default()),
+                    _ => t1_train::train::grpo::run::<CA>(&cfg, false, &Default::default()),
                 };
                 let s = s.unwrap_or_else(|e| panic!("{stage} on {backend}: {e}"));
                 assert_eq!(s.steps, 2, "{stage} on {backend}");

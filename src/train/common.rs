@@ -10,7 +10,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsAccumulator, Optimizer};
-use burn::tensor::Tensor;
+use burn::tensor::{ElementConversion, Tensor};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use indicatif::ProgressBar;
 use rand::SeedableRng;
@@ -30,6 +30,7 @@ use crate::model::latent::{LatentOptions, latent_vectors};
 use crate::model::peft::{Adapter, save_model};
 use crate::model::{Decoder, DecoderConfig, T1Tokenizer, save_hf};
 use crate::run::RunDir;
+use crate::train::micro::MicroBatch;
 use crate::train::optim::{AdamW, adamw, clip_global_norm, lr_at};
 
 /// The `[model]` section, or an error saying the stage needs it.
@@ -215,11 +216,11 @@ pub fn check_batch_fits(
             0,
         ),
         "stage3" => {
-            let all = t.batch_size.saturating_mul(cfg.raw.stage3.group_size);
+            let per = t.batch_size.saturating_mul(cfg.raw.stage3.group_size);
             (
                 "train.batch_size' × 'stage3.group_size",
-                all.div_ceil(t.grad_accum.max(1)),
-                all,
+                per,
+                per.saturating_mul(t.grad_accum.max(1)),
             )
         }
         _ => ("train.batch_size", t.batch_size, 0),
@@ -473,7 +474,8 @@ pub enum Goal {
 type Optim<B> = OptimizerAdaptor<AdamW, Decoder<B>, B>;
 
 /// The optimizer-step machinery shared by the stages. A stage owns its data and loss; per step
-/// it calls [`Trainer::backward`] for each micro-batch and then [`Trainer::step`].
+/// it calls [`Trainer::backward`] for each micro-batch of its [`crate::train::micro::StepPlan`] and then
+/// [`Trainer::step`].
 pub struct Trainer<B: AutodiffBackend> {
     pub cfg: Config,
     pub stage: &'static str,
@@ -497,6 +499,9 @@ pub struct Trainer<B: AutodiffBackend> {
     device: B::Device,
     /// Tokens processed since the last logged step (for tokens/s).
     pub tokens: usize,
+    /// `Σ scale · loss` of this step's micro-batches so far: the step's loss, logged by
+    /// [`Self::step`] as `<stage>/loss`.
+    step_loss: f64,
     /// This loop polls for Ctrl-C / SIGTERM between steps (the handler then waits for it).
     _polling: crate::run::PollGuard,
 }
@@ -665,6 +670,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             step_started: Instant::now(),
             device: device.clone(),
             tokens: 0,
+            step_loss: 0.0,
             _polling: crate::run::PollGuard::new(),
         })
     }
@@ -691,25 +697,33 @@ impl<B: AutodiffBackend> Trainer<B> {
         out
     }
 
-    /// Backward of one micro-batch's loss (already divided by `grad_accum` by the caller's
-    /// scale), accumulated until [`Self::step`].
-    pub fn backward(&mut self, loss: Tensor<B, 1>) {
-        let scale = 1.0 / self.cfg.raw.train.grad_accum as f64;
-        self.backward_scaled(loss, scale);
-    }
-
-    /// Backward of `loss · scale`, accumulated until [`Self::step`]: for a stage whose
-    /// micro-batches are not `grad_accum` equal parts (stage 3 passes each chunk's share).
-    pub fn backward_scaled(&mut self, loss: Tensor<B, 1>, scale: f64) {
+    /// Backward of micro-batch `mb`'s `loss` at its share (`loss · mb.scale`, plus `extra`: a
+    /// term already weighted that is differentiated with it but not part of the logged loss,
+    /// e.g. stage 3's auxiliary InfoNCE), accumulated until [`Self::step`]. Returns `loss`'s
+    /// value; `mb.scale` times it adds to the step's logged loss.
+    pub fn backward(
+        &mut self,
+        mb: &MicroBatch,
+        loss: Tensor<B, 1>,
+        extra: Option<Tensor<B, 1>>,
+    ) -> f64 {
+        let value = loss.clone().into_scalar().elem::<f64>();
+        self.step_loss += mb.scale * value;
+        let objective = match extra {
+            Some(extra) => loss * mb.scale + extra,
+            None => loss * mb.scale,
+        };
         // with train.gradient_checkpointing the model replays its layers here
-        let grads = self.model.backward(loss * scale);
+        let grads = self.model.backward(objective);
         self.accum.accumulate(&self.model, grads);
+        value
     }
 
-    /// Clip, schedule, AdamW step; logs `stage/{lr, grad_norm, tokens_per_s, time/optimizer_s}`
-    /// plus `scalars`.
+    /// Clip, schedule, AdamW step; logs `stage/{loss, lr, grad_norm, tokens_per_s,
+    /// time/optimizer_s, peak_rss_mib}` plus `scalars` (the loss is what [`Self::backward`]
+    /// accumulated).
     ///
-    /// A step whose `loss` scalar or gradient norm is NaN/inf is skipped instead: no update, the
+    /// A step whose loss or gradient norm is NaN/inf is skipped instead: no update, the
     /// step still counts, `stage/nonfinite_steps` is logged. More than `train.max_nonfinite_steps`
     /// of them in a row stop the run with a checkpoint of the weights as the last finite update
     /// left them (the skipped steps did not touch them) and an error saying what to change.
@@ -722,10 +736,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let grads = self.accum.grads();
         let max = (t.max_grad_norm > 0.0).then_some(t.max_grad_norm);
         let (grads, norm) = clip_global_norm(&self.model, grads, max);
-        let loss = scalars
-            .iter()
-            .find(|(k, _)| *k == "loss")
-            .map_or(0.0, |(_, v)| *v);
+        let loss = std::mem::take(&mut self.step_loss);
         if !loss.is_finite() || !norm.is_finite() {
             return self.skip_nonfinite(loss, norm);
         }
@@ -750,9 +761,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         self.state.step += 1;
         let secs = self.step_started.elapsed().as_secs_f64().max(1e-9);
-        let mut all: Vec<(String, f64)> = scalars
-            .iter()
-            .map(|(k, v)| (format!("{}/{k}", self.stage), *v))
+        let mut all: Vec<(String, f64)> = std::iter::once(("loss", loss))
+            .chain(scalars.iter().copied())
+            .map(|(k, v)| (format!("{}/{k}", self.stage), v))
             .collect();
         all.push((format!("{}/lr", self.stage), lr));
         all.push((format!("{}/grad_norm", self.stage), norm));
@@ -774,10 +785,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             // durable every logged step: a kill leaves no step half-logged or unlogged
             self.sinks.flush()?;
         }
-        if let Some((_, loss)) = scalars.iter().find(|(k, _)| *k == "loss") {
-            self.bar
-                .set_message(format!("loss {loss:.4} lr {lr:.2e} |g| {norm:.2}"));
-        }
+        self.bar
+            .set_message(format!("loss {loss:.4} lr {lr:.2e} |g| {norm:.2}"));
         self.bar.set_position(self.state.step);
         self.tokens = 0;
         self.step_started = Instant::now();

@@ -36,6 +36,7 @@ use crate::loss::{info_nce, sft_loss};
 use crate::model::Decoder;
 use crate::model::latent::{latent_states, pool};
 use crate::train::common::{Goal, StageSummary, Trainer, model_section};
+use crate::train::micro::StepPlan;
 use crate::train::stage1::Example;
 use crate::train::stage2::{
     batch_groups, doc_views, embed_docs, false_negatives, file_negatives, full_batch, train_queries,
@@ -80,12 +81,13 @@ pub fn run<B: AutodiffBackend>(
     let pools = file_negatives(&ds, &queries);
     let opts = l.options();
     let pad = tr.tok.pad;
+    let plan = StepPlan::equal(t.batch_size, t.grad_accum);
     let (k, d) = (l.steps, tr.model.config().hidden_size);
     let mut last_dev = Vec::new();
     while tr.running() {
         tr.stop_if_interrupted()?;
-        let (mut sums, mut n_micro) = ([0.0f64; 8], 0.0);
-        for _ in 0..t.grad_accum {
+        let mut sums = [0.0f64; 7];
+        for mb in &plan.micro {
             let idx = tr.next_examples(queries.len(), t.batch_size);
             let (b, g) = (idx.len(), l.group_size);
             let docs = batch_groups(&queries, &pools, &idx, g, ds.corpus.len(), &mut tr.rng)?;
@@ -181,10 +183,8 @@ pub fn run<B: AutodiffBackend>(
                 sft_v = scalar(&sft.loss);
                 loss = loss + sft.loss * l.sft_weight;
             }
-            let total = scalar(&loss);
-            tr.backward(loss);
+            tr.backward(mb, loss, None);
             for (acc, v) in sums.iter_mut().zip([
-                total,
                 lat_v,
                 exp_v,
                 out_v,
@@ -193,13 +193,11 @@ pub fn run<B: AutodiffBackend>(
                 lat.accuracy,
                 exp.accuracy,
             ]) {
-                *acc += v;
+                *acc += mb.scale * v;
             }
-            n_micro += 1.0;
         }
-        let [loss, lat, exp, out, traj, sft, lat_acc, exp_acc] = sums.map(|v| v / n_micro);
+        let [lat, exp, out, traj, sft, lat_acc, exp_acc] = sums;
         tr.step(&[
-            ("loss", loss),
             ("latent_nce", lat),
             ("explicit_nce", exp),
             ("output_kl", out),

@@ -215,8 +215,8 @@ pub fn plan(cfg: &Config, stage: &str, s: &Shapes) -> Result<Plan> {
         None => (params * F32, format!("{params:.3e} parameters, f32")),
     };
     add("weights", weight_bytes, weight_detail);
-    // stages 1, 2 and latent sum grad_accum micro-batches of batch_size rows; stage 3 splits
-    // batch_size × G rollouts into grad_accum chunks
+    // every stage sums grad_accum micro-batches of batch_size examples (train::micro); stage 3's
+    // are batch_size queries' G rollouts each, all batch_size × grad_accum queries sampled at once
     let b = t.batch_size;
     let gold = Forward {
         rows: b,
@@ -230,14 +230,13 @@ pub fn plan(cfg: &Config, stage: &str, s: &Shapes) -> Result<Plan> {
     };
     let (forwards, chunks, kv_rows) = match stage {
         "stage3" => {
-            let all = b * cfg.raw.stage3.group_size;
-            let per = all.div_ceil(t.grad_accum.max(1)).max(1);
+            let per = b * cfg.raw.stage3.group_size;
             let rollouts = Forward {
                 rows: per,
                 seq: query_seq,
                 scored: reasoning + 3,
             };
-            (vec![rollouts], all.div_ceil(per), all)
+            (vec![rollouts], t.grad_accum.max(1), per * t.grad_accum.max(1))
         }
         "stage2" => {
             let q = Forward {
@@ -334,8 +333,9 @@ pub fn plan(cfg: &Config, stage: &str, s: &Shapes) -> Result<Plan> {
         kv,
         format!("{kv_rows} rollouts × {query_seq} tokens"),
     );
-    let decode = (t.batch_size * prompt) as f64 * layer_transient(c, prompt) * F32
-        + (kv_rows.max(t.batch_size) as f64) * c.vocab_size as f64 * F32;
+    let sampled = t.batch_size * t.grad_accum.max(1);
+    let decode = (sampled * prompt) as f64 * layer_transient(c, prompt) * F32
+        + (kv_rows.max(sampled) as f64) * c.vocab_size as f64 * F32;
     add(
         "decode",
         if stage == "stage3" { decode } else { 0.0 },

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::loss::sft_loss;
 use crate::model::{Decoder, T1Tokenizer};
 use crate::train::common::{Goal, StageSummary, Trainer, model_section};
+use crate::train::micro::StepPlan;
 
 /// One teacher-forced sequence: ids and how many of them are prompt.
 #[derive(Debug, Clone)]
@@ -168,25 +169,21 @@ pub fn run<B: AutodiffBackend>(
     }
     let t = cfg.raw.train.clone();
     let pad = tr.tok.pad;
+    let plan = StepPlan::equal(t.batch_size, t.grad_accum);
     let mut last_dev = Vec::new();
     while tr.running() {
         tr.stop_if_interrupted()?;
-        let (mut loss_sum, mut tokens, mut hits) = (0.0, 0usize, 0usize);
-        for _ in 0..t.grad_accum {
+        let (mut tokens, mut hits) = (0usize, 0usize);
+        for mb in &plan.micro {
             let idx = tr.next_examples(train.len(), t.batch_size);
             let rows: Vec<&Example> = idx.iter().map(|&i| &train[i]).collect();
             tr.tokens += rows.iter().map(|e| e.ids.len()).sum::<usize>();
             let (loss, n, h) = micro_batch(&tr.model, batch::<B>(&rows, pad, device));
-            loss_sum += loss.clone().into_scalar().elem::<f64>();
             tokens += n;
             hits += h;
-            tr.backward(loss);
+            tr.backward(mb, loss, None);
         }
-        let loss = loss_sum / t.grad_accum as f64;
-        tr.step(&[
-            ("loss", loss),
-            ("token_accuracy", hits as f64 / tokens.max(1) as f64),
-        ])?;
+        tr.step(&[("token_accuracy", hits as f64 / tokens.max(1) as f64)])?;
         if tr.eval_due() && !dev.is_empty() {
             let (dev_loss, dev_acc) = evaluate_sft(&tr.model.valid(), &dev, pad, t.eval_batch_size);
             last_dev = vec![

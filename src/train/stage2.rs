@@ -42,6 +42,7 @@ use crate::run::write_atomic;
 
 use crate::train::common::StageSummary;
 use crate::train::common::{Goal, Trainer, model_section, query_vectors};
+use crate::train::micro::StepPlan;
 use crate::train::stage1::Example;
 
 /// One training query: its teacher-forced query view, relevant and excluded document indices.
@@ -257,6 +258,7 @@ pub fn run<B: AutodiffBackend>(
         pools = read_mined(&mined_path(at), &ds, &queries)?;
     }
     let pad = tr.tok.pad;
+    let plan = StepPlan::equal(t.batch_size, t.grad_accum);
     let mut last_dev = Vec::new();
     while tr.running() {
         tr.stop_if_interrupted()?;
@@ -264,8 +266,8 @@ pub fn run<B: AutodiffBackend>(
             pools = mine(&tr.model.valid(), &tr.tok, &ds, &queries, cfg)?;
             write_mined(&mined_path(tr.state.step), &ds, &queries, &pools)?;
         }
-        let (mut sums, mut n_micro) = ([0.0f64; 6], 0.0);
-        for _ in 0..t.grad_accum {
+        let mut sums = [0.0f64; 5];
+        for mb in &plan.micro {
             let idx = tr.next_examples(queries.len(), t.batch_size);
             let g = s2.group_size;
             let docs = batch_groups(&queries, &pools, &idx, g, ds.corpus.len(), &mut tr.rng)?;
@@ -293,23 +295,19 @@ pub fn run<B: AutodiffBackend>(
                 loss = loss + sft.loss * s2.sft_weight;
             }
             let nce_value = nce.loss.into_scalar().elem::<f64>();
-            let total = loss.clone().into_scalar().elem::<f64>();
-            tr.backward(loss);
+            tr.backward(mb, loss, None);
             for (acc, v) in sums.iter_mut().zip([
-                total,
                 nce_value,
                 sft_value,
                 nce.accuracy,
                 nce.pos_sim,
                 nce.neg_sim,
             ]) {
-                *acc += v;
+                *acc += mb.scale * v;
             }
-            n_micro += 1.0;
         }
-        let [loss, nce, sft, acc, pos, neg] = sums.map(|v| v / n_micro);
+        let [nce, sft, acc, pos, neg] = sums;
         tr.step(&[
-            ("loss", loss),
             ("nce_loss", nce),
             ("sft_loss", sft),
             ("accuracy", acc),

@@ -1,0 +1,158 @@
+//! Stage 3's set-up: the training queries with their judgments, the rewards, the frozen
+//! starting model (reference and frozen-index source) and the first document index.
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use t1_rewards::Reward;
+
+use super::{Grpo, Target};
+use crate::config::Config;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::index::DocIndex;
+use crate::model::Decoder;
+use crate::model::generate::Sampler;
+use crate::train::common::{Trainer, load_backbone, model_section};
+
+impl<'a, B: AutodiffBackend> Grpo<'a, B> {
+    pub(super) fn setup(
+        cfg: &'a Config,
+        tr: Trainer<B>,
+        ds: &'a Dataset,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let m = model_section(cfg)?.clone();
+        let s3 = cfg.raw.stage3.clone();
+        let rewards: Vec<Box<dyn Reward>> = s3
+            .rewards
+            .iter()
+            .map(|r| r.build().map_err(|e| Error::Runtime(e.0)))
+            .collect::<Result<_>>()?;
+        let weights: Vec<f32> = s3.rewards.iter().map(|r| r.weight()).collect();
+        // The starting model: the frozen reference (β > 0) and, on resume, what a frozen index
+        // is rebuilt from (so a resumed run ranks against the same index as an uninterrupted
+        // one). With LoRA the starting model is the base under the adapters (frozen, so
+        // unchanged by training): a view sharing its tensors, not a second copy in memory (TRL +
+        // PEFT's disable_adapter()).
+        let starting = if tr.adapter.is_some() {
+            Some(tr.model.valid().base_view())
+        } else if s3.beta > 0.0 || tr.state.step > 0 {
+            Some(load_backbone::<B>(cfg, device)?.0.valid())
+        } else {
+            None
+        };
+        let reference = if s3.beta > 0.0 {
+            starting.clone()
+        } else {
+            None
+        };
+        let targets = targets(cfg, ds)?;
+        let sampler = Sampler::Random {
+            temperature: s3.temperature,
+            top_k: s3.top_k,
+            top_p: s3.top_p,
+        };
+        let index = match (&s3.index, &starting, s3.refresh_every) {
+            (Some(path), _, _) => saved_index::<B>(cfg, ds, path, device)?,
+            (None, Some(start), 0) => encode(cfg, ds, &tr, start)?,
+            _ => encode(cfg, ds, &tr, &tr.model.valid())?,
+        };
+        let g = Grpo {
+            cfg,
+            ds,
+            s3,
+            m,
+            built_at: tr.state.step,
+            rollouts_path: tr.run_root().join("rollouts.jsonl"),
+            tr,
+            device: device.clone(),
+            targets,
+            rewards,
+            weights,
+            sampler,
+            reference,
+            index,
+            last_dev: Vec::new(),
+        };
+        Ok(g)
+    }
+}
+
+/// The corpus encoded by `model`'s document view.
+pub(super) fn encode<B: AutodiffBackend>(
+    cfg: &Config,
+    ds: &Dataset,
+    tr: &Trainer<B>,
+    model: &Decoder<B::InnerBackend>,
+) -> Result<DocIndex<B::InnerBackend>> {
+    DocIndex::build(
+        model,
+        &tr.tok,
+        &ds.corpus,
+        model_section(cfg)?.max_doc_tokens,
+        cfg.raw.train.eval_batch_size,
+        |_| {},
+    )
+}
+
+/// The training queries that have a relevant document; none is an error naming the qrels file.
+fn targets<'a>(cfg: &Config, ds: &'a Dataset) -> Result<Vec<Target<'a>>> {
+    let split = &cfg.raw.data.train_split;
+    let qrels = ds.split(split)?;
+    let targets: Vec<Target> = ds
+        .split_queries(split)?
+        .into_iter()
+        .map(|q| Target {
+            query: q,
+            gold: ds.relevant(qrels, &q.id),
+            excluded: ds.excluded(q),
+        })
+        .filter(|t| !t.gold.is_empty())
+        .collect();
+    if targets.is_empty() {
+        return Err(Error::data(
+            ds.root.join("qrels").join(format!("{split}.tsv")),
+            0,
+            None,
+            "stage3: no training query has a relevant document (every judgment has score ≤ 0)",
+        ));
+    }
+    Ok(targets)
+}
+
+/// `stage3.index`: a saved index, checked against the corpus (ids and content) and the model in
+/// `model.path`.
+fn saved_index<B: AutodiffBackend>(
+    cfg: &Config,
+    ds: &Dataset,
+    path: &std::path::Path,
+    device: &B::Device,
+) -> Result<DocIndex<B::InnerBackend>> {
+    let (index, meta, ids) = DocIndex::load(path, device)?;
+    if ids != ds.corpus.ids {
+        return Err(Error::Data {
+            file: path.to_path_buf(),
+            line: 0,
+            field: Some("t1.doc_ids".into()),
+            message: "the document ids differ from the dataset's corpus.jsonl (order included)"
+                .into(),
+        });
+    }
+    let model_sha = match &model_section(cfg)?.path {
+        Some(dir) => crate::index::model_hash(dir)?,
+        None => {
+            return Err(Error::Config {
+                location: format!("{} (key 'stage3.index')", cfg.source.display()),
+                message: "a saved index needs the model it was built from in model.path".into(),
+            });
+        }
+    };
+    crate::index::check_index(
+        path,
+        &meta,
+        &crate::index::corpus_hash(&ds.corpus),
+        Some(&model_sha),
+    )?;
+    Ok(index)
+}
+
