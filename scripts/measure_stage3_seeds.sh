@@ -1,5 +1,5 @@
 #!/bin/bash
-# Multi-seed evidence for stage 3 on the embedded default (README "Stage 3" table).
+# Multi-seed evidence for stage 3 on the embedded default (docs/training.md, "Stage 3" table).
 #
 # 1. the default curriculum once: stage 1 → stage 2 → stage 3 (seed 42), with its report;
 # 2. stage 3 again from the same stage-2 model with seeds 7 and 1234;
@@ -7,7 +7,7 @@
 #    dev, test and the training queries;
 # 4. a Markdown table: rollout reward and hit@10 (mean of the first and last 10 steps), dev, test and
 #    train nDCG@10, and the mean over seeds;
-# 5. the README's "Stages 1 and 2" rows: the stage-1 model with its own reasoning, the stage-2 model
+# 5. docs/training.md's "Stages 1 and 2" rows: the stage-1 model with its own reasoning, the stage-2 model
 #    with the bare query, its own reasoning and the gold reasoning, on dev and test.
 #
 # Usage: bash scripts/measure_stage3_seeds.sh   (CPU, ≈ 40 min on 2 cores; T1=path/to/t1-train to reuse a build)
