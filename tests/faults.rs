@@ -7,12 +7,12 @@ mod support;
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
-use burn::tensor::ElementConversion;
 use burn::tensor::{Int, Tensor};
 use support::{config, max_param_diff, params, t1};
 use t1_train::config::Config;
 use t1_train::model::load_hf;
 use t1_train::train::common::{Goal, Trainer};
+use t1_train::train::micro::MicroBatch;
 
 type B = Flex;
 type A = Autodiff<Flex>;
@@ -26,9 +26,13 @@ fn loss(tr: &Trainer<A>, scale: f64) -> Tensor<A, 1> {
 
 fn step(tr: &mut Trainer<A>, scale: f64) -> t1_train::Result<()> {
     let l = loss(tr, scale);
-    let v: f64 = l.clone().into_scalar().elem();
-    tr.backward(l);
-    tr.step(&[("loss", v)])
+    // one micro-batch, the whole step: its loss is the step's logged loss
+    let whole = MicroBatch {
+        rows: 0..1,
+        scale: 1.0,
+    };
+    tr.backward(&whole, l, None);
+    tr.step(&[])
 }
 
 #[test]

@@ -16,6 +16,13 @@ use support::{config, max_param_diff, params, scalar, t1};
 use t1_train::config::Config;
 use t1_train::model::{Decoder, load_hf, load_model};
 use t1_train::train::common::{Goal, Trainer, load_backbone};
+use t1_train::train::micro::MicroBatch;
+
+/// One micro-batch, the whole step: its loss is the step's logged loss.
+const WHOLE: MicroBatch = MicroBatch {
+    rows: 0..1,
+    scale: 1.0,
+};
 
 type AD = Autodiff<Flex>;
 
@@ -78,9 +85,8 @@ fn the_trainer_moves_only_adapters_and_token_rows_and_saves_adapter_folders() {
     let t1_ids: Vec<i64> = t1.iter().map(|&t| t as i64).collect();
     for _ in 0..3 {
         let loss = objective(&tr.model, &t1_ids);
-        let value = loss.clone().into_scalar() as f64;
-        tr.backward(loss);
-        tr.step(&[("loss", value)]).unwrap();
+        tr.backward(&WHOLE, loss, None);
+        tr.step(&[]).unwrap();
     }
     // the KL reference: the base under the trained adapters computes what a second copy of the
     // starting model does
@@ -219,10 +225,8 @@ fn a_half_precision_base_trains_the_adapters_near_the_f32_run() {
         let mut losses = Vec::new();
         for _ in 0..4 {
             let loss = objective(&tr.model, &t1);
-            let value = loss.clone().into_scalar() as f64;
-            losses.push(value);
-            tr.backward(loss);
-            tr.step(&[("loss", value)]).unwrap();
+            losses.push(tr.backward(&WHOLE, loss, None));
+            tr.step(&[]).unwrap();
         }
         (losses, tr)
     };
