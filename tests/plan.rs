@@ -99,7 +99,11 @@ fn predictions_are_within_20_percent_of_measured_peaks_on_the_tiny_preset() {
         (
             "stage3",
             STAGE3,
-            &["train.batch_size=4", "train.grad_accum=2", "lora.enabled=true"],
+            &[
+                "train.batch_size=4",
+                "train.grad_accum=2",
+                "lora.enabled=true",
+            ],
         ),
         (
             "stage3",

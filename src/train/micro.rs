@@ -64,9 +64,7 @@ pub fn rollout_plan(tokens: &[f64], per: usize, loss: LossType) -> StepPlan {
             let rows = k * per..((k + 1) * per).min(n);
             let scale = match loss {
                 LossType::Dapo => 1.0,
-                LossType::Bnpo if total > 0.0 => {
-                    tokens[rows.clone()].iter().sum::<f64>() / total
-                }
+                LossType::Bnpo if total > 0.0 => tokens[rows.clone()].iter().sum::<f64>() / total,
                 _ => rows.len() as f64 / n as f64,
             };
             MicroBatch { rows, scale }
@@ -106,7 +104,11 @@ mod tests {
             assert_eq!(dapo.num_items, 20.0);
         }
         let p = rollout_plan(&tokens, 4, LossType::Grpo);
-        assert_eq!(p.micro[1].rows, 4..6, "the last micro-batch takes what is left");
+        assert_eq!(
+            p.micro[1].rows,
+            4..6,
+            "the last micro-batch takes what is left"
+        );
         let e = StepPlan::equal(8, 4);
         assert_eq!(e.micro.len(), 4);
         assert!(e.micro.iter().all(|m| m.scale == 0.25));

@@ -236,7 +236,11 @@ pub fn plan(cfg: &Config, stage: &str, s: &Shapes) -> Result<Plan> {
                 seq: query_seq,
                 scored: reasoning + 3,
             };
-            (vec![rollouts], t.grad_accum.max(1), per * t.grad_accum.max(1))
+            (
+                vec![rollouts],
+                t.grad_accum.max(1),
+                per * t.grad_accum.max(1),
+            )
         }
         "stage2" => {
             let q = Forward {

@@ -296,13 +296,10 @@ pub fn run<B: AutodiffBackend>(
             }
             let nce_value = nce.loss.into_scalar().elem::<f64>();
             tr.backward(mb, loss, None);
-            for (acc, v) in sums.iter_mut().zip([
-                nce_value,
-                sft_value,
-                nce.accuracy,
-                nce.pos_sim,
-                nce.neg_sim,
-            ]) {
+            for (acc, v) in
+                sums.iter_mut()
+                    .zip([nce_value, sft_value, nce.accuracy, nce.pos_sim, nce.neg_sim])
+            {
                 *acc += mb.scale * v;
             }
         }

@@ -106,7 +106,11 @@ pub(super) fn after_step<B: AutodiffBackend>(
 }
 
 /// The first query's group of rollouts, for reading.
-fn dump_rollouts<B: AutodiffBackend>(g: &mut Grpo<B>, s: &Sampled<B>, scored: &Scored) -> Result<()> {
+fn dump_rollouts<B: AutodiffBackend>(
+    g: &mut Grpo<B>,
+    s: &Sampled<B>,
+    scored: &Scored,
+) -> Result<()> {
     let batch = &s.rollouts;
     let (mut text, mut lines) = (String::new(), String::new());
     for i in 0..batch.group.min(batch.len()) {

@@ -145,9 +145,10 @@ impl<B: AutodiffBackend> Grpo<'_, B> {
     /// from the current policy, every row on its own stream of a fresh seed from the run's RNG.
     fn sample(&mut self) -> Result<Sampled<B>> {
         let t = &self.cfg.raw.train;
-        let picked = self
-            .tr
-            .next_examples(self.targets.len(), t.batch_size.saturating_mul(t.grad_accum.max(1)));
+        let picked = self.tr.next_examples(
+            self.targets.len(),
+            t.batch_size.saturating_mul(t.grad_accum.max(1)),
+        );
         let queries: Vec<&Query> = picked.iter().map(|&i| self.targets[i].query).collect();
         let opts = RolloutOptions {
             group: self.s3.group_size,

@@ -126,7 +126,10 @@ fn reward_stats(
         ("reward".into(), mean),
         ("reward_std".into(), std),
         ("frac_reward_zero_std".into(), adv.frac_zero_std),
-        ("gold_rank_mean".into(), best_ranks.iter().sum::<f64>() / ranked),
+        (
+            "gold_rank_mean".into(),
+            best_ranks.iter().sum::<f64>() / ranked,
+        ),
         ("gold_rank_median".into(), median(best_ranks.to_vec())),
         (
             "hit@10".into(),
@@ -151,8 +154,8 @@ fn rollout_stats<B: AutodiffBackend>(s: &Sampled<B>, mask_truncated: bool) -> Ve
         .filter(|r| is_live(r, mask_truncated))
         .flat_map(|r| r.entropies.iter().copied())
         .collect();
-    let entropy = live_entropies.iter().map(|&h| h as f64).sum::<f64>()
-        / live_entropies.len().max(1) as f64;
+    let entropy =
+        live_entropies.iter().map(|&h| h as f64).sum::<f64>() / live_entropies.len().max(1) as f64;
     vec![
         ("completion_len_mean".into(), lens.iter().sum::<f64>() / n),
         (

@@ -155,4 +155,3 @@ fn saved_index<B: AutodiffBackend>(
     )?;
     Ok(index)
 }
-
