@@ -12,20 +12,7 @@
 //! `nanstd` is Bessel-corrected (NaN for fewer than two values), as TRL's `trainer/utils.py`.
 //! Pure host-side arithmetic on `[B·G]` values, rows grouped consecutively (G per query).
 
-use serde::{Deserialize, Serialize};
-
-/// How rewards are scaled after subtracting the group mean.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScaleRewards {
-    /// Divide by the group's std (GRPO).
-    #[default]
-    Group,
-    /// Divide by the std of the whole batch.
-    Batch,
-    /// No scaling (Dr. GRPO).
-    None,
-}
+pub use crate::config::ScaleRewards;
 
 /// Advantages and the statistics logged with them.
 #[derive(Debug, Clone, PartialEq)]

@@ -32,9 +32,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use crate::model::peft::{self, Adapter};
 use crate::model::{Decoder, T1Tokenizer, load_hf};
-use crate::run::write_atomic;
 
 /// A ChaCha8 stream's exact position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

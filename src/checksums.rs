@@ -58,7 +58,7 @@ pub fn write(dir: &Path) -> Result<()> {
     for n in &names {
         text.push_str(&format!("{}  {n}\n", file_sha256(&dir.join(n))?));
     }
-    crate::run::write_atomic(&dir.join(FILE), text.as_bytes())
+    crate::fsio::write_atomic(&dir.join(FILE), text.as_bytes())
 }
 
 /// Checks every file `dir/SHA256SUMS` lists. `Ok(false)` when the folder has no such file (a

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::bm25::Bm25;
-use crate::config::{Config, ProgressMode, QueryView, RetrieverKind};
+use crate::config::{Config, QueryView, RetrieverKind};
 use crate::data::{Dataset, Summary};
+use crate::metrics::ProgressMode;
 use burn::tensor::backend::Backend;
 
 use crate::error::{Error, Result};
@@ -61,9 +62,9 @@ pub fn eval<B: Backend>(cfg: &Config, device: &B::Device) -> Result<Report> {
         }
         RetrieverKind::Dense => {
             bar.set_message("encoding documents and queries");
-            let (model, tok) = crate::train::common::load_backbone::<B>(cfg, device)?;
+            let (model, tok) = crate::model::load::load_backbone::<B>(cfg, device)?;
             let (_, dense, generated) =
-                crate::train::common::dense_eval(&model, &tok, &ds, split, e.query_view, cfg)?;
+                crate::eval::dense::dense_eval(&model, &tok, &ds, split, e.query_view, cfg)?;
             run = dense;
             reasoning = generated;
             bar.set_position(queries.len() as u64);
@@ -81,7 +82,7 @@ pub fn eval<B: Backend>(cfg: &Config, device: &B::Device) -> Result<Report> {
     write_trec_run(&out.join(format!("{split}.run")), &run, &tag, e.depth)?;
     let json = serde_json::to_string_pretty(&report)
         .map_err(|err| crate::Error::Runtime(format!("cannot serialise the report: {err}")))?;
-    crate::run::write_atomic(&out.join(format!("{split}.json")), json.as_bytes())?;
+    crate::fsio::write_atomic(&out.join(format!("{split}.json")), json.as_bytes())?;
     if let Some(reasoning) = &reasoning {
         write_reasoning(
             &out.join(format!("{split}.reasoning.jsonl")),
@@ -131,7 +132,7 @@ fn write_reasoning(
         text.push_str(&line.to_string());
         text.push('\n');
     }
-    crate::run::write_atomic(path, text.as_bytes())
+    crate::fsio::write_atomic(path, text.as_bytes())
 }
 
 /// One row of `t1-train eval --views`: a query view's retrieval quality and query cost.
@@ -206,7 +207,8 @@ pub fn eval_views<B: Backend>(
     latency_queries: usize,
     device: &B::Device,
 ) -> Result<ViewsReport> {
-    use crate::train::common::{load_backbone, model_section, query_vectors, rank_and_score};
+    use crate::eval::dense::{query_vectors, rank_and_score};
+    use crate::model::load::{load_backbone, model_section};
     let m = model_section(cfg)?;
     let run_dir = RunDir::create(cfg)?;
     let ds = Dataset::load(&cfg.raw.data.dataset)?;
@@ -216,7 +218,7 @@ pub fn eval_views<B: Backend>(
         return Err(Error::Runtime(format!("split {split} has no queries")));
     }
     let batch = cfg.raw.train.eval_batch_size;
-    let latent = cfg.raw.latent.options();
+    let latent = crate::model::latent::LatentOptions::from_section(&cfg.raw.latent);
     let (model, tok) = load_backbone::<B>(cfg, device)?;
     let bar = progress_bar(
         ds.corpus.len() as u64,
@@ -297,8 +299,8 @@ pub fn eval_views<B: Backend>(
     };
     let json = serde_json::to_string_pretty(&report)
         .map_err(|e| Error::Runtime(format!("cannot serialise the report: {e}")))?;
-    crate::run::write_atomic(&out.join("views.json"), json.as_bytes())?;
-    crate::run::write_atomic(&out.join("views.md"), report.markdown().as_bytes())?;
+    crate::fsio::write_atomic(&out.join("views.json"), json.as_bytes())?;
+    crate::fsio::write_atomic(&out.join("views.md"), report.markdown().as_bytes())?;
     Ok(report)
 }
 
@@ -444,7 +446,7 @@ pub fn generate<B: Backend>(req: &GenerateRequest, device: &B::Device) -> Result
 /// preset its name, seed and tokenizer (a preset is initialised from `run.seed`).
 pub fn model_identity(cfg: &Config) -> Result<(String, String, Option<u64>)> {
     use sha2::{Digest, Sha256};
-    let m = crate::train::common::model_section(cfg)?;
+    let m = crate::model::load::model_section(cfg)?;
     match (&m.path, &m.preset) {
         (Some(dir), _) => Ok((
             dir.display().to_string(),
@@ -480,9 +482,9 @@ pub fn index<B: Backend>(
 ) -> Result<(std::path::PathBuf, crate::index::IndexMeta)> {
     let run_dir = RunDir::create(cfg)?;
     let ds = Dataset::load(&cfg.raw.data.dataset)?;
-    let m = crate::train::common::model_section(cfg)?;
+    let m = crate::model::load::model_section(cfg)?;
     let (model_desc, model_sha, step) = model_identity(cfg)?;
-    let (model, tok) = crate::train::common::load_backbone::<B>(cfg, device)?;
+    let (model, tok) = crate::model::load::load_backbone::<B>(cfg, device)?;
     let bar = progress_bar(ds.corpus.len() as u64, "index", cfg.raw.logging.progress);
     let index = crate::index::DocIndex::build(
         &model,
@@ -584,7 +586,7 @@ pub fn search<B: Backend>(
         model = model.resize_vocab(tok.vocab_size())?;
     }
     let texts: Vec<&str> = queries.iter().map(String::as_str).collect();
-    let (qv, reasoning) = crate::train::common::greedy_reasoning(
+    let (qv, reasoning) = crate::eval::dense::greedy_reasoning(
         &model,
         &tok,
         &texts,

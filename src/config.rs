@@ -11,6 +11,140 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::error::{Error, Result};
+use crate::metrics::ProgressMode;
+
+// The closed sets the config names (each matched where it acts: the schedule in
+// train::optim, the loss type and KL estimator in loss::grpo, reward scaling in advantage,
+// the trajectory loss in loss::latent, the latent feed and pooling in model::latent, the
+// adapter targets in model::lora).
+
+/// The names `model.preset` takes (`model::DecoderConfig::preset` builds each).
+pub const MODEL_PRESETS: &[&str] = &["tiny"];
+
+/// Learning-rate shape after warm-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Half-cosine from the peak down to `min_lr_ratio · peak` at the last step.
+    #[default]
+    Cosine,
+    /// Straight line from the peak down to `min_lr_ratio · peak` at the last step.
+    Linear,
+    /// The peak, held.
+    Constant,
+}
+
+/// How per-token losses are averaged (TRL's `loss_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossType {
+    /// Mean over each sequence's tokens, then over sequences.
+    Grpo,
+    /// Mean over all tokens of the micro-batch.
+    Bnpo,
+    /// Sum over all tokens ÷ the active tokens of the whole generation batch (DAPO).
+    #[default]
+    Dapo,
+    /// Sum ÷ (sequences × max_completion_length) (Dr. GRPO).
+    DrGrpo,
+}
+
+/// KL estimator between the policy and the reference, per token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KlEstimator {
+    K1,
+    K2,
+    /// TRL's choice: low variance, unbiased, non-negative.
+    #[default]
+    K3,
+}
+
+/// How rewards are scaled after subtracting the group mean.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleRewards {
+    /// Divide by the group's std (GRPO).
+    #[default]
+    Group,
+    /// Divide by the std of the whole batch.
+    Batch,
+    /// No scaling (Dr. GRPO).
+    None,
+}
+
+/// How the K latent states are aligned with the explicit trajectory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trajectory {
+    /// 1 − cosine between latent state k and explicit segment end k.
+    #[default]
+    Cosine,
+    /// KL between their score distributions over the batch's documents, per step.
+    Kl,
+}
+
+/// What one latent step feeds to the next.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatentFeed {
+    /// `softmax(logits / τ) · E`.
+    #[default]
+    SoftToken,
+    /// The last-layer state as it is.
+    Hidden,
+}
+
+/// How the K states become one query vector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatentPooling {
+    #[default]
+    Mean,
+    Last,
+}
+
+/// The linear layers an adapter can sit on, by their HF (and PEFT `target_modules`) names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LoraTarget {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl LoraTarget {
+    pub const ALL: [LoraTarget; 7] = [
+        LoraTarget::Q,
+        LoraTarget::K,
+        LoraTarget::V,
+        LoraTarget::O,
+        LoraTarget::Gate,
+        LoraTarget::Up,
+        LoraTarget::Down,
+    ];
+
+    /// The HF module name (`q_proj`, …, `down_proj`).
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            LoraTarget::Q => "q_proj",
+            LoraTarget::K => "k_proj",
+            LoraTarget::V => "v_proj",
+            LoraTarget::O => "o_proj",
+            LoraTarget::Gate => "gate_proj",
+            LoraTarget::Up => "up_proj",
+            LoraTarget::Down => "down_proj",
+        }
+    }
+
+    /// The target of an HF module name, or `None`.
+    pub fn from_hf_name(name: &str) -> Option<LoraTarget> {
+        LoraTarget::ALL.into_iter().find(|t| t.hf_name() == name)
+    }
+}
 
 /// A whole run configuration, as written in TOML.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -127,27 +261,6 @@ impl LoraSection {
     pub fn is_default(&self) -> bool {
         *self == Self::default()
     }
-
-    /// The adapter spec for a model with tokenizer `tok` (validated at load: every target
-    /// name is known).
-    pub fn spec(&self, tok: &crate::model::T1Tokenizer) -> crate::model::LoraSpec {
-        use crate::model::lora::Target;
-        crate::model::LoraSpec {
-            rank: self.rank,
-            alpha: self.alpha,
-            use_rslora: self.use_rslora,
-            targets: self
-                .target_modules
-                .iter()
-                .filter_map(|n| Target::from_hf_name(n))
-                .collect(),
-            tokens: if self.train_new_tokens {
-                vec![tok.think, tok.end_think, tok.emb]
-            } else {
-                Vec::new()
-            },
-        }
-    }
 }
 
 fn default_lora_rank() -> usize {
@@ -157,7 +270,7 @@ fn default_lora_alpha() -> f64 {
     32.0
 }
 fn default_lora_targets() -> Vec<String> {
-    crate::model::lora::Target::ALL
+    LoraTarget::ALL
         .iter()
         .map(|t| t.hf_name().to_string())
         .collect()
@@ -173,13 +286,13 @@ pub struct LatentSection {
     /// What a latent step feeds to the next: `soft_token` (`softmax(logits / soft_temperature) · E`,
     /// E = the input embedding table) or `hidden` (the raw last-layer state). Default `soft_token`.
     #[serde(default)]
-    pub feed: crate::model::latent::LatentFeed,
+    pub feed: LatentFeed,
     /// τ of the soft token's softmax. Default 1.0.
     #[serde(default = "default_temp_f64")]
     pub soft_temperature: f64,
     /// Query vector from the K last-layer states: `mean` or `last`. Default `mean`.
     #[serde(default)]
-    pub pooling: crate::model::latent::LatentPooling,
+    pub pooling: LatentPooling,
     /// Temperature of the latent (student) view's scores: its InfoNCE and the student side of
     /// the output alignment. Default 0.02.
     #[serde(default = "default_latent_tau")]
@@ -202,7 +315,7 @@ pub struct LatentSection {
     /// the end of reasoning segment k) or `kl` (per step, KL between their score distributions
     /// over the batch's documents). Default `cosine`.
     #[serde(default)]
-    pub trajectory: crate::loss::latent::Trajectory,
+    pub trajectory: Trajectory,
     /// The explicit view is a teacher: no gradient flows through its side of the alignments
     /// (its own InfoNCE still trains it). Default true.
     #[serde(default = "yes")]
@@ -226,16 +339,6 @@ impl Default for LatentSection {
 impl LatentSection {
     pub fn is_default(&self) -> bool {
         *self == Self::default()
-    }
-
-    /// The inference-time part (what a latent query vector needs).
-    pub fn options(&self) -> crate::model::latent::LatentOptions {
-        crate::model::latent::LatentOptions {
-            steps: self.steps,
-            feed: self.feed,
-            soft_temperature: self.soft_temperature,
-            pooling: self.pooling,
-        }
     }
 }
 
@@ -281,13 +384,13 @@ pub struct Stage3Section {
     pub beta: f64,
     /// `k1`, `k2` or `k3`. Default `k3`.
     #[serde(default)]
-    pub kl_estimator: crate::loss::KlEstimator,
+    pub kl_estimator: KlEstimator,
     /// `grpo`, `bnpo`, `dapo` or `dr_grpo`. Default `dapo` (TRL's default).
     #[serde(default)]
-    pub loss_type: crate::loss::LossType,
+    pub loss_type: LossType,
     /// `group`, `batch` or `none`. Default `group`.
     #[serde(default)]
-    pub scale_rewards: crate::advantage::ScaleRewards,
+    pub scale_rewards: ScaleRewards,
     /// Rollouts that hit `max_new_tokens` without `</think>` get no loss. Default true.
     #[serde(default = "yes")]
     pub mask_truncated: bool,
@@ -384,7 +487,7 @@ pub struct TrainSection {
     pub warmup_steps: u64,
     /// `cosine`, `linear` or `constant` after warm-up. Default `cosine`.
     #[serde(default)]
-    pub schedule: crate::train::optim::Schedule,
+    pub schedule: Schedule,
     /// AdamW decoupled weight decay. Default 0.0.
     #[serde(default)]
     pub weight_decay: f32,
@@ -526,15 +629,6 @@ impl Default for LoggingSection {
             log_every: 1,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProgressMode {
-    #[default]
-    Auto,
-    Always,
-    Never,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -888,8 +982,16 @@ impl RawConfig {
                 // names a folder that an earlier stage has not written yet.
                 (Some(p), None) => m.path = Some(resolve(base, p)),
                 (None, Some(name)) => {
-                    crate::model::DecoderConfig::preset(name, 2)
-                        .map_err(|msg| err("model.preset", msg))?;
+                    if !MODEL_PRESETS.contains(&name.as_str()) {
+                        return Err(err(
+                            "model.preset",
+                            format!(
+                                "unknown model preset '{name}'; presets: {} (or give a HF model \
+                                 folder)",
+                                MODEL_PRESETS.join(", ")
+                            ),
+                        ));
+                    }
                     let Some(t) = &m.tokenizer else {
                         return Err(err(
                             "model.tokenizer",
@@ -1146,7 +1248,7 @@ impl RawConfig {
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, name) in l.target_modules.iter().enumerate() {
-            if crate::model::lora::Target::from_hf_name(name).is_none() {
+            if LoraTarget::from_hf_name(name).is_none() {
                 return Err(err(
                     &format!("lora.target_modules[{i}]"),
                     format!(

@@ -20,7 +20,10 @@ use crate::config::{Config, QueryView};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::Metrics;
-use crate::train::common::{StageSummary, config_hash, dense_eval, load_backbone};
+use crate::eval::dense::dense_eval;
+use crate::model::load::load_backbone;
+use crate::train::StageKind;
+use crate::train::common::{StageSummary, config_hash};
 
 /// One stage of a curriculum file.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,27 +38,6 @@ pub struct StageEntry {
     /// line's `--set`s: e.g. `set = ["lora.enabled=true", "train.lr=1e-2"]`. Default none.
     #[serde(default)]
     pub set: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StageKind {
-    Stage1,
-    Stage2,
-    Stage3,
-    /// LaSER's latent-reasoning self-distillation (`train::latent`).
-    Latent,
-}
-
-impl StageKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            StageKind::Stage1 => "stage1",
-            StageKind::Stage2 => "stage2",
-            StageKind::Stage3 => "stage3",
-            StageKind::Latent => "latent",
-        }
-    }
 }
 
 /// A curriculum file.
@@ -255,10 +237,7 @@ pub fn run<B: AutodiffBackend>(
                 best_dir: cfg.run_dir.join("best"),
                 last_dev: Vec::new(),
             }),
-            (_, StageKind::Stage1) => crate::train::stage1::run::<B>(&cfg, resume, device),
-            (_, StageKind::Stage2) => crate::train::stage2::run::<B>(&cfg, resume, device),
-            (_, StageKind::Stage3) => crate::train::grpo::run::<B>(&cfg, resume, device),
-            (_, StageKind::Latent) => crate::train::latent::run::<B>(&cfg, resume, device),
+            (_, kind) => kind.run::<B>(&cfg, resume, device),
         }
         .map_err(|e| match e {
             Error::Interrupted(m) => Error::Interrupted(format!(
@@ -320,7 +299,7 @@ fn report<B: AutodiffBackend>(
                     QueryView::Generated => "greedy reasoning".into(),
                     QueryView::Latent => format!("latent ({} steps)", cfg.raw.latent.steps),
                 },
-                model_path: crate::train::common::model_section(cfg)?
+                model_path: crate::model::load::model_section(cfg)?
                     .path
                     .as_ref()
                     .map(|p| p.display().to_string())
@@ -366,7 +345,7 @@ fn report<B: AutodiffBackend>(
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
     let json = serde_json::to_string_pretty(&report)
         .map_err(|e| Error::Runtime(format!("cannot serialise the report: {e}")))?;
-    crate::run::write_atomic(&root.join("report.json"), json.as_bytes())?;
-    crate::run::write_atomic(&root.join("report.md"), report.markdown().as_bytes())?;
+    crate::fsio::write_atomic(&root.join("report.json"), json.as_bytes())?;
+    crate::fsio::write_atomic(&root.join("report.md"), report.markdown().as_bytes())?;
     Ok(report)
 }

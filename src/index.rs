@@ -9,7 +9,6 @@ use std::path::Path;
 
 use crate::data::Corpus;
 use crate::error::{Error, Result};
-use crate::loss::contrastive::l2_normalize;
 use crate::model::{Decoder, T1Tokenizer};
 
 /// Last-token hidden states of right-padded sequences, `batch_size` at a time, in input order:
@@ -67,6 +66,21 @@ pub fn embed_last<B: Backend>(
     }
     let sel = Tensor::<B, 1, Int>::from_data(TensorData::new(offsets, [seqs.len()]), &device);
     cat.select(0, sel)
+}
+
+/// Rows scaled to unit L2 norm: `[n, d]` → `[n, d]` (ε keeps a zero row finite).
+pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let norm = x.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12); // [n, 1]
+    x / norm
+}
+
+/// Sorts a ranking the way trec_eval does: score descending, then doc id descending.
+pub fn trec_order(list: &mut [(String, f64)]) {
+    list.sort_by(|a, b| {
+        b.1.partial_cmp(&a.1)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| b.0.as_bytes().cmp(a.0.as_bytes()))
+    });
 }
 
 /// The corpus as unit vectors.
@@ -261,7 +275,7 @@ impl<B: Backend> DocIndex<B> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        crate::run::write_atomic(path, &out)?;
+        crate::fsio::write_atomic(path, &out)?;
         Ok(meta)
     }
 
@@ -523,7 +537,7 @@ mod tests {
             .cloned()
             .zip(row.iter().map(|&s| s as f64))
             .collect();
-        crate::eval::trec_order(&mut hits);
+        super::trec_order(&mut hits);
         for (d, _) in &g {
             let pos = hits.iter().position(|(id, _)| *id == d.id).unwrap() + 1;
             assert_eq!(d.rank, pos, "{}", d.id);

@@ -14,6 +14,7 @@ pub mod data;
 pub mod datagen;
 pub mod error;
 pub mod eval;
+pub mod fsio;
 pub mod index;
 pub mod loss;
 pub mod metrics;

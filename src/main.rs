@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use t1_train::config::{Config, QueryView};
 use t1_train::model::Sampler;
+use t1_train::train::StageKind;
 use t1_train::{Error, commands};
 
 /// The compute backend: CPU (flex) by default, CUDA with `--features cuda`, wgpu (Vulkan/Metal/
@@ -18,6 +19,14 @@ type Compute = burn::backend::Cuda;
 type Compute = burn::backend::Wgpu;
 /// The compute backend with autodiff, for the training stages.
 type Train = burn::backend::Autodiff<Compute>;
+
+/// `t1-train stage1|stage2|stage3|latent`: runs the stage and prints where it ended.
+fn stage(kind: StageKind, a: &StageArgs) -> Result<(), Error> {
+    let cfg = Config::load(&a.config, &a.overrides)?;
+    let s = kind.run::<Train>(&cfg, a.resume, &Default::default())?;
+    report_stage(kind.name(), &s);
+    Ok(())
+}
 
 fn report_stage(stage: &str, s: &t1_train::train::common::StageSummary) {
     let dev: Vec<String> = s
@@ -298,26 +307,10 @@ fn run(cli: Cli) -> Result<(), Error> {
                 cfg.run_dir.join("eval").display()
             );
         }
-        Command::Stage1(a) => {
-            let cfg = Config::load(&a.config, &a.overrides)?;
-            let s = t1_train::train::stage1::run::<Train>(&cfg, a.resume, &Default::default())?;
-            report_stage("stage1", &s);
-        }
-        Command::Stage2(a) => {
-            let cfg = Config::load(&a.config, &a.overrides)?;
-            let s = t1_train::train::stage2::run::<Train>(&cfg, a.resume, &Default::default())?;
-            report_stage("stage2", &s);
-        }
-        Command::Stage3(a) => {
-            let cfg = Config::load(&a.config, &a.overrides)?;
-            let s = t1_train::train::grpo::run::<Train>(&cfg, a.resume, &Default::default())?;
-            report_stage("stage3", &s);
-        }
-        Command::Latent(a) => {
-            let cfg = Config::load(&a.config, &a.overrides)?;
-            let s = t1_train::train::latent::run::<Train>(&cfg, a.resume, &Default::default())?;
-            report_stage("latent", &s);
-        }
+        Command::Stage1(a) => stage(StageKind::Stage1, &a)?,
+        Command::Stage2(a) => stage(StageKind::Stage2, &a)?,
+        Command::Stage3(a) => stage(StageKind::Stage3, &a)?,
+        Command::Latent(a) => stage(StageKind::Latent, &a)?,
         Command::Curriculum { file, overrides } => {
             let c = t1_train::curriculum::load(&file)?;
             let report =

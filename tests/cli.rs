@@ -1,23 +1,10 @@
 //! The `t1-train` binary: help, exit codes, config and data errors, and the eval run folder.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn t1(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_t1-train"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap()
-}
+mod support;
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use support::{root, stderr, t1};
 
 #[test]
 fn help_explains_every_subcommand() {

@@ -1,6 +1,8 @@
 //! The shipped default dataset is exactly what the committed generator produces, loads cleanly,
 //! and has the properties it promises (composition held out, little query/answer overlap).
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -8,7 +10,7 @@ use t1_train::data::Dataset;
 use t1_train::datagen::{DEFAULT_SEED, DEFAULT_VOCAB, WorldSize, generate, train_tokenizer};
 
 fn shipped() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("curricula/default")
+    support::root().join("curricula/default")
 }
 
 #[test]

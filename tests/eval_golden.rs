@@ -2,8 +2,9 @@
 //! relevance, excluded ids and judged queries missing from the run.
 //! Fixture and expected values: `python3 scripts/golden_eval.py` (pytrec-eval-terrier 0.5.11).
 
+mod support;
+
 use std::collections::HashMap;
-use std::path::Path;
 
 use t1_train::data::{Corpus, load_qrels};
 use t1_train::eval::{Run, evaluate, read_trec_run, write_trec_run};
@@ -14,7 +15,7 @@ fn fixture() -> (
     HashMap<String, Vec<String>>,
     serde_json::Value,
 ) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval");
+    let dir = support::fixture_path("eval");
     let ids: Vec<String> = (0..160).map(|i| format!("d{i:03}")).collect();
     let rows: Vec<(&str, &str, &str)> = ids.iter().map(|d| (d.as_str(), "", "x")).collect();
     let corpus = Corpus::from_rows(&rows);

@@ -6,6 +6,8 @@
 //! Bounded for CI: 256 cases per property unless `PROPTEST_CASES` says otherwise; no regression
 //! files are written (a failure prints its minimal input).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
@@ -18,10 +20,6 @@ use t1_train::index::{DocIndex, IndexMeta};
 use t1_train::model::{Decoder, DecoderConfig, load_hf, save_hf};
 
 type B = Flex;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn pt_config() -> PtConfig {
     let cases = std::env::var("PROPTEST_CASES")
@@ -69,7 +67,7 @@ fn head_edits(head: f64) -> impl Strategy<Value = Vec<Edit>> {
 fn shipped_configs() -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     for dir in ["configs", "curricula"] {
-        for e in std::fs::read_dir(root().join(dir)).unwrap() {
+        for e in std::fs::read_dir(support::root().join(dir)).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "toml") {
                 let bytes = std::fs::read(&p).unwrap();
@@ -110,7 +108,7 @@ proptest! {
         ]),
         value in "\\PC{0,24}",
     ) {
-        let p = root().join("configs/tiny-stage3.toml");
+        let p = support::root().join("configs/tiny-stage3.toml");
         let _ = Config::load(&p, &[format!("{key}={value}")]);
         let _ = Config::load(&p, &[value.clone()]);
     }
@@ -130,7 +128,7 @@ const FILES: [&str; 5] = [
 /// judgments), with the judgments and hard negatives of those queries only, so that every
 /// reference stays valid.
 fn small_dataset() -> Vec<(&'static str, Vec<u8>)> {
-    let src = root().join("curricula/default/data");
+    let src = support::root().join("curricula/default/data");
     let read = |f: &str| std::fs::read_to_string(src.join(f)).unwrap();
     let test_ids: Vec<String> = read("qrels/test.tsv")
         .lines()

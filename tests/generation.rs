@@ -2,30 +2,27 @@
 //! left-padded rows of different lengths), sampling is seeded and reproducible, rollouts carry
 //! the right log-probs, stop reasons, forced closing tokens and `<emb_token>` states.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use support::{fixture_path, max_abs, to_vec};
 use t1_train::model::{
     Decoder, Embed, GenerateOptions, KvCache, Sampler, StopReason, generate, load_hf,
 };
 
 type B = Flex;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/backbone")
-        .join(name)
-}
-
 fn model(name: &str) -> Decoder<B> {
-    load_hf::<B>(&fixture(name), &Default::default()).unwrap()
-}
-
-fn to_vec<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    load_hf::<B>(
+        &fixture_path(&format!("backbone/{name}")),
+        &Default::default(),
+    )
+    .unwrap()
 }
 
 fn int2(v: Vec<i64>, b: usize, s: usize) -> Tensor<B, 2, Int> {
@@ -55,14 +52,6 @@ fn full_forward(m: &Decoder<B>, rows: &[Vec<u32>]) -> (Vec<f32>, Vec<f32>, usize
     }
     let (logits, hidden) = m.forward(int2(ids, n, s), Some(int2(mask, n, s)));
     (to_vec(logits), to_vec(hidden), s)
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Prefill left-padded prompts, then feed `chunk` tokens per call; every cached step's logits
@@ -134,7 +123,7 @@ fn check_cached_equals_full(name: &str, chunk: usize) {
         for (j, step) in cached_logits[row].iter().enumerate() {
             let at = lead + l - 1 + j;
             let o = (row * s_full + at) * vocab;
-            worst = worst.max(max_abs_diff(step, &logits[o..o + vocab]));
+            worst = worst.max(max_abs(step, &logits[o..o + vocab]));
         }
     }
     println!("{name} chunk {chunk}: max |cached - full| = {worst:.3e}");
@@ -277,7 +266,7 @@ fn check_rollouts_against_full(
         }
         let at = (row * s + s - 1) * d; // <emb_token> is each row's last token
         let emb = r.embedding.as_ref().expect("embedding");
-        worst_h = worst_h.max(max_abs_diff(emb, &hidden[at..at + d]));
+        worst_h = worst_h.max(max_abs(emb, &hidden[at..at + d]));
     }
     println!("max |logprob - full| = {worst_lp:.3e}, max |emb - full| = {worst_h:.3e}");
     assert!(worst_lp <= 1e-4 && worst_h <= 1e-4, "{worst_lp} {worst_h}");
@@ -391,8 +380,8 @@ fn token_logprobs_and_hidden_at_match_the_full_logits() {
         Tensor::<B, 1, Int>::from_data(TensorData::new(vec![3i64, 8], [2]), &Default::default());
     let at = to_vec(Decoder::hidden_at(h, pos));
     assert_eq!(at.len(), 2 * d);
-    assert!(max_abs_diff(&at[..d], &hidden[3 * d..4 * d]) <= 1e-5);
-    assert!(max_abs_diff(&at[d..], &hidden[(s + 8) * d..(s + 9) * d]) <= 1e-5);
+    assert!(max_abs(&at[..d], &hidden[3 * d..4 * d]) <= 1e-5);
+    assert!(max_abs(&at[d..], &hidden[(s + 8) * d..(s + 9) * d]) <= 1e-5);
 }
 
 #[test]
@@ -473,5 +462,5 @@ fn a_sampled_emb_token_does_not_close_the_row() {
     let (_, hidden, s) = full_forward(&m, &[full]);
     let d = m.config().hidden_size;
     let want = &hidden[(s - 1) * d..s * d];
-    assert!(max_abs_diff(r[0].embedding.as_ref().unwrap(), want) <= 1e-4);
+    assert!(max_abs(r[0].embedding.as_ref().unwrap(), want) <= 1e-4);
 }

@@ -1,33 +1,19 @@
 //! Stage 3's advantages and GRPO loss against TRL 1.16.0's formulas
 //! (fixtures: `python3 scripts/golden_grpo.py`, a cited transcription of GRPOTrainer).
 
-use std::path::Path;
+mod support;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, TensorData};
+use support::{floats, json_fixture};
 use t1_train::advantage::{ScaleRewards, group_advantages};
 use t1_train::loss::{GrpoParams, KlEstimator, LossType, grpo_loss};
 
 type B = Autodiff<Flex>;
 
-fn fixture(name: &str) -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/grpo")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
 #[test]
 fn advantages_equal_trl_for_every_scale_rewards() {
-    let f = fixture("advantages.json");
+    let f = json_fixture("grpo/advantages.json");
     let rewards: Vec<Option<f32>> = f["rewards"]
         .as_array()
         .unwrap()
@@ -60,7 +46,7 @@ fn advantages_equal_trl_for_every_scale_rewards() {
 
 #[test]
 fn loss_equals_trl_for_every_loss_type_kl_and_clip() {
-    let f = fixture("loss.json");
+    let f = json_fixture("grpo/loss.json");
     let (n, t) = (
         f["n"].as_u64().unwrap() as usize,
         f["t"].as_u64().unwrap() as usize,

@@ -15,7 +15,7 @@ fn save_model(dir: &Path, seed: u64) {
     let cfg_path = config(dir, &dir.join("runs"), "m", 4, "");
     let cfg = t1_train::config::Config::load(&cfg_path, &[format!("run.seed={seed}")]).unwrap();
     let (model, tok) =
-        t1_train::train::common::load_backbone::<Flex>(&cfg, &Default::default()).unwrap();
+        t1_train::model::load::load_backbone::<Flex>(&cfg, &Default::default()).unwrap();
     let out = dir.join("model");
     t1_train::model::save_hf(&model, &out).unwrap();
     tok.save(&out.join("tokenizer.json")).unwrap();
@@ -51,7 +51,7 @@ fn index_search_round_trip_and_refusals() {
     let (loaded, meta, ids) = DocIndex::<Flex>::load(&file, &device).unwrap();
     let c = t1_train::config::Config::load(&cfg, &[]).unwrap();
     let ds = t1_train::data::Dataset::load(&c.raw.data.dataset).unwrap();
-    let (model, tok) = t1_train::train::common::load_backbone::<Flex>(&c, &device).unwrap();
+    let (model, tok) = t1_train::model::load::load_backbone::<Flex>(&c, &device).unwrap();
     let fresh = DocIndex::build(&model, &tok, &ds.corpus, 48, 64, |_| {}).unwrap();
     let diff = (loaded.vectors.clone() - fresh.vectors)
         .abs()

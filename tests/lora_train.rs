@@ -14,8 +14,9 @@ use burn::module::AutodiffModule;
 use burn::tensor::{Int, Tensor, TensorData};
 use support::{config, max_param_diff, params, scalar, t1};
 use t1_train::config::Config;
+use t1_train::model::load::load_backbone;
 use t1_train::model::{Decoder, load_hf, load_model};
-use t1_train::train::common::{Goal, Trainer, load_backbone};
+use t1_train::train::common::{Goal, Trainer};
 use t1_train::train::micro::MicroBatch;
 
 /// One micro-batch, the whole step: its loss is the step's logged loss.

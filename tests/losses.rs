@@ -1,49 +1,23 @@
 //! Golden values for the stage-1/2 losses against the PyTorch formulas
 //! (fixtures: `python3 scripts/golden_losses.py`, torch version recorded in each JSON).
 
-use std::path::Path;
+mod support;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
+use support::{floats, json_fixture, max_abs, to_vec};
 use t1_train::loss::{corpus_nce, info_nce, sft_loss};
 
 type B = Autodiff<Flex>;
-
-fn fixture(name: &str) -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/losses")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
 
 fn tensor2(v: Vec<f32>, shape: [usize; 2]) -> Tensor<B, 2> {
     Tensor::from_data(TensorData::new(v, shape), &Default::default())
 }
 
-fn to_vec<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn sft_loss_equals_cross_entropy_with_ignore_index() {
-    let f = fixture("sft.json");
+    let f = json_fixture("losses/sft.json");
     let [b, s, v] = [2usize, 6, 11];
     let logits = Tensor::<B, 3>::from_data(
         TensorData::new(floats(&f["logits"]), [b, s, v]),
@@ -81,7 +55,7 @@ fn sft_loss_equals_cross_entropy_with_ignore_index() {
 
 #[test]
 fn info_nce_equals_the_pytorch_formula_with_gradients() {
-    let f = fixture("info_nce.json");
+    let f = json_fixture("losses/info_nce.json");
     let (n, g, d) = (4usize, 3usize, 16usize);
     let tau = f["tau"].as_f64().unwrap();
     for (key, symmetric) in [("one_way", false), ("symmetric", true)] {
@@ -108,7 +82,7 @@ fn info_nce_equals_the_pytorch_formula_with_gradients() {
 fn ignored_columns_leave_the_softmax() {
     // query 1's group repeats query 0's positive: ignoring that column for query 0 gives the
     // loss of a batch without it
-    let f = fixture("info_nce.json");
+    let f = json_fixture("losses/info_nce.json");
     let (n, g, d) = (4usize, 3usize, 16usize);
     let q = tensor2(floats(&f["queries"]), [n, d]);
     let mut dv = floats(&f["docs"]);
@@ -282,7 +256,7 @@ fn corpus_nce_equals_the_reference_and_its_gradient_finite_differences() {
 #[test]
 fn latent_alignment_losses_equal_the_pytorch_formulas_with_gradients() {
     use t1_train::loss::latent::{Trajectory, score_kl, trajectory_loss};
-    let f = fixture("latent.json");
+    let f = json_fixture("losses/latent.json");
     let dim = |k: &str| f[k].as_u64().unwrap() as usize;
     let (b, k, d, m) = (dim("b"), dim("k"), dim("d"), dim("m"));
     let (ts, tt) = (f["tau_s"].as_f64().unwrap(), f["tau_t"].as_f64().unwrap());

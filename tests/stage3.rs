@@ -272,7 +272,7 @@ fn auxiliary_infonce_alone_moves_the_policy() {
         let c =
             t1_train::config::Config::load(&cfg, &["train.warmup_steps=0".to_string()]).unwrap();
         let start =
-            t1_train::train::common::load_backbone::<burn::backend::Flex>(&c, &Default::default())
+            t1_train::model::load::load_backbone::<burn::backend::Flex>(&c, &Default::default())
                 .unwrap()
                 .0;
         let end = t1_train::model::load_hf::<burn::backend::Flex>(

@@ -5,6 +5,8 @@
 //! Without the `tensorboard` package these tests print why and pass, except under CI (`CI` set),
 //! where they fail.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,7 +17,7 @@ use t1_train::metrics::{MetricsSink, MultiSink, TensorBoardSink};
 
 /// Runs tests/read_tensorboard.py; `None` (after saying why) when TensorBoard is not installed.
 fn read_tb(logdir: &Path) -> Option<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_tensorboard.py");
+    let script = support::root().join("tests/read_tensorboard.py");
     let out = Command::new("python3").arg(script).arg(logdir).output();
     let out = match out {
         Ok(o) => o,

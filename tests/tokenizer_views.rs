@@ -1,7 +1,9 @@
 //! T1 tokens are added when missing, the embedding grows with mean-initialised rows, and the
 //! query/document views have the layout DESIGN §1 describes.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::PathBuf;
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -10,7 +12,7 @@ use t1_train::model::{Decoder, DecoderConfig, T1Tokenizer, load_hf};
 type B = Flex;
 
 fn shipped() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("curricula/default/tokenizer.json")
+    support::root().join("curricula/default/tokenizer.json")
 }
 
 #[test]
@@ -84,7 +86,7 @@ fn views_have_the_design_layout() {
 #[test]
 fn resize_vocab_appends_mean_rows_and_keeps_old_logits() {
     let device = Default::default();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/backbone/qwen2_untied");
+    let dir = support::fixture_path("backbone/qwen2_untied");
     let model: Decoder<B> = load_hf(&dir, &device).unwrap();
     let ids: Tensor<B, 2, Int> =
         Tensor::from_data(TensorData::new(vec![5i64, 17, 33, 2], [1, 4]), &device);
@@ -223,7 +225,7 @@ fn grown_and_cast_models_train_under_autodiff() {
         .expect("embedding gradient");
     assert_eq!(g.dims(), [1024, 128]);
     // a bf16 checkpoint cast to f32 on load, under autodiff
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/backbone/qwen3_tied_bf16");
+    let dir = support::fixture_path("backbone/qwen3_tied_bf16");
     let m = load_hf::<AD>(&dir, &Default::default()).unwrap();
     let ids = Tensor::<AD, 2, Int>::from_data(
         TensorData::new(vec![1i64, 2, 3], [1, 3]),

@@ -14,6 +14,7 @@
 //! Equals the PyTorch formula `F.cross_entropy(q @ d.T / tau, arange(n) * g)` (+ the transposed
 //! term over the positive columns); fixture from `scripts/golden_losses.py`.
 
+pub use crate::index::l2_normalize;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor};
@@ -30,12 +31,6 @@ pub struct InfoNce<B: Backend> {
     pub pos_sim: f64,
     /// Mean cosine similarity of each query with every other (not ignored) document of the batch.
     pub neg_sim: f64,
-}
-
-/// Rows scaled to unit L2 norm: `[n, d]` → `[n, d]` (ε keeps a zero row finite).
-pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
-    let norm = x.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12); // [n, 1]
-    x / norm
 }
 
 /// Cross-entropy of `scores` `[n, c]` against class `targets` `[n]`, mean over rows → `[1]`.

@@ -17,35 +17,10 @@
 //! as in TRL. Clip fractions are TRL's: low = ρ < 1 − ε_low with A < 0, high = ρ > 1 + ε_high
 //! with A > 0, masked token means. Golden values: `scripts/golden_grpo.py`.
 
+pub use crate::config::KlEstimator;
+pub use crate::config::LossType;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
-use serde::{Deserialize, Serialize};
-
-/// How per-token losses are averaged (TRL's `loss_type`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LossType {
-    /// Mean over each sequence's tokens, then over sequences.
-    Grpo,
-    /// Mean over all tokens of the micro-batch.
-    Bnpo,
-    /// Sum over all tokens ÷ the active tokens of the whole generation batch (DAPO).
-    #[default]
-    Dapo,
-    /// Sum ÷ (sequences × max_completion_length) (Dr. GRPO).
-    DrGrpo,
-}
-
-/// KL estimator between the policy and the reference, per token.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KlEstimator {
-    K1,
-    K2,
-    /// TRL's choice: low variance, unbiased, non-negative.
-    #[default]
-    K3,
-}
 
 /// Knobs of the loss (DESIGN §2).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -19,20 +19,9 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::Trajectory;
 use crate::loss::contrastive::l2_normalize;
-
-/// How the K latent states are aligned with the explicit trajectory.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trajectory {
-    /// 1 − cosine between latent state k and explicit segment end k.
-    #[default]
-    Cosine,
-    /// KL between their score distributions over the batch's documents, per step.
-    Kl,
-}
 
 /// Masked log-softmax of cosine scores: `queries` `[n, d]`, `docs` `[m, d]` (both raw),
 /// `ignore` `[n, m]` (true = left out) → `[n, m]` (left-out entries ≈ −1e9, probability 0).

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::config::ProgressMode;
 use crate::error::{Error, Result};
 pub use tensorboard::EventWriter;
 
@@ -162,7 +161,7 @@ pub fn truncate_jsonl_after(path: &Path, step: u64) -> Result<usize> {
         }
     }
     if dropped > 0 {
-        crate::run::write_atomic(path, &kept)?;
+        crate::fsio::write_atomic(path, &kept)?;
     }
     Ok(dropped)
 }
@@ -244,6 +243,17 @@ fn fmt_num(v: f64) -> String {
 }
 
 /// A progress bar with ETA; hidden when `mode` is `never`, or `auto` and stderr is no terminal.
+/// When a progress bar is drawn (`logging.progress`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgressMode {
+    /// Only on a terminal.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
 pub fn progress_bar(len: u64, label: &str, mode: ProgressMode) -> ProgressBar {
     let visible = match mode {
         ProgressMode::Always => true,

@@ -275,7 +275,7 @@ pub fn truncate_after(logdir: &Path, step: u64) -> Result<usize> {
             at = end;
         }
         if changed {
-            crate::run::write_atomic(&path, &kept)?;
+            crate::fsio::write_atomic(&path, &kept)?;
         }
     }
     Ok(dropped)

@@ -15,30 +15,11 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::LatentFeed;
+pub use crate::config::LatentPooling;
 use crate::error::{Error, Result};
 use crate::model::{Decoder, KvCache};
-
-/// What one latent step feeds to the next.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LatentFeed {
-    /// `softmax(logits / τ) · E`.
-    #[default]
-    SoftToken,
-    /// The last-layer state as it is.
-    Hidden,
-}
-
-/// How the K states become one query vector.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LatentPooling {
-    #[default]
-    Mean,
-    Last,
-}
 
 /// The inference-time settings of the latent view (from the config's `[latent]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,6 +30,18 @@ pub struct LatentOptions {
     /// τ of the soft token's softmax.
     pub soft_temperature: f64,
     pub pooling: LatentPooling,
+}
+
+impl LatentOptions {
+    /// The inference-time part of `[latent]` (what a latent query vector needs).
+    pub fn from_section(l: &crate::config::LatentSection) -> Self {
+        Self {
+            steps: l.steps,
+            feed: l.feed,
+            soft_temperature: l.soft_temperature,
+            pooling: l.pooling,
+        }
+    }
 }
 
 /// The K latent states `[b, K, d]` after each prompt (`prompts` left-padded with `pad`; each

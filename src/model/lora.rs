@@ -14,47 +14,9 @@ use burn::tensor::{FloatDType, IndexingUpdateOp, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// The linear layers an adapter can sit on, by their HF (and PEFT `target_modules`) names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Target {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
+pub use crate::config::LoraTarget as Target;
 
 impl Target {
-    pub const ALL: [Target; 7] = [
-        Target::Q,
-        Target::K,
-        Target::V,
-        Target::O,
-        Target::Gate,
-        Target::Up,
-        Target::Down,
-    ];
-
-    /// The HF module name (`q_proj`, …, `down_proj`).
-    pub fn hf_name(self) -> &'static str {
-        match self {
-            Target::Q => "q_proj",
-            Target::K => "k_proj",
-            Target::V => "v_proj",
-            Target::O => "o_proj",
-            Target::Gate => "gate_proj",
-            Target::Up => "up_proj",
-            Target::Down => "down_proj",
-        }
-    }
-
-    /// The target of an HF module name, or `None`.
-    pub fn from_hf_name(name: &str) -> Option<Target> {
-        Target::ALL.into_iter().find(|t| t.hf_name() == name)
-    }
-
     /// The HF module path inside a layer (`self_attn.q_proj`, `mlp.down_proj`).
     pub fn hf_path(self) -> String {
         let block = match self {
@@ -79,6 +41,26 @@ pub struct LoraSpec {
 }
 
 impl LoraSpec {
+    /// The spec of `[lora]` for a model with tokenizer `tok` (validated at load: every target
+    /// name is known).
+    pub fn from_section(l: &crate::config::LoraSection, tok: &super::T1Tokenizer) -> Self {
+        Self {
+            rank: l.rank,
+            alpha: l.alpha,
+            use_rslora: l.use_rslora,
+            targets: l
+                .target_modules
+                .iter()
+                .filter_map(|n| Target::from_hf_name(n))
+                .collect(),
+            tokens: if l.train_new_tokens {
+                vec![tok.think, tok.end_think, tok.emb]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
     /// The factor on `(x·A)·B`.
     pub fn scale(&self) -> f64 {
         if self.use_rslora {

@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod decoder;
 pub mod generate;
 pub mod latent;
+pub mod load;
 pub mod lora;
 pub mod memory;
 mod ops;

@@ -110,8 +110,8 @@ pub fn save_peft<B: Backend>(
     });
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let text = serde_json::to_string_pretty(&config).expect("a JSON value serialises");
-    crate::run::write_atomic(&dir.join(WEIGHTS), &bytes)?;
-    crate::run::write_atomic(&dir.join(CONFIG), text.as_bytes())?;
+    crate::fsio::write_atomic(&dir.join(WEIGHTS), &bytes)?;
+    crate::fsio::write_atomic(&dir.join(CONFIG), text.as_bytes())?;
     Ok(())
 }
 

@@ -233,7 +233,7 @@ impl T1Tokenizer {
             let text = serde_json::to_string_pretty(cfg).map_err(|e| {
                 Error::Runtime(format!("cannot serialise tokenizer_config.json: {e}"))
             })?;
-            crate::run::write_atomic(
+            crate::fsio::write_atomic(
                 &path.with_file_name("tokenizer_config.json"),
                 text.as_bytes(),
             )?;

@@ -246,7 +246,7 @@ pub fn save_hf<B: Backend>(model: &Decoder<B>, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg = serde_json::to_string_pretty(&model.config().to_hf_json())
         .map_err(|e| Error::Runtime(format!("cannot serialise config.json: {e}")))?;
-    crate::run::write_atomic(&dir.join("config.json"), cfg.as_bytes())?;
+    crate::fsio::write_atomic(&dir.join("config.json"), cfg.as_bytes())?;
     let path = dir.join("model.safetensors");
     let tmp = dir.join(".model.safetensors.tmp");
     let mut store = SafetensorsStore::from_file(tmp.clone())

@@ -1,16 +1,15 @@
-//! What every stage loop shares: loading the starting backbone, the epoch order of training
-//! examples, dense evaluation, and the optimizer-step bookkeeping ([`Trainer`]: accumulation,
+//! What every stage loop shares: the epoch order of training examples, the config hash a resume
+//! is checked against, and the optimizer-step bookkeeping ([`Trainer`]: accumulation,
 //! global-norm clipping, LR schedule, logging, periodic eval, best tracking, checkpoints,
 //! resume, Ctrl-C).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsAccumulator, Optimizer};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use indicatif::ProgressBar;
 use rand::SeedableRng;
@@ -19,235 +18,19 @@ use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{self, Best, RngState, TrainState};
-use crate::config::{Config, ModelSection, QueryView};
-use crate::data::{Dataset, Query};
+use crate::config::{Config, QueryView};
+use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::eval::{Report, Run, evaluate};
-use crate::index::{DocIndex, embed_last};
+use crate::eval::dense::dense_eval;
 use crate::metrics::{MetricsSink, progress_bar};
-use crate::model::generate::{Embed, GenerateOptions, Sampler, generate};
-use crate::model::latent::{LatentOptions, latent_vectors};
+use crate::model::load::{
+    attach_lora, check_batch_fits, check_lengths, load_backbone, lora_adapter,
+};
 use crate::model::peft::{Adapter, save_model};
-use crate::model::{Decoder, DecoderConfig, T1Tokenizer, save_hf};
+use crate::model::{Decoder, T1Tokenizer};
 use crate::run::RunDir;
 use crate::train::micro::MicroBatch;
 use crate::train::optim::{AdamW, adamw, clip_global_norm, lr_at};
-
-/// The `[model]` section, or an error saying the stage needs it.
-pub fn model_section(cfg: &Config) -> Result<&ModelSection> {
-    cfg.raw.model.as_ref().ok_or_else(|| Error::Config {
-        location: cfg.source.display().to_string(),
-        message: "this command needs a [model] section (model.path or model.preset)".into(),
-    })
-}
-
-/// The backbone a stage starts from: an HF folder, or a preset initialised from `run.seed`;
-/// grown to the tokenizer's vocabulary when T1 tokens were added.
-pub fn load_backbone<B: Backend>(
-    cfg: &Config,
-    device: &B::Device,
-) -> Result<(Decoder<B>, T1Tokenizer)> {
-    let m = model_section(cfg)?;
-    let (model, tok) = match (&m.path, &m.preset) {
-        (Some(dir), _) => {
-            if !dir.join("config.json").exists() && !crate::model::is_adapter_dir(dir) {
-                return Err(Error::Config {
-                    location: format!("{} (key 'model.path')", cfg.source.display()),
-                    message: format!(
-                        "{} has no config.json (an HF model folder or a LoRA stage's adapter folder is expected; for a previous stage's runs/<name>/best, run that stage first)",
-                        dir.display()
-                    ),
-                });
-            }
-            // the model first: it verifies the folder's SHA256SUMS (tokenizer included); an
-            // adapter folder comes back merged into its base
-            let model = crate::model::load_model::<B>(dir, device)?;
-            (model, T1Tokenizer::load(&dir.join("tokenizer.json"))?)
-        }
-        (None, Some(name)) => {
-            let (c, tok) = preset_config(cfg, name)?;
-            (c.init_seeded::<B>(cfg.raw.run.seed, device)?, tok)
-        }
-        (None, None) => unreachable!("validate() requires model.path or model.preset"),
-    };
-    let model = if tok.vocab_size() > model.config().vocab_size {
-        model.resize_vocab(tok.vocab_size())?
-    } else {
-        model
-    };
-    check_lengths(cfg, model.config())?;
-    Ok((model, tok))
-}
-
-/// The preset `name`'s architecture at `model.tokenizer`'s vocabulary, and that tokenizer.
-pub fn preset_config(cfg: &Config, name: &str) -> Result<(DecoderConfig, T1Tokenizer)> {
-    let m = model_section(cfg)?;
-    let tok_path = m.tokenizer.as_ref().ok_or_else(|| Error::Config {
-        location: cfg.source.display().to_string(),
-        message: "model.preset needs model.tokenizer".into(),
-    })?;
-    let tok = T1Tokenizer::load(tok_path)?;
-    let c = DecoderConfig::preset(name, tok.vocab_size()).map_err(|message| Error::Config {
-        location: cfg.source.display().to_string(),
-        message,
-    })?;
-    Ok((c, tok))
-}
-
-/// `model` (a stage's starting model, from [`load_backbone`]) with fresh LoRA adapters when
-/// `[lora]` is enabled (drawn from `run.seed`), and how its checkpoints are then written.
-pub fn attach_lora<B: Backend>(
-    cfg: &Config,
-    run_root: &Path,
-    model: Decoder<B>,
-    tok: &T1Tokenizer,
-) -> Result<(Decoder<B>, Option<Adapter>)> {
-    if !cfg.raw.lora.enabled {
-        return Ok((model, None));
-    }
-    let adapter = lora_adapter(cfg, run_root, &model, tok, true)?;
-    let model = model.with_lora(&adapter.spec, cfg.raw.run.seed)?;
-    Ok((model, Some(adapter)))
-}
-
-/// The adapter settings of a LoRA stage whose base model is `base`. The base folder its
-/// adapters name is `model.path` when that is an HF folder; otherwise (a preset, or a previous
-/// LoRA stage's adapter folder, merged) `base` is written once to `runs/<name>/base/`, so
-/// every adapter the stage writes names a folder holding its base. `fresh` (a stage starting
-/// at step 0) rewrites it, so one left by an earlier start under another config is not kept;
-/// a resumed stage keeps the one its checkpoints were written against.
-pub fn lora_adapter<B: Backend>(
-    cfg: &Config,
-    run_root: &Path,
-    base: &Decoder<B>,
-    tok: &T1Tokenizer,
-    fresh: bool,
-) -> Result<Adapter> {
-    let spec = cfg.raw.lora.spec(tok);
-    let m = model_section(cfg)?;
-    if let Some(p) = &m.path
-        && !crate::model::is_adapter_dir(p)
-    {
-        return Ok(Adapter {
-            spec,
-            base: p.clone(),
-        });
-    }
-    let dir = run_root.join("base");
-    if fresh || !dir.join(crate::checksums::FILE).is_file() {
-        let tmp = run_root.join(".base.tmp");
-        let written = (|| {
-            if tmp.exists() {
-                std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            }
-            save_hf(base, &tmp)?;
-            tok.save(&tmp.join("tokenizer.json"))?;
-            crate::checksums::write(&tmp)?;
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            }
-            std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(Error::Runtime(format!(
-                "the LoRA base model was not written to {} ({e})",
-                dir.display()
-            )));
-        }
-    }
-    Ok(Adapter { spec, base: dir })
-}
-
-/// The config's sequence lengths fit the model's positions: a query view (query + reasoning +
-/// the closing tokens) and a document view within `max_position_embeddings`.
-pub fn check_lengths(cfg: &Config, c: &DecoderConfig) -> Result<()> {
-    let m = model_section(cfg)?;
-    let max = c.max_position_embeddings;
-    let latent = m.max_query_tokens.saturating_add(cfg.raw.latent.steps);
-    for (key, len) in [
-        (
-            "model.max_query_tokens' + 'model.max_reasoning_tokens",
-            m.max_query_tokens.saturating_add(m.max_reasoning_tokens),
-        ),
-        ("model.max_doc_tokens", m.max_doc_tokens),
-        ("model.max_query_tokens' + 'latent.steps", latent),
-    ] {
-        if len > max {
-            return Err(Error::Config {
-                location: format!("{} (key '{key}')", cfg.source.display()),
-                message: format!(
-                    "{len} tokens exceed the model's max_position_embeddings = {max} (a query view \
-                     holds up to model.max_query_tokens + model.max_reasoning_tokens tokens, a latent \
-                     one model.max_query_tokens + latent.steps, a document model.max_doc_tokens)"
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The activations of `stage`'s micro-batch, its KV cache (stage 3) and an evaluation batch fit
-/// in memory at least roughly (`model::memory`): an absurd `train.batch_size` or group size is
-/// an exit-2 error, not an allocation abort. With `lora`, only the adapters have gradients and
-/// moments.
-pub fn check_batch_fits(
-    cfg: &Config,
-    c: &DecoderConfig,
-    stage: &str,
-    lora: Option<&crate::model::LoraSpec>,
-) -> Result<()> {
-    use crate::model::memory::{activation_bytes, check_fits, kv_cache_bytes};
-    let m = model_section(cfg)?;
-    let t = &cfg.raw.train;
-    let query = m.max_query_tokens.saturating_add(m.max_reasoning_tokens);
-    let seq = query.max(m.max_doc_tokens);
-    let (key, rows, kv_rows) = match stage {
-        "stage2" => (
-            "train.batch_size' × 'stage2.group_size",
-            t.batch_size
-                .saturating_mul(cfg.raw.stage2.group_size.saturating_add(1)),
-            0,
-        ),
-        "latent" => (
-            "train.batch_size' × 'latent.group_size",
-            t.batch_size
-                .saturating_mul(cfg.raw.latent.group_size.saturating_add(1)),
-            0,
-        ),
-        "stage3" => {
-            let per = t.batch_size.saturating_mul(cfg.raw.stage3.group_size);
-            (
-                "train.batch_size' × 'stage3.group_size",
-                per,
-                per.saturating_mul(t.grad_accum.max(1)),
-            )
-        }
-        _ => ("train.batch_size", t.batch_size, 0),
-    };
-    let seq = if stage == "latent" {
-        seq.max(m.max_query_tokens.saturating_add(cfg.raw.latent.steps))
-    } else {
-        seq
-    };
-    let location = |k: &str| format!("{} (key '{k}')", cfg.source.display());
-    // weights, and gradients + 2 moments of what trains
-    let trained = match lora {
-        Some(spec) => crate::model::memory::lora_param_count(c, spec),
-        None => crate::model::memory::param_count(c),
-    };
-    let weights = (crate::model::memory::param_count(c) + 3.0 * trained) * 4.0;
-    check_fits(
-        &location(key),
-        &format!("a training micro-batch of {rows} sequences × {seq} tokens"),
-        weights + activation_bytes(c, rows, seq, true) + kv_cache_bytes(c, kv_rows, query),
-    )?;
-    check_fits(
-        &location("train.eval_batch_size"),
-        &format!("an evaluation batch of {} sequences", t.eval_batch_size),
-        weights + activation_bytes(c, t.eval_batch_size, seq, false),
-    )
-}
 
 /// Example order of an epoch: a permutation of `0..n` from (seed, epoch) alone, so a resumed
 /// run sees the same order.
@@ -257,178 +40,6 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rng);
     order
-}
-
-/// Query-view token ids for `view` (not `Generated`): prompt + reasoning (gold or empty) +
-/// `</think><emb_token>`.
-pub fn query_view_ids(
-    tok: &T1Tokenizer,
-    q: &Query,
-    view: QueryView,
-    m: &ModelSection,
-) -> Result<Vec<u32>> {
-    let reasoning = match view {
-        QueryView::GoldReasoning => q.reasoning.as_deref().unwrap_or(""),
-        _ => "",
-    };
-    Ok(tok
-        .query_with_reasoning(
-            &q.text,
-            reasoning,
-            m.max_query_tokens,
-            m.max_reasoning_tokens,
-        )?
-        .0)
-}
-
-/// Query vectors `[q, d]` (not normalised) for `queries` under `view`; `Generated` decodes
-/// greedily with the KV cache and reads `<emb_token>` in the same loop, and also returns the
-/// decoded reasoning (one per query); `Latent` runs the `latent` view's K steps after the prompt
-/// (`model::latent`).
-pub fn query_vectors<B: Backend>(
-    model: &Decoder<B>,
-    tok: &T1Tokenizer,
-    queries: &[&Query],
-    view: QueryView,
-    m: &ModelSection,
-    latent: &LatentOptions,
-    batch_size: usize,
-) -> Result<(Tensor<B, 2>, Option<Vec<String>>)> {
-    if view == QueryView::Latent {
-        let prompts = queries
-            .iter()
-            .map(|q| tok.query_prompt(&q.text, m.max_query_tokens))
-            .collect::<Result<Vec<_>>>()?;
-        return Ok((
-            latent_vectors(model, &prompts, tok.pad, latent, batch_size)?,
-            None,
-        ));
-    }
-    if view != QueryView::Generated {
-        let seqs = queries
-            .iter()
-            .map(|q| query_view_ids(tok, q, view, m))
-            .collect::<Result<Vec<_>>>()?;
-        return Ok((embed_last(model, &seqs, batch_size, tok.pad, |_| {}), None));
-    }
-    let texts: Vec<&str> = queries.iter().map(|q| q.text.as_str()).collect();
-    let (vectors, reasoning) = greedy_reasoning(
-        model,
-        tok,
-        &texts,
-        m.max_query_tokens,
-        m.max_reasoning_tokens,
-        batch_size,
-    )?;
-    Ok((vectors, Some(reasoning)))
-}
-
-/// The model's greedy reasoning for each query text (query view, KV cache, `batch_size` at a
-/// time) with the `<emb_token>` state read in the same loop: vectors `[q, d]` (not normalised)
-/// and the decoded reasoning (special tokens dropped).
-pub fn greedy_reasoning<B: Backend>(
-    model: &Decoder<B>,
-    tok: &T1Tokenizer,
-    texts: &[&str],
-    max_query_tokens: usize,
-    max_reasoning_tokens: usize,
-    batch_size: usize,
-) -> Result<(Tensor<B, 2>, Vec<String>)> {
-    let opts = GenerateOptions {
-        sampler: Sampler::Greedy,
-        max_new_tokens: max_reasoning_tokens,
-        stop: tok.eos.into_iter().chain([tok.end_think]).collect(),
-        embed: Some(Embed {
-            end_think: tok.end_think,
-            emb: tok.emb,
-        }),
-        pad: tok.pad,
-        seed: 0,
-    };
-    let d = model.config().hidden_size;
-    let mut flat = Vec::with_capacity(texts.len() * d);
-    let mut reasoning = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(batch_size.max(1)) {
-        let prompts = chunk
-            .iter()
-            .map(|t| tok.query_prompt(t, max_query_tokens))
-            .collect::<Result<Vec<_>>>()?;
-        for r in generate(model, &prompts, &opts, |_| {})? {
-            reasoning.push(tok.decode(&r.tokens, false)?);
-            flat.extend(
-                r.embedding
-                    .ok_or_else(|| Error::Runtime("rollout without embedding".into()))?,
-            );
-        }
-    }
-    Ok((
-        Tensor::from_data(
-            burn::tensor::TensorData::new(flat, [texts.len(), d]),
-            &model.device(),
-        ),
-        reasoning,
-    ))
-}
-
-/// Dense retrieval on `split`: documents through the document view, queries through `view`,
-/// cosine scores, `excluded_ids` removed, trec_eval-exact metrics. Returns the report, the run
-/// and, for the `generated` view, the greedy reasoning of each of the split's queries (in
-/// `Dataset::split_queries` order).
-pub fn dense_eval<B: Backend>(
-    model: &Decoder<B>,
-    tok: &T1Tokenizer,
-    ds: &Dataset,
-    split: &str,
-    view: QueryView,
-    cfg: &Config,
-) -> Result<(Report, Run, Option<Vec<String>>)> {
-    let m = model_section(cfg)?;
-    let batch = cfg.raw.train.eval_batch_size;
-    let index = DocIndex::build(model, tok, &ds.corpus, m.max_doc_tokens, batch, |_| {})?;
-    let queries = ds.split_queries(split)?;
-    let (qv, reasoning) = query_vectors(
-        model,
-        tok,
-        &queries,
-        view,
-        m,
-        &cfg.raw.latent.options(),
-        batch,
-    )?;
-    let (report, run) = rank_and_score(&index, qv, ds, split, &queries, cfg)?;
-    Ok((report, run, reasoning))
-}
-
-/// Ranks the corpus of `index` for query vectors `qv` `[q, d]` (the split's `queries`, in
-/// order), `excluded_ids` removed, `eval.depth` kept, and scores the run exactly as trec_eval.
-pub fn rank_and_score<B: Backend>(
-    index: &DocIndex<B>,
-    qv: Tensor<B, 2>,
-    ds: &Dataset,
-    split: &str,
-    queries: &[&Query],
-    cfg: &Config,
-) -> Result<(Report, Run)> {
-    let batch = cfg.raw.train.eval_batch_size;
-    // excluded documents leave each query's ranking here, so the run keeps `depth` real hits
-    let excluded_idx: Vec<std::collections::HashSet<usize>> =
-        queries.iter().map(|q| ds.excluded(q)).collect();
-    let depth = cfg.raw.eval.depth.min(ds.corpus.len());
-    let top = crate::index::top_k(index, qv, &ds.corpus.ids, depth, batch, &excluded_idx)?;
-    let mut run = Run::new();
-    for (q, hits) in queries.iter().zip(top) {
-        let hits: Vec<(String, f64)> = hits
-            .into_iter()
-            .map(|(i, s)| (ds.corpus.ids[i].clone(), s as f64))
-            .collect();
-        run.insert(q.id.clone(), hits);
-    }
-    let excluded: HashMap<String, Vec<String>> = queries
-        .iter()
-        .filter(|q| !q.excluded_ids.is_empty())
-        .map(|q| (q.id.clone(), q.excluded_ids.clone()))
-        .collect();
-    Ok((evaluate(ds.split(split)?, &run, &excluded), run))
 }
 
 /// SHA-256 of what a run means: the resolved config minus what may change on resume
@@ -904,7 +515,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 }
                 save_model(&self.model.valid(), self.adapter.as_ref(), &tmp)?;
                 self.tok.save(&tmp.join("tokenizer.json"))?;
-                crate::run::write_atomic(&tmp.join("t1-best.json"), about.to_string().as_bytes())?;
+                crate::fsio::write_atomic(&tmp.join("t1-best.json"), about.to_string().as_bytes())?;
                 crate::checksums::write(&tmp)
             })();
             if let Err(e) = written {

@@ -35,12 +35,13 @@ use crate::loss::latent::{resample_ends, score_kl, trajectory_loss};
 use crate::loss::{info_nce, sft_loss};
 use crate::model::Decoder;
 use crate::model::latent::{latent_states, pool};
-use crate::train::common::{Goal, StageSummary, Trainer, model_section};
-use crate::train::micro::StepPlan;
-use crate::train::stage1::Example;
-use crate::train::stage2::{
+use crate::model::load::model_section;
+use crate::train::common::{Goal, StageSummary, Trainer};
+use crate::train::contrastive::{
     batch_groups, doc_views, embed_docs, false_negatives, file_negatives, full_batch, train_queries,
 };
+use crate::train::micro::StepPlan;
+use crate::train::stage1::Example;
 
 /// Runs the latent stage to `train.steps` (or resumes it).
 pub fn run<B: AutodiffBackend>(
@@ -79,7 +80,7 @@ pub fn run<B: AutodiffBackend>(
     }
     let doc_views = doc_views(&mut tr, &ds, &m, "latent/data")?;
     let pools = file_negatives(&ds, &queries);
-    let opts = l.options();
+    let opts = crate::model::latent::LatentOptions::from_section(&l);
     let pad = tr.tok.pad;
     let plan = StepPlan::equal(t.batch_size, t.grad_accum);
     let (k, d) = (l.steps, tr.model.config().hidden_size);

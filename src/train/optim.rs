@@ -17,22 +17,9 @@ use burn::optim::{
 use burn::prelude::Backend;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::Schedule;
 use crate::model::cpu;
-
-/// Learning-rate shape after warm-up.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Schedule {
-    /// Half-cosine from the peak down to `min_lr_ratio · peak` at the last step.
-    #[default]
-    Cosine,
-    /// Straight line from the peak down to `min_lr_ratio · peak` at the last step.
-    Linear,
-    /// The peak, held.
-    Constant,
-}
 
 /// Learning rate for optimizer step `step` (0-based) of `total`: linear warm-up from
 /// `peak / warmup` over the first `warmup` steps (as transformers' schedulers: step 0 is not 0),

@@ -178,7 +178,7 @@ fn gib(b: f64) -> String {
 /// The plan of `stage` (stage1, stage2, stage3, latent) under `cfg` for the shapes `s`.
 pub fn plan(cfg: &Config, stage: &str, s: &Shapes) -> Result<Plan> {
     let c = s.arch;
-    let m = super::common::model_section(cfg)?;
+    let m = crate::model::load::model_section(cfg)?;
     let t = &cfg.raw.train;
     let params = param_count(c);
     let trained = s.lora.map_or(params, |spec| lora_param_count(c, spec));
@@ -474,7 +474,7 @@ pub fn rss_bytes(peak: bool) -> Option<f64> {
 /// `config.json` (an adapter folder's base chain followed), or the preset at the tokenizer's
 /// vocabulary; grown to the tokenizer's vocabulary as the stages grow it.
 pub fn architecture(cfg: &Config) -> Result<(DecoderConfig, T1Tokenizer)> {
-    let m = super::common::model_section(cfg)?;
+    let m = crate::model::load::model_section(cfg)?;
     let (c, tok) = match (&m.path, &m.preset) {
         (Some(dir), _) => {
             let mut root = dir.clone();
@@ -487,7 +487,7 @@ pub fn architecture(cfg: &Config) -> Result<(DecoderConfig, T1Tokenizer)> {
             let c = DecoderConfig::from_hf_file(&root.join("config.json"))?;
             (c, T1Tokenizer::load(&dir.join("tokenizer.json"))?)
         }
-        (None, Some(name)) => super::common::preset_config(cfg, name)?,
+        (None, Some(name)) => crate::model::load::preset_config(cfg, name)?,
         (None, None) => {
             return Err(Error::Config {
                 location: cfg.source.display().to_string(),
@@ -507,9 +507,13 @@ pub fn for_config(cfg: &Config, stage: &str, arch: Option<&Path>, fused: bool) -
         None => own,
     };
     c.vocab_size = c.vocab_size.max(tok.vocab_size());
-    let spec = cfg.raw.lora.enabled.then(|| cfg.raw.lora.spec(&tok));
+    let spec = cfg
+        .raw
+        .lora
+        .enabled
+        .then(|| crate::model::LoraSpec::from_section(&cfg.raw.lora, &tok));
     let ds = crate::data::Dataset::load(&cfg.raw.data.dataset)?;
-    let m = super::common::model_section(cfg)?;
+    let m = crate::model::load::model_section(cfg)?;
     let (mut prompt, mut gold) = (1, 1);
     for q in ds.split_queries(&cfg.raw.data.train_split)? {
         let r = q.reasoning.as_deref().unwrap_or("");

@@ -19,8 +19,9 @@ use crate::config::Config;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::loss::sft_loss;
+use crate::model::load::model_section;
 use crate::model::{Decoder, T1Tokenizer};
-use crate::train::common::{Goal, StageSummary, Trainer, model_section};
+use crate::train::common::{Goal, StageSummary, Trainer};
 use crate::train::micro::StepPlan;
 
 /// One teacher-forced sequence: ids and how many of them are prompt.

@@ -14,6 +14,46 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `tests/fixtures/<rel>`.
+pub fn fixture_path(rel: &str) -> PathBuf {
+    root().join("tests/fixtures").join(rel)
+}
+
+/// The JSON fixture `tests/fixtures/<rel>`.
+pub fn json_fixture(rel: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture_path(rel)).unwrap()).unwrap()
+}
+
+/// A JSON array of numbers, as f32.
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// A tensor's values, as f32.
+pub fn to_vec<B: burn::tensor::backend::Backend, const D: usize>(
+    t: burn::tensor::Tensor<B, D>,
+) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+/// The largest |a − b| of two equally long slices.
+pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// A finished command's standard error, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// A stage config on the shipped data: the tiny preset, small views, `[train]` from `steps`,
 /// checkpoints every 4 steps, then `extra` TOML (more sections) appended.
 pub fn config(dir: &Path, out: &Path, name: &str, steps: u64, extra: &str) -> PathBuf {
@@ -60,9 +100,11 @@ tensorboard = false
     p
 }
 
+/// Runs the binary in the repository root.
 pub fn t1(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_t1-train"))
         .args(args)
+        .current_dir(root())
         .output()
         .unwrap()
 }
@@ -147,7 +189,7 @@ pub fn signal_when(args: &[&str], wait_for: &Path, signal: &str) -> (Option<i32>
 /// model the config `cfg` starts from (the seeded preset).
 pub fn assert_every_parameter_moved(cfg: &Path, trained: &Path, tol: f32) {
     let c = t1_train::config::Config::load(cfg, &[]).unwrap();
-    let initial = t1_train::train::common::load_backbone::<Flex>(&c, &Default::default())
+    let initial = t1_train::model::load::load_backbone::<Flex>(&c, &Default::default())
         .unwrap()
         .0;
     let trained = t1_train::model::load_hf::<Flex>(trained, &Default::default()).unwrap();

@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::index::DocIndex;
 use crate::model::Decoder;
 use crate::model::generate::Sampler;
-use crate::train::common::{Trainer, load_backbone, model_section};
+use crate::model::load::{load_backbone, model_section};
+use crate::train::common::Trainer;
 
 impl<'a, B: AutodiffBackend> Grpo<'a, B> {
     pub(super) fn setup(

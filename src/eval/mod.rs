@@ -21,6 +21,9 @@ use serde::Serialize;
 
 use crate::data::Qrels;
 use crate::error::{Error, Result};
+pub use crate::index::trec_order;
+
+pub mod dense;
 
 /// Retrieved documents per query: (doc id, score), in any order.
 pub type Run = BTreeMap<String, Vec<(String, f64)>>;
@@ -63,15 +66,6 @@ pub struct Report {
     pub num_queries: usize,
     pub mean: Metrics,
     pub per_query: BTreeMap<String, Metrics>,
-}
-
-/// Sorts a ranking the way trec_eval does: score descending, then doc id descending.
-pub fn trec_order(list: &mut [(String, f64)]) {
-    list.sort_by(|a, b| {
-        b.1.partial_cmp(&a.1)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then_with(|| b.0.as_bytes().cmp(a.0.as_bytes()))
-    });
 }
 
 /// Evaluates `run` against `qrels`; `excluded` maps a query id to documents removed from its ranking.
@@ -172,7 +166,7 @@ pub fn write_trec_run(path: &Path, run: &Run, tag: &str, depth: usize) -> Result
     let bytes = buf
         .into_inner()
         .map_err(|e| Error::io(path, e.into_error()))?;
-    crate::run::write_atomic(path, &bytes)
+    crate::fsio::write_atomic(path, &bytes)
 }
 
 /// Reads a TREC run file (6 whitespace-separated columns); the rank column is ignored, as trec_eval does.
