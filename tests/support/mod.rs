@@ -33,21 +33,9 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
         .collect()
 }
 
-/// A tensor's values, as f32.
-pub fn to_vec<B: burn::tensor::backend::Backend, const D: usize>(
-    t: burn::tensor::Tensor<B, D>,
-) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
-}
-
-/// The largest |a − b| of two equally long slices.
-pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
+// a tensor's values as f32, and the largest |a − b| of two slices: the backend checks' own
+#[allow(unused_imports)] // each test crate uses its own few
+pub use check::{max_abs_diff as max_abs, to_vec};
 
 /// A finished command's standard error, as text.
 pub fn stderr(o: &Output) -> String {
