@@ -1,26 +1,42 @@
 //! t1-train: teach an LLM backbone to reason before it retrieves.
 //!
-//! Data flows config → data → model → rollout → index → rewards → advantage → loss → optimizer →
-//! metrics; `commands` wires them for each CLI subcommand. See `DESIGN.md` (shared) and the README.
+//! Data flows config → data → model → rollout → index → rewards → advantage → loss → train →
+//! eval/metrics; `commands` wires them for each CLI subcommand. See `DESIGN.md` (shared) and the README.
 
-pub mod advantage;
-pub mod bm25;
-pub mod checkpoint;
+// In pipeline order, lowest layer first (scripts/import_layers.py checks that no module imports
+// one listed after its layer; README "Layout").
+
+// the ground floor: errors, atomic writes, checksums, metric sinks
 pub mod checksums;
-pub mod commands;
+pub mod error;
+pub mod fsio;
+pub mod metrics;
+
 pub mod config;
-pub mod curriculum;
+
 pub mod data;
 pub mod datagen;
-pub mod error;
-pub mod eval;
-pub mod fsio;
-pub mod index;
-pub mod loss;
-pub mod metrics;
+
 pub mod model;
+
 pub mod rollout;
+
+pub mod bm25;
+pub mod index;
+
+pub mod advantage;
+
+pub mod loss;
+
+// what training reports through
+pub mod checkpoint;
+pub mod eval;
 pub mod run;
+
 pub mod train;
+
+// the CLI's wiring
+pub mod commands;
+pub mod curriculum;
 
 pub use error::{Error, Result};
