@@ -225,6 +225,14 @@ enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+    /// Print the configuration reference (every section and key with its type, default and
+    /// doc, from the field docs in src/config/) as a markdown table.
+    ConfigReference {
+        /// Write it into this markdown file between its config-reference markers instead
+        /// (docs/configuration.md).
+        #[arg(long, value_name = "FILE")]
+        write: Option<PathBuf>,
+    },
 }
 
 /// The backend and, on the CPU backend, which kernels run (`T1_KERNELS`), as one line.
@@ -253,10 +261,26 @@ fn backend_line() -> Result<String, Error> {
 fn run(cli: Cli) -> Result<(), Error> {
     t1_train::run::install_interrupt_handler()?;
     let backend = backend_line()?;
-    if !matches!(cli.command, Command::Data { .. }) {
+    if !matches!(
+        cli.command,
+        Command::Data { .. } | Command::ConfigReference { .. }
+    ) {
         eprintln!("{backend}");
     }
     match cli.command {
+        Command::ConfigReference { write: None } => {
+            print!("{}", t1_train::config::reference_table())
+        }
+        Command::ConfigReference { write: Some(file) } => {
+            let doc = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+            let new =
+                t1_train::config::splice_reference(&doc).map_err(|message| Error::Config {
+                    location: file.display().to_string(),
+                    message,
+                })?;
+            t1_train::fsio::write_atomic(&file, new.as_bytes())?;
+            println!("{}: configuration reference written", file.display());
+        }
         Command::Data { dir } => {
             let summary = commands::data(&dir)?;
             println!("{}: ok", dir.display());

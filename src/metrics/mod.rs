@@ -244,7 +244,17 @@ fn fmt_num(v: f64) -> String {
 
 /// A progress bar with ETA; hidden when `mode` is `never`, or `auto` and stderr is no terminal.
 /// When a progress bar is drawn (`logging.progress`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ProgressMode {
     /// Only on a terminal.

@@ -1,0 +1,102 @@
+//! `[eval]`: the retriever, the query view and the run depth of `t1-train eval` and of the
+//! stages' periodic evaluation.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_inline_default::serde_inline_default;
+
+use super::Ctx;
+use crate::error::Result;
+
+#[serde_inline_default]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Split to evaluate with `t1-train eval`. Unset: the data section's `test_split`.
+    #[serde(default)]
+    pub split: Option<String>,
+    /// Retriever used by `t1-train eval`: `bm25` (the lexical baseline) or `dense` (the
+    /// `[model]`'s `<emb_token>` vectors, cosine).
+    #[serde(default)]
+    pub retriever: RetrieverKind,
+    /// What stands for the query: `bare` (the query alone), `gold_reasoning` (query + its gold
+    /// reasoning from `queries.jsonl`), `generated` (dense only: the model writes its own
+    /// reasoning, greedy: how T1 is used) or `latent` (dense only: K latent steps, `[latent]`).
+    #[serde(default)]
+    pub query_view: QueryView,
+    /// BM25 k1 (term-frequency saturation; Pyserini's default).
+    #[serde_inline_default(0.9)]
+    pub bm25_k1: f32,
+    /// BM25 b (length normalisation; Pyserini's default).
+    #[serde_inline_default(0.4)]
+    pub bm25_b: f32,
+    /// Documents kept per query in the TREC run file; must be ≥ 100 for Recall@100.
+    #[serde_inline_default(1000)]
+    pub depth: usize,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        toml::from_str("").expect("every eval field has a default")
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RetrieverKind {
+    /// Okapi BM25 over whitespace/punctuation tokens (lower-cased).
+    #[default]
+    Bm25,
+    /// The `[model]`: cosine between `<emb_token>` states of the query and document views.
+    Dense,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryView {
+    /// The query text alone.
+    #[default]
+    Bare,
+    /// The query followed by its gold reasoning (an upper bound for what reasoning can add).
+    GoldReasoning,
+    /// The model's own greedy reasoning (dense retrieval only): how T1 is used at query time.
+    Generated,
+    /// LaSER: K latent steps after the prompt, no decoding (dense retrieval only; `[latent]`).
+    Latent,
+}
+
+impl EvalSection {
+    pub(super) fn validate(&self, c: &Ctx) -> Result<()> {
+        if !(self.bm25_k1 >= 0.0 && self.bm25_k1.is_finite()) {
+            return Err(c.err("eval.bm25_k1", format!("must be ≥ 0, got {}", self.bm25_k1)));
+        }
+        if !(0.0..=1.0).contains(&self.bm25_b) {
+            return Err(c.err(
+                "eval.bm25_b",
+                format!("must be in [0, 1], got {}", self.bm25_b),
+            ));
+        }
+        if self.depth < 100 {
+            return Err(c.err(
+                "eval.depth",
+                format!("must be ≥ 100 so Recall@100 is exact, got {}", self.depth),
+            ));
+        }
+        if self.retriever == RetrieverKind::Bm25
+            && matches!(self.query_view, QueryView::Generated | QueryView::Latent)
+        {
+            return Err(c.err(
+                "eval.query_view",
+                format!(
+                    "`{}` needs a model: use it with retriever = \"dense\"",
+                    if self.query_view == QueryView::Latent {
+                        "latent"
+                    } else {
+                        "generated"
+                    }
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
