@@ -21,6 +21,7 @@ fn help_explains_every_subcommand() {
         "search",
         "generate",
         "data",
+        "config-reference",
     ];
     for s in subs {
         assert!(text.contains(s), "top-level help lacks {s}");
@@ -36,6 +37,48 @@ fn help_explains_every_subcommand() {
 fn bad_usage_exits_2() {
     assert_eq!(t1(&["stage1"]).status.code(), Some(2)); // missing --config
     assert_eq!(t1(&["no-such-command"]).status.code(), Some(2));
+}
+
+#[test]
+fn config_reference_prints_every_key_and_writes_between_markers() {
+    let o = t1(&["config-reference"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    for key in [
+        "`run.name`",
+        "`train.grad_accum`",
+        "`stage3.loss_type`",
+        "`lora.base_dtype`",
+    ] {
+        assert!(table.contains(key), "no {key} in\n{table}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // a file without the markers is refused (exit 2, naming it) and left as it was
+    let plain = dir.path().join("plain.md");
+    std::fs::write(&plain, "# no markers\n").unwrap();
+    let o = t1(&["config-reference", "--write", plain.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("plain.md"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&plain).unwrap(), "# no markers\n");
+    // docs/configuration.md's markers: the text around them is kept, the table replaced
+    let doc = std::fs::read_to_string(root().join("docs/configuration.md")).unwrap();
+    let begin = doc
+        .lines()
+        .find(|l| l.starts_with("<!-- config-reference:begin"))
+        .unwrap();
+    let stale = dir.path().join("stale.md");
+    std::fs::write(
+        &stale,
+        format!("intro\n{begin}\n| stale |\n<!-- config-reference:end -->\noutro\n"),
+    )
+    .unwrap();
+    let o = t1(&["config-reference", "--write", stale.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let new = std::fs::read_to_string(&stale).unwrap();
+    assert_eq!(
+        new,
+        format!("intro\n{begin}\n{table}<!-- config-reference:end -->\noutro\n")
+    );
 }
 
 fn write_config(dir: &Path, body: &str) -> PathBuf {
