@@ -35,12 +35,6 @@ pub struct EvalSection {
     pub depth: usize,
 }
 
-impl Default for EvalSection {
-    fn default() -> Self {
-        toml::from_str("").expect("every eval field has a default")
-    }
-}
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RetrieverKind {
@@ -67,15 +61,8 @@ pub enum QueryView {
 
 impl EvalSection {
     pub(super) fn validate(&self, c: &Ctx) -> Result<()> {
-        if !(self.bm25_k1 >= 0.0 && self.bm25_k1.is_finite()) {
-            return Err(c.err("eval.bm25_k1", format!("must be ≥ 0, got {}", self.bm25_k1)));
-        }
-        if !(0.0..=1.0).contains(&self.bm25_b) {
-            return Err(c.err(
-                "eval.bm25_b",
-                format!("must be in [0, 1], got {}", self.bm25_b),
-            ));
-        }
+        c.non_negative(&[("eval.bm25_k1", self.bm25_k1)])?;
+        c.unit(true, &[("eval.bm25_b", self.bm25_b)])?;
         if self.depth < 100 {
             return Err(c.err(
                 "eval.depth",

@@ -175,22 +175,18 @@ mod tests {
 
     #[test]
     fn relative_paths_resolve_against_the_config_folder() {
-        assert_eq!(
-            resolve(Path::new("configs"), Path::new("../runs")),
-            PathBuf::from("runs")
-        );
-        assert_eq!(
-            resolve(Path::new("/a/b"), Path::new("./c/../d")),
-            PathBuf::from("/a/b/d")
-        );
-        assert_eq!(
-            resolve(Path::new("x"), Path::new("/abs")),
-            PathBuf::from("/abs")
-        );
-        assert_eq!(
-            resolve(Path::new(""), Path::new("../up")),
-            PathBuf::from("../up")
-        );
+        for (base, p, want) in [
+            ("configs", "../runs", "runs"),
+            ("/a/b", "./c/../d", "/a/b/d"),
+            ("x", "/abs", "/abs"),
+            ("", "../up", "../up"),
+        ] {
+            assert_eq!(
+                resolve(Path::new(base), Path::new(p)),
+                PathBuf::from(want),
+                "{base} + {p}"
+            );
+        }
     }
 
     #[test]

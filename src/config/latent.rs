@@ -90,44 +90,25 @@ pub struct LatentSection {
     pub sft_weight: f64,
 }
 
-impl Default for LatentSection {
-    fn default() -> Self {
-        toml::from_str("").expect("every latent field has a default")
-    }
-}
-
 impl LatentSection {
-    pub fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
-
     pub(super) fn validate(&self, c: &Ctx) -> Result<()> {
         let l = self;
-        if l.steps == 0 {
-            return Err(c.err("latent.steps", "must be at least 1"));
-        }
-        for (key, v) in [
+        c.at_least(1, "", &[("latent.steps", l.steps as u64)])?;
+        c.positive(&[
             ("latent.soft_temperature", l.soft_temperature),
             ("latent.temperature", l.temperature),
             ("latent.teacher_temperature", l.teacher_temperature),
-        ] {
-            if !(v > 0.0 && v.is_finite()) {
-                return Err(c.err(key, format!("must be > 0, got {v}")));
-            }
-        }
-        for (key, v) in [
+        ])?;
+        c.non_negative(&[
             ("latent.explicit_weight", l.explicit_weight),
             ("latent.output_weight", l.output_weight),
             ("latent.trajectory_weight", l.trajectory_weight),
             ("latent.sft_weight", l.sft_weight),
-        ] {
-            if !(v >= 0.0 && v.is_finite()) {
-                return Err(c.err(key, format!("must be ≥ 0, got {v}")));
-            }
-        }
-        if l.group_size == 0 {
-            return Err(c.err("latent.group_size", "must be at least 1 (the positive)"));
-        }
-        Ok(())
+        ])?;
+        c.at_least(
+            1,
+            " (the positive)",
+            &[("latent.group_size", l.group_size as u64)],
+        )
     }
 }

@@ -26,17 +26,8 @@ pub struct LoggingSection {
     pub log_every: u64,
 }
 
-impl Default for LoggingSection {
-    fn default() -> Self {
-        toml::from_str("").expect("every logging field has a default")
-    }
-}
-
 impl LoggingSection {
     pub(super) fn validate(&self, c: &Ctx) -> Result<()> {
-        if self.log_every == 0 {
-            return Err(c.err("logging.log_every", "must be at least 1"));
-        }
-        Ok(())
+        c.at_least(1, "", &[("logging.log_every", self.log_every)])
     }
 }

@@ -128,34 +128,12 @@ pub struct LoraSection {
     pub base_dtype: BaseDType,
 }
 
-impl Default for LoraSection {
-    fn default() -> Self {
-        toml::from_str("").expect("every lora field has a default")
-    }
-}
-
 impl LoraSection {
-    pub fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
-
     pub(super) fn validate(&self, c: &Ctx) -> Result<()> {
         let l = self;
-        if l.rank == 0 {
-            return Err(c.err("lora.rank", "must be at least 1"));
-        }
-        if !(l.alpha.is_finite() && l.alpha > 0.0) {
-            return Err(c.err(
-                "lora.alpha",
-                format!("must be a finite number > 0, got {}", l.alpha),
-            ));
-        }
-        if !(l.dropout.is_finite() && (0.0..1.0).contains(&l.dropout)) {
-            return Err(c.err(
-                "lora.dropout",
-                format!("must be in [0, 1), got {}", l.dropout),
-            ));
-        }
+        c.at_least(1, "", &[("lora.rank", l.rank as u64)])?;
+        c.positive(&[("lora.alpha", l.alpha)])?;
+        c.unit(false, &[("lora.dropout", l.dropout)])?;
         if l.dropout > 0.0 {
             return Err(c.err(
                 "lora.dropout",

@@ -77,11 +77,11 @@ pub struct RawConfig {
     pub stage3: Stage3Section,
     /// LaSER latent reasoning (`t1-train latent`, `eval.query_view = "latent"`). Written to the
     /// resolved config only when it differs from the defaults.
-    #[serde(default, skip_serializing_if = "LatentSection::is_default")]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub latent: LatentSection,
     /// LoRA adapters instead of full fine-tuning (any stage). Written to the resolved config
     /// only when it differs from the defaults.
-    #[serde(default, skip_serializing_if = "LoraSection::is_default")]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub lora: LoraSection,
 }
 
@@ -210,10 +210,170 @@ impl Ctx<'_> {
     fn resolve(&self, p: &Path) -> PathBuf {
         resolve(self.base, p)
     }
+
+    /// Each count at least `min`, else "must be at least {min}{why}" at its key.
+    fn at_least(&self, min: u64, why: &str, counts: &[(&str, u64)]) -> Result<()> {
+        match counts.iter().find(|(_, n)| *n < min) {
+            Some((key, _)) => Err(self.err(key, format!("must be at least {min}{why}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Each value finite and > 0.
+    fn positive<T: Number>(&self, values: &[(&str, T)]) -> Result<()> {
+        self.finite_where(values, "> 0", |v| v > 0.0)
+    }
+
+    /// Each value finite and ≥ 0.
+    fn non_negative<T: Number>(&self, values: &[(&str, T)]) -> Result<()> {
+        self.finite_where(values, "≥ 0", |v| v >= 0.0)
+    }
+
+    /// Each value in `[0, 1)` (`closed`: `[0, 1]`).
+    fn unit<T: Number>(&self, closed: bool, values: &[(&str, T)]) -> Result<()> {
+        let range = if closed { "[0, 1]" } else { "[0, 1)" };
+        let inside = |v: f64| v >= 0.0 && if closed { v <= 1.0 } else { v < 1.0 };
+        match values.iter().find(|(_, v)| !inside((*v).into())) {
+            Some((key, v)) => Err(self.err(key, format!("must be in {range}, got {v}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn finite_where<T: Number>(
+        &self,
+        values: &[(&str, T)],
+        what: &str,
+        ok: fn(f64) -> bool,
+    ) -> Result<()> {
+        let bad = |v: f64| !(v.is_finite() && ok(v));
+        match values.iter().find(|(_, v)| bad((*v).into())) {
+            Some((key, v)) => Err(self.err(key, format!("must be {what} and finite, got {v}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A float knob, printed as written in an error (an f32 is not widened first).
+trait Number: Copy + Into<f64> + std::fmt::Display {}
+impl Number for f32 {}
+impl Number for f64 {}
+
+/// `Default` for sections whose every field has a serde default: the section read from an
+/// empty table, so the defaults are written once, on the fields.
+macro_rules! default_from_empty_table {
+    ($($section:ty),+) => {$(
+        impl Default for $section {
+            fn default() -> Self {
+                toml::from_str("").expect(concat!("every field of ", stringify!($section), " has a default"))
+            }
+        }
+    )+};
+}
+
+default_from_empty_table!(
+    LoggingSection,
+    EvalSection,
+    TrainSection,
+    Stage2Section,
+    Stage3Section,
+    LatentSection,
+    LoraSection
+);
+
+/// A section left out of the resolved config while it holds its defaults.
+fn is_default<T: Default + PartialEq>(section: &T) -> bool {
+    *section == T::default()
 }
 
 /// For `#[schemars(skip_serializing_if = "never")]`: a field left out of the resolved config at
 /// its default (to keep older config hashes) still shows that default in the reference table.
 fn never<T>(_: &T) -> bool {
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded default's data and `extra`, validated as if read from configs/.
+    fn check(extra: &str) -> Result<Config> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = format!(
+            "[run]\nname = \"t\"\n[data]\ndataset = \"../curricula/default/data\"\n{extra}"
+        );
+        let raw: RawConfig = toml::from_str(&text).expect("parses");
+        raw.validate(&root.join("configs/x.toml"))
+    }
+
+    #[test]
+    fn every_float_knob_refuses_non_finite_values_naming_its_key() {
+        assert!(check("").is_ok());
+        let knobs = [
+            "eval.bm25_k1",
+            "eval.bm25_b",
+            "train.lr",
+            "train.min_lr_ratio",
+            "train.weight_decay",
+            "train.beta1",
+            "train.beta2",
+            "train.eps",
+            "train.max_grad_norm",
+            "stage2.temperature",
+            "stage2.sft_weight",
+            "stage3.epsilon",
+            "stage3.epsilon_high",
+            "stage3.beta",
+            "stage3.temperature",
+            "stage3.top_p",
+            "stage3.aux_infonce_weight",
+            "stage3.aux_infonce_temperature",
+            "latent.soft_temperature",
+            "latent.temperature",
+            "latent.teacher_temperature",
+            "latent.explicit_weight",
+            "latent.output_weight",
+            "latent.trajectory_weight",
+            "latent.sft_weight",
+            "lora.alpha",
+            "lora.dropout",
+        ];
+        for knob in knobs {
+            let (section, key) = knob.split_once('.').unwrap();
+            for bad in ["nan", "inf", "-inf", "-1.0"] {
+                let e = match check(&format!("[{section}]\n{key} = {bad}\n")) {
+                    Ok(_) => panic!("{knob} = {bad} accepted"),
+                    Err(e) => e.to_string(),
+                };
+                assert!(e.contains(&format!("'{knob}'")), "{knob} = {bad}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn counts_below_their_minimum_are_refused_naming_the_key() {
+        for (knob, min) in [
+            ("train.batch_size", 1),
+            ("train.grad_accum", 1),
+            ("logging.log_every", 1),
+            ("stage2.group_size", 1),
+            ("stage3.group_size", 2),
+            ("stage3.iterations", 1),
+            ("latent.steps", 1),
+            ("lora.rank", 1),
+        ] {
+            let (section, key) = knob.split_once('.').unwrap();
+            let e = check(&format!("[{section}]\n{key} = {}\n", min - 1))
+                .err()
+                .unwrap_or_else(|| panic!("{knob} = {} accepted", min - 1))
+                .to_string();
+            assert!(
+                e.contains(&format!("'{knob}'")) && e.contains(&format!("at least {min}")),
+                "{e}"
+            );
+            assert!(
+                check(&format!("[{section}]\n{key} = {min}\n")).is_ok(),
+                "{knob} = {min} refused"
+            );
+        }
+    }
 }

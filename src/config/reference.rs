@@ -225,36 +225,31 @@ mod tests {
                 .unwrap_or_else(|| panic!("no row for {key} in\n{t}"))
                 .to_string()
         };
-        assert!(
-            row("run.name").contains("| required |"),
-            "{}",
-            row("run.name")
-        );
-        assert!(
-            row("train.lr").contains("| float | 0.001 |"),
-            "{}",
-            row("train.lr")
-        );
-        // f32 defaults as written, not widened to f64
-        assert!(
-            row("train.beta2").contains("| float | 0.999 |"),
-            "{}",
-            row("train.beta2")
-        );
-        assert!(
-            row("train.eps").contains("| float | 1e-8 |"),
-            "{}",
-            row("train.eps")
-        );
-        assert!(row("train.schedule").contains("`cosine`, `linear`, `constant` | `cosine` |"));
-        assert!(row("stage3.loss_type").contains("| `dapo` |"));
-        // left out of the resolved config at its default, still shown here
-        assert!(row("train.max_nonfinite_steps").contains("| integer | 3 |"));
-        assert!(row("lora.base_dtype").contains("| `f32` |"));
-        assert!(row("lora.target_modules").contains("`q_proj`, `k_proj`"));
-        assert!(row("model.path").contains("| unset |"));
-        assert!(row("eval.bm25_k1").contains("Pyserini"));
-        assert!(row("stage3.rewards").contains("ndcg"));
+        for (key, cell) in [
+            ("run.name", "| required |"),
+            ("train.lr", "| float | 0.001 |"),
+            // f32 defaults as written, not widened to f64
+            ("train.beta2", "| float | 0.999 |"),
+            ("train.eps", "| float | 1e-8 |"),
+            (
+                "train.schedule",
+                "`cosine`, `linear`, `constant` | `cosine` |",
+            ),
+            ("stage3.loss_type", "| `dapo` |"),
+            // left out of the resolved config at its default, still shown here
+            ("train.max_nonfinite_steps", "| integer | 3 |"),
+            ("lora.base_dtype", "| `f32` |"),
+            ("lora.target_modules", "`q_proj`, `k_proj`"),
+            ("model.path", "| unset |"),
+            ("eval.bm25_k1", "Pyserini"),
+            ("stage3.rewards", "ndcg"),
+        ] {
+            assert!(
+                row(key).contains(cell),
+                "{key}: no {cell:?} in {}",
+                row(key)
+            );
+        }
         // the ten sections of RawConfig
         let sections = t.lines().filter(|l| l.starts_with("| **`[")).count();
         assert_eq!(sections, 10);

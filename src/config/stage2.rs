@@ -36,29 +36,14 @@ pub struct Stage2Section {
     pub mine_skip: usize,
 }
 
-impl Default for Stage2Section {
-    fn default() -> Self {
-        toml::from_str("").expect("every stage2 field has a default")
-    }
-}
-
 impl Stage2Section {
     pub(super) fn validate(&self, c: &Ctx) -> Result<()> {
-        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return Err(c.err(
-                "stage2.temperature",
-                format!("must be > 0, got {}", self.temperature),
-            ));
-        }
-        if self.group_size == 0 {
-            return Err(c.err("stage2.group_size", "must be at least 1 (the positive)"));
-        }
-        if !(self.sft_weight >= 0.0 && self.sft_weight.is_finite()) {
-            return Err(c.err(
-                "stage2.sft_weight",
-                format!("must be ≥ 0 and finite, got {}", self.sft_weight),
-            ));
-        }
-        Ok(())
+        c.positive(&[("stage2.temperature", self.temperature)])?;
+        c.at_least(
+            1,
+            " (the positive)",
+            &[("stage2.group_size", self.group_size as u64)],
+        )?;
+        c.non_negative(&[("stage2.sft_weight", self.sft_weight)])
     }
 }

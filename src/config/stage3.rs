@@ -121,45 +121,19 @@ pub struct Stage3Section {
     pub rewards: Vec<t1_rewards::RewardSpec>,
 }
 
-impl Default for Stage3Section {
-    fn default() -> Self {
-        toml::from_str("").expect("every stage3 field has a default")
-    }
-}
-
 impl Stage3Section {
     /// Ranges checked, the index path resolved, each reward resolved and built once.
     pub(super) fn validate(&mut self, c: &Ctx) -> Result<()> {
         let s3 = self;
-        if s3.group_size < 2 {
-            return Err(c.err(
-                "stage3.group_size",
-                "must be at least 2 (advantages are group-relative)",
-            ));
+        let group = " (advantages are group-relative)";
+        c.at_least(2, group, &[("stage3.group_size", s3.group_size as u64)])?;
+        c.at_least(1, "", &[("stage3.iterations", s3.iterations as u64)])?;
+        c.non_negative(&[("stage3.aux_infonce_weight", s3.aux_infonce_weight)])?;
+        if let Some(t) = s3.aux_infonce_temperature {
+            c.positive(&[("stage3.aux_infonce_temperature", t)])?;
         }
-        if s3.iterations == 0 {
-            return Err(c.err("stage3.iterations", "must be at least 1"));
-        }
-        if !(s3.aux_infonce_weight >= 0.0 && s3.aux_infonce_weight.is_finite()) {
-            return Err(c.err(
-                "stage3.aux_infonce_weight",
-                format!("must be ≥ 0 and finite, got {}", s3.aux_infonce_weight),
-            ));
-        }
-        if let Some(t) = s3
-            .aux_infonce_temperature
-            .filter(|t| !(*t > 0.0 && t.is_finite()))
-        {
-            return Err(c.err(
-                "stage3.aux_infonce_temperature",
-                format!("must be > 0, got {t}"),
-            ));
-        }
-        if let Some(eh) = s3.epsilon_high.filter(|e| !(*e >= 0.0 && e.is_finite())) {
-            return Err(c.err(
-                "stage3.epsilon_high",
-                format!("must be ≥ 0 and finite, got {eh}"),
-            ));
+        if let Some(eh) = s3.epsilon_high {
+            c.non_negative(&[("stage3.epsilon_high", eh)])?;
         }
         let eh = s3.epsilon_high.unwrap_or(s3.epsilon);
         if !(0.0..1.0).contains(&s3.epsilon) {
@@ -171,18 +145,8 @@ impl Stage3Section {
                 ),
             ));
         }
-        if !(s3.beta >= 0.0 && s3.beta.is_finite()) {
-            return Err(c.err(
-                "stage3.beta",
-                format!("must be ≥ 0 and finite, got {}", s3.beta),
-            ));
-        }
-        if !(s3.temperature > 0.0 && s3.temperature.is_finite()) {
-            return Err(c.err(
-                "stage3.temperature",
-                format!("must be > 0 and finite, got {}", s3.temperature),
-            ));
-        }
+        c.non_negative(&[("stage3.beta", s3.beta)])?;
+        c.positive(&[("stage3.temperature", s3.temperature)])?;
         if !(s3.top_p > 0.0 && s3.top_p <= 1.0) {
             return Err(c.err(
                 "stage3.top_p",

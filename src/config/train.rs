@@ -103,37 +103,23 @@ pub struct TrainSection {
     pub gradient_checkpointing: bool,
 }
 
-impl Default for TrainSection {
-    fn default() -> Self {
-        toml::from_str("").expect("every train field has a default")
-    }
-}
-
 impl TrainSection {
     pub(super) fn validate(&self, c: &Ctx) -> Result<()> {
         let t = self;
-        let positive = [
-            ("train.steps", t.steps as f64),
-            ("train.batch_size", t.batch_size as f64),
-            ("train.grad_accum", t.grad_accum as f64),
-            ("train.save_every", t.save_every as f64),
-            ("train.keep_checkpoints", t.keep_checkpoints as f64),
-            ("train.eval_batch_size", t.eval_batch_size as f64),
-        ];
-        for (key, v) in positive {
-            if v < 1.0 {
-                return Err(c.err(key, "must be at least 1"));
-            }
-        }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            return Err(c.err("train.lr", format!("must be > 0, got {}", t.lr)));
-        }
-        if !(0.0..=1.0).contains(&t.min_lr_ratio) {
-            return Err(c.err(
-                "train.min_lr_ratio",
-                format!("must be in [0, 1], got {}", t.min_lr_ratio),
-            ));
-        }
+        c.at_least(
+            1,
+            "",
+            &[
+                ("train.steps", t.steps as u64),
+                ("train.batch_size", t.batch_size as u64),
+                ("train.grad_accum", t.grad_accum as u64),
+                ("train.save_every", t.save_every as u64),
+                ("train.keep_checkpoints", t.keep_checkpoints as u64),
+                ("train.eval_batch_size", t.eval_batch_size as u64),
+            ],
+        )?;
+        c.positive(&[("train.lr", t.lr)])?;
+        c.unit(true, &[("train.min_lr_ratio", t.min_lr_ratio)])?;
         if t.warmup_steps > t.steps {
             return Err(c.err(
                 "train.warmup_steps",
@@ -143,25 +129,9 @@ impl TrainSection {
                 ),
             ));
         }
-        for (key, b) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
-            if !(0.0..1.0).contains(&b) {
-                return Err(c.err(key, format!("must be in [0, 1), got {b}")));
-            }
-        }
-        if !(t.eps > 0.0 && t.eps.is_finite()) {
-            return Err(c.err(
-                "train.eps",
-                format!("must be > 0 and finite, got {}", t.eps),
-            ));
-        }
-        for (key, v) in [
-            ("train.weight_decay", t.weight_decay as f64),
-            ("train.max_grad_norm", t.max_grad_norm),
-        ] {
-            if !(v >= 0.0 && v.is_finite()) {
-                return Err(c.err(key, format!("must be ≥ 0 and finite, got {v}")));
-            }
-        }
-        Ok(())
+        c.unit(false, &[("train.beta1", t.beta1), ("train.beta2", t.beta2)])?;
+        c.positive(&[("train.eps", t.eps)])?;
+        c.non_negative(&[("train.weight_decay", t.weight_decay)])?;
+        c.non_negative(&[("train.max_grad_norm", t.max_grad_norm)])
     }
 }
