@@ -5,7 +5,7 @@ advantage -> loss -> train -> eval/metrics/checkpoint; nothing below `train` imp
 
 The layers, lowest first. A module may import its own layer and any lower one. The metric sinks
 (TensorBoard, JSONL, console, progress bars) need nothing but files, so they sit on the ground
-floor with atomic writes and checksums; eval, checkpoint and the run folder are what `train`
+floor with atomic writes and checksums; eval and the run folder (with its checkpoints) are what `train`
 reports through: they sit under `train` (it uses them) and never import it. `rewards` is its own crate (no burn), so it has no layer here.
 
     python3 scripts/import_layers.py          # prints the edges, exit 1 on an upward one
@@ -15,15 +15,15 @@ import pathlib, re, sys
 LAYERS = [
     ["error", "fsio", "checksums", "metrics"],
     ["config"],
-    ["data", "datagen"],
+    ["data"],
     ["model"],
     ["rollout"],
-    ["index", "bm25"],
+    ["index"],
     ["advantage"],
     ["loss"],
-    ["eval", "checkpoint", "run"],
+    ["eval", "run"],
     ["train"],
-    ["curriculum", "commands"],
+    ["commands"],
 ]
 LAYER = {m: i for i, ms in enumerate(LAYERS) for m in ms}
 root = pathlib.Path(__file__).resolve().parent.parent / "src"

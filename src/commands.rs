@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::bm25::Bm25;
 use crate::config::{Config, QueryView, RetrieverKind};
 use crate::data::{Dataset, Summary};
+use crate::index::bm25::Bm25;
 use crate::metrics::ProgressMode;
 use burn::tensor::backend::Backend;
 

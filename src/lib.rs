@@ -15,13 +15,11 @@ pub mod metrics;
 pub mod config;
 
 pub mod data;
-pub mod datagen;
 
 pub mod model;
 
 pub mod rollout;
 
-pub mod bm25;
 pub mod index;
 
 pub mod advantage;
@@ -29,7 +27,6 @@ pub mod advantage;
 pub mod loss;
 
 // what training reports through
-pub mod checkpoint;
 pub mod eval;
 pub mod run;
 
@@ -37,6 +34,5 @@ pub mod train;
 
 // the CLI's wiring
 pub mod commands;
-pub mod curriculum;
 
 pub use error::{Error, Result};

@@ -336,11 +336,13 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Stage3(a) => stage(StageKind::Stage3, &a)?,
         Command::Latent(a) => stage(StageKind::Latent, &a)?,
         Command::Curriculum { file, overrides } => {
-            let c = t1_train::curriculum::load(&file)?;
-            let report =
-                t1_train::curriculum::run::<Train>(&c, &overrides, &Default::default(), |line| {
-                    eprintln!("{line}")
-                })?;
+            let c = t1_train::train::curriculum::load(&file)?;
+            let report = t1_train::train::curriculum::run::<Train>(
+                &c,
+                &overrides,
+                &Default::default(),
+                |line| eprintln!("{line}"),
+            )?;
             println!("{}", report.markdown());
             println!(
                 "report: {}",

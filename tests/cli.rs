@@ -311,7 +311,8 @@ fn every_shipped_curriculum_resolves_every_stage() {
         if p.extension().is_none_or(|e| e != "toml") {
             continue;
         }
-        let c = t1_train::curriculum::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let c = t1_train::train::curriculum::load(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         // fetched data (assets/, git-ignored) may be absent: the shipped dataset stands in
         let fetched = !root().join("assets/coq-premises").exists()
             && c.stage.iter().any(|s| {
@@ -328,7 +329,7 @@ fn every_shipped_curriculum_resolves_every_stage() {
             vec![]
         };
         for i in 0..c.stage.len() {
-            let cfg = t1_train::curriculum::stage_config(&c, i, None, &extra)
+            let cfg = t1_train::train::curriculum::stage_config(&c, i, None, &extra)
                 .unwrap_or_else(|e| panic!("{} stage {i}: {e}", p.display()));
             // a stage's own `set` reaches its config
             for s in &c.stage[i].set {

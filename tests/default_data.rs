@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use t1_train::data::Dataset;
-use t1_train::datagen::{DEFAULT_SEED, DEFAULT_VOCAB, WorldSize, generate, train_tokenizer};
+use t1_train::data::datagen::{DEFAULT_SEED, DEFAULT_VOCAB, WorldSize, generate, train_tokenizer};
 
 fn shipped() -> PathBuf {
     support::root().join("curricula/default")
@@ -89,7 +89,9 @@ fn dev_and_test_chains_are_compositions_never_seen_whole_in_training() {
 fn answers_share_few_words_with_queries() {
     let ds = Dataset::load(&shipped().join("data")).unwrap();
     let words = |s: &str| -> BTreeSet<String> {
-        t1_train::bm25::terms(s).filter(|w| w.len() > 3).collect()
+        t1_train::index::bm25::terms(s)
+            .filter(|w| w.len() > 3)
+            .collect()
     };
     let mut overlaps: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for split in ["dev", "test"] {

@@ -92,7 +92,7 @@ proptest! {
         let p = dir.path().join("fuzzed.toml");
         std::fs::write(&p, mutate(bytes, &e)).unwrap();
         if orig.parent().unwrap().ends_with("curricula") {
-            let _ = t1_train::curriculum::load(&p);
+            let _ = t1_train::train::curriculum::load(&p);
         } else {
             let _ = Config::load(&p, &[]);
         }

@@ -1,12 +1,12 @@
 //! Regenerates the embedded default dataset and its tokenizer (deterministic).
 //!
 //! `cargo run --bin make-default-data` writes `curricula/default/data/` (BEIR layout + reasoning)
-//! and `curricula/default/tokenizer.json`. See `src/datagen.rs` for what the data tests.
+//! and `curricula/default/tokenizer.json`. See `src/data/datagen.rs` for what the data tests.
 
 use std::path::PathBuf;
 
 use clap::Parser;
-use t1_train::datagen::{WorldSize, generate, train_tokenizer};
+use t1_train::data::datagen::{WorldSize, generate, train_tokenizer};
 
 #[derive(Parser)]
 #[command(about = "Regenerate the embedded default dataset and tokenizer (deterministic)")]
@@ -15,10 +15,10 @@ struct Args {
     #[arg(long, default_value = "curricula/default")]
     out: PathBuf,
     /// Seed of the world.
-    #[arg(long, default_value_t = t1_train::datagen::DEFAULT_SEED)]
+    #[arg(long, default_value_t = t1_train::data::datagen::DEFAULT_SEED)]
     seed: u64,
     /// Tokenizer vocabulary size (special tokens included).
-    #[arg(long, default_value_t = t1_train::datagen::DEFAULT_VOCAB)]
+    #[arg(long, default_value_t = t1_train::data::datagen::DEFAULT_VOCAB)]
     vocab: usize,
 }
 

@@ -2,6 +2,7 @@
 //! `t1-train data DIR` prints. Tokenised views live with the model.
 
 mod beir;
+pub mod datagen;
 mod summary;
 
 pub use beir::{Corpus, Dataset, Qrels, Query, load_corpus, load_qrels, load_queries};

@@ -17,7 +17,6 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::{self, Best, RngState, TrainState};
 use crate::config::{Config, QueryView};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -29,6 +28,7 @@ use crate::model::load::{
 use crate::model::peft::{Adapter, save_model};
 use crate::model::{Decoder, T1Tokenizer};
 use crate::run::RunDir;
+use crate::run::checkpoint::{self, Best, RngState, TrainState};
 use crate::train::micro::MicroBatch;
 use crate::train::optim::{AdamW, adamw, clip_global_norm, lr_at};
 

@@ -2,6 +2,7 @@
 
 pub mod common;
 pub mod contrastive;
+pub mod curriculum;
 pub mod grpo;
 pub mod latent;
 pub mod micro;

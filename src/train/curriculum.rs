@@ -112,7 +112,7 @@ pub enum StageStatus {
     Fresh,
     Resumed,
     /// Its last checkpoint reached `train.steps`: nothing is loaded, its state says how it ended.
-    AlreadyDone(crate::checkpoint::TrainState),
+    AlreadyDone(crate::run::checkpoint::TrainState),
 }
 
 /// Reads and checks a curriculum file: known fields, at least one stage, stage configs exist.
@@ -181,12 +181,12 @@ pub fn stage_config(
 
 /// Whether a stage's run folder is empty, part-way, or complete under this config.
 pub fn stage_status(cfg: &Config) -> Result<StageStatus> {
-    let Some(dir) = crate::checkpoint::latest(&cfg.run_dir)? else {
+    let Some(dir) = crate::run::checkpoint::latest(&cfg.run_dir)? else {
         return Ok(StageStatus::Fresh);
     };
     let path = dir.join("state.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let state: crate::checkpoint::TrainState = serde_json::from_str(&text)
+    let state: crate::run::checkpoint::TrainState = serde_json::from_str(&text)
         .map_err(|e| Error::data(&path, e.line(), None, format!("malformed train state: {e}")))?;
     if state.config_hash != config_hash(cfg)? {
         return Err(Error::Config {

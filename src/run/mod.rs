@@ -11,6 +11,9 @@
 //!
 //! Ctrl-C / SIGTERM set a flag that loops poll between steps ([`interrupted`]): the loop then
 //! saves, flushes its sinks and returns [`crate::Error::Interrupted`]. A second Ctrl-C exits at once.
+//! [`checkpoint`] writes and verifies what `checkpoints/` holds.
+
+pub mod checkpoint;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

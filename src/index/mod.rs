@@ -1,6 +1,9 @@
 //! Dense document index (DESIGN §4): the corpus encoded with the document view, one unit vector
 //! per document `[N, d]` on the compute device; exact top-k and gold-document ranks by one
 //! matmul per query batch. Built without autodiff (pass the inner model, `model.valid()`).
+//! [`bm25`] is the lexical retriever beside it (Pyserini's scoring), for the BM25 baselines.
+
+pub mod bm25;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
