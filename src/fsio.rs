@@ -31,6 +31,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Puts the finished folder `tmp` in place of `dir` (removing an old `dir` first), the last step
+/// of writing a model or checkpoint folder into a temp folder beside it.
+pub fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(tmp, dir).map_err(|e| Error::io(dir, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,5 +52,23 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn replace_dir_swaps_the_whole_folder_in() {
+        let root = tempfile::tempdir().unwrap();
+        let (tmp, dir) = (root.path().join(".x.tmp"), root.path().join("x"));
+        for d in [&tmp, &dir] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(dir.join("old.txt"), "old").unwrap();
+        std::fs::write(tmp.join("new.txt"), "new").unwrap();
+        replace_dir(&tmp, &dir).unwrap();
+        assert!(!tmp.exists() && !dir.join("old.txt").exists());
+        assert_eq!(std::fs::read_to_string(dir.join("new.txt")).unwrap(), "new");
+        // into a folder that is not there yet
+        std::fs::create_dir(&tmp).unwrap();
+        replace_dir(&tmp, &root.path().join("y")).unwrap();
+        assert!(root.path().join("y").is_dir() && !tmp.exists());
     }
 }

@@ -121,10 +121,7 @@ pub fn lora_adapter<B: Backend>(
             save_hf(base, &tmp)?;
             tok.save(&tmp.join("tokenizer.json"))?;
             crate::checksums::write(&tmp)?;
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            }
-            std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))
+            crate::fsio::replace_dir(&tmp, &dir)
         })();
         if let Err(e) = written {
             let _ = std::fs::remove_dir_all(&tmp);

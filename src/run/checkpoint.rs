@@ -208,13 +208,8 @@ pub fn save<B: Backend, V: Record<B>>(
     let root = root(run_dir);
     let name = format!("step-{:06}", state.step);
     let tmp = root.join(format!(".tmp-{name}"));
-    let written = write_folder(&tmp, model, adapter, tokenizer, optimizer, state).and_then(|()| {
-        let dest = root.join(&name);
-        if dest.exists() {
-            std::fs::remove_dir_all(&dest).map_err(|e| Error::io(&dest, e))?;
-        }
-        std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))
-    });
+    let written = write_folder(&tmp, model, adapter, tokenizer, optimizer, state)
+        .and_then(|()| crate::fsio::replace_dir(&tmp, &root.join(&name)));
     if let Err(e) = written {
         // free what the half-written folder holds (a full disk is the usual cause)
         let _ = std::fs::remove_dir_all(&tmp);
