@@ -10,7 +10,7 @@
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{Bool, Distribution, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::config::{DecoderConfig, Family};
 use super::lora::{Lora, Target, TokenRows};
@@ -84,6 +84,27 @@ pub struct Decoder<B: Backend> {
     pub recompute: Option<super::recompute::Recompute>,
 }
 
+/// [`DecoderConfig::init_seeded`]'s second pass: each parameter init drew from
+/// normal(0, `initializer_range`) (the weights, biases and embeddings) drawn again from `rng`;
+/// those init set to ones (the norms' scales) kept.
+struct Redraw {
+    rng: rand_flex::rngs::StdRng,
+    normal: Distribution,
+}
+
+impl<B: Backend> burn::module::ModuleMapper<B> for Redraw {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.map(|t| {
+            let values = t.to_data().to_vec::<f32>().unwrap_or_default();
+            if values.iter().all(|v| *v == 1.0) {
+                return t;
+            }
+            let data = TensorData::random::<f32, _, _>(t.shape(), self.normal, &mut self.rng);
+            Tensor::from_data(data, &t.device())
+        })
+    }
+}
+
 fn linear<B: Backend>(
     c: &DecoderConfig,
     d_in: usize,
@@ -118,24 +139,27 @@ impl DecoderConfig {
         use burn::backend::Flex;
         use burn::module::Module;
         use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
-        // burn-flex's random stream is one per process: seed and draw under one lock, so two
-        // models made at once on other threads cannot interleave their draws
-        static DRAW: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
-        let guard = DRAW
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        use rand_flex::SeedableRng;
         let cpu = Default::default();
+        // burn-flex's random stream is one per process, so a draw on another thread (another
+        // model, a test's random tensor) could land between this model's draws. The shapes
+        // come from init; every random parameter is then drawn again, in module order, from a
+        // private copy of the generator burn-flex seeds (rand 0.10's StdRng): the same values
+        // as seeding burn-flex and drawing alone, whatever other threads draw.
         Flex::seed(&cpu, seed);
-        let drawn = self.init::<Flex>(&cpu);
-        // burn's backend-independent record format, in memory (the parameters are drawn here)
+        let mut redraw = Redraw {
+            rng: rand_flex::rngs::StdRng::seed_from_u64(seed),
+            normal: Distribution::Normal(0.0, self.initializer_range),
+        };
+        let drawn = self.init::<Flex>(&cpu).map(&mut redraw);
+        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+        // burn's backend-independent record format, in memory
         let moved = |e: burn::record::RecorderError| {
             crate::error::Error::Runtime(format!(
                 "cannot move the initial weights to the device: {e}"
             ))
         };
         let bytes = Recorder::<Flex>::record(&recorder, drawn.into_record(), ()).map_err(moved)?;
-        drop(guard);
         let record = Recorder::<B>::load(&recorder, bytes, device).map_err(moved)?;
         Ok(self.init::<B>(device).load_record(record))
     }
@@ -847,5 +871,52 @@ impl<B: Backend> Decoder<B> {
         }
         self.config.vocab_size = new_vocab;
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// burn-flex has one random stream per process: a test (or anything) drawing on another
+    /// thread while a preset is drawn must not change the preset's weights.
+    #[test]
+    fn init_seeded_is_the_same_while_other_threads_draw() {
+        let c = DecoderConfig::tiny(64);
+        // every parameter's values in module order (a record would also hold the random ids)
+        struct Values(Vec<f32>);
+        impl burn::module::ModuleVisitor<Flex> for Values {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Flex, D>>) {
+                self.0
+                    .extend(param.val().into_data().to_vec::<f32>().unwrap());
+            }
+        }
+        let bytes = |m: Decoder<Flex>| {
+            let mut v = Values(Vec::new());
+            m.visit(&mut v);
+            v.0
+        };
+        let dev = Default::default();
+        let want = bytes(c.init_seeded::<Flex>(5, &dev).unwrap());
+        let stop = AtomicBool::new(false);
+        let same: Vec<bool> = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Tensor::<Flex, 1>::random([16], Distribution::Default, &dev);
+                    let _ = t.into_data();
+                }
+            });
+            let same = (0..20)
+                .map(|_| bytes(c.init_seeded::<Flex>(5, &dev).unwrap()) == want)
+                .collect();
+            stop.store(true, Ordering::Relaxed);
+            same
+        });
+        assert!(
+            same.iter().all(|s| *s),
+            "draws that matched the seed's: {same:?}"
+        );
     }
 }
