@@ -145,7 +145,9 @@ impl DecoderConfig {
         // model, a test's random tensor) could land between this model's draws. The shapes
         // come from init; every random parameter is then drawn again, in module order, from a
         // private copy of the generator burn-flex seeds (rand 0.10's StdRng): the same values
-        // as seeding burn-flex and drawing alone, whatever other threads draw.
+        // as seeding burn-flex and drawing alone, whatever other threads draw. burn-flex is still
+        // seeded: Redraw reads each parameter (to keep the norms' ones), which draws it from the
+        // shared stream as before, so that stream is left where the old code left it.
         Flex::seed(&cpu, seed);
         let mut redraw = Redraw {
             rng: rand_flex::rngs::StdRng::seed_from_u64(seed),
