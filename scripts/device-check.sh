@@ -37,6 +37,12 @@ for line in open(sys.argv[1]):
   cp "$exe" .device/backbone
   strip .device/backbone 2>/dev/null || true
   ls -l .device/backbone
+  if [ "${T1_DEVICE_MULTI:-0}" = 1 ]; then
+    # the CLI too, for the multi-device line of `run` (a machine with two or more GPUs)
+    "${offline[@]}" cargo build --locked --offline --release --features cuda --bin t1-train
+    cp target/release/t1-train .device/t1-train
+    strip .device/t1-train 2>/dev/null || true
+  fi
   echo "built: carry .device, then on the GPU machine: bash scripts/device-check.sh run"
   ;;
 run)
@@ -56,6 +62,21 @@ run)
   if [ -n "${OUT:-}" ]; then log="$OUT/device-check.txt"; fi
   set -o pipefail
   timeout "${T1_DEVICE_CHECK_TIMEOUT:-290}" .device/backbone --device-check "$@" 2>&1 | tee "$log"
+  # multi-device line (T1_DEVICE_MULTI=1 builds .device/t1-train): stage 1 on the tiny preset,
+  # one worker × 2 micro-batches vs two workers (one GPU each, CUDA_VISIBLE_DEVICES per worker)
+  gpus=$(nvidia-smi --list-gpus | wc -l)
+  if [ -x .device/t1-train ] && [ "$gpus" -ge 2 ]; then
+    tmp=$(mktemp -d)
+    sed -e "s|^output_dir = .*|output_dir = \"$tmp\"|" -e "s|\.\./|$PWD/|g" configs/tiny-stage1.toml > "$tmp/s1.toml"
+    for w in 1 2; do
+      s=$(date +%s.%N)
+      .device/t1-train stage1 --config "$tmp/s1.toml" --set train.steps=50 --set train.grad_accum=$((3 - w)) \
+        --set "run.name=\"w$w\"" --workers "$w" > "$tmp/w$w.log" 2>&1 || { tail -5 "$tmp/w$w.log"; }
+      echo "multi-device: stage1 tiny, $w worker(s): $(python3 -c "import time; print(f'{time.time() - $s:.1f}')") s" | tee -a "$log"
+    done
+  else
+    echo "multi-device: skipped ($gpus GPU(s); .device/t1-train $( [ -x .device/t1-train ] && echo present || echo absent))" | tee -a "$log"
+  fi
   ;;
 *)
   sed -n '2,18p' "$0"

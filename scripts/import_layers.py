@@ -13,7 +13,7 @@ reports through: they sit under `train` (it uses them) and never import it. `rew
 import pathlib, re, sys
 
 LAYERS = [
-    ["error", "fsio", "checksums", "metrics"],
+    ["error", "fsio", "checksums", "metrics", "dist"],
     ["config"],
     ["data"],
     ["model"],

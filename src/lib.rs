@@ -6,8 +6,9 @@
 // In pipeline order, lowest layer first (scripts/import_layers.py checks that no module imports
 // one listed after its layer; README "Layout").
 
-// the ground floor: errors, atomic writes, checksums, metric sinks
+// the ground floor: errors, atomic writes, checksums, metric sinks, the workers of a run
 pub mod checksums;
+pub mod dist;
 pub mod error;
 pub mod fsio;
 pub mod metrics;

@@ -20,10 +20,33 @@ type Compute = burn::backend::Wgpu;
 /// The compute backend with autodiff, for the training stages.
 type Train = burn::backend::Autodiff<Compute>;
 
-/// `t1-train stage1|stage2|stage3|latent`: runs the stage and prints where it ended.
+/// `t1-train stage1|stage2|stage3|latent`: runs the stage and prints where it ended. With
+/// `--workers` / `--nodes` this process launches the workers (itself again, once per local
+/// device) and watches them; a worker (`T1_RANK` set) joins the others and runs its share.
 fn stage(kind: StageKind, a: &StageArgs) -> Result<(), Error> {
     let cfg = Config::load(&a.config, &a.overrides)?;
-    let s = kind.run::<Train>(&cfg, a.resume, &Default::default())?;
+    let device = Default::default();
+    if let Some(join) = t1_train::dist::Join::from_env()? {
+        let id = t1_train::train::common::config_hash(&cfg)?;
+        let world = t1_train::dist::init::<Compute>(&join, &device, &id)?;
+        let s = kind.run::<Train>(&cfg, a.resume, &device)?;
+        if world.is_main() {
+            report_stage(kind.name(), &s);
+        }
+        return Ok(());
+    }
+    let layout = a.dist.layout();
+    layout.check()?;
+    if layout.world_size() > 1 {
+        if kind != StageKind::Stage1 {
+            return Err(Error::Usage(t1_train::train::data_parallel_not_yet(
+                kind.name(),
+            )));
+        }
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        return t1_train::run::launch::run(&layout, &args);
+    }
+    let s = kind.run::<Train>(&cfg, a.resume, &device)?;
     report_stage(kind.name(), &s);
     Ok(())
 }
@@ -75,6 +98,50 @@ struct StageArgs {
     /// Override a config value, e.g. `--set run.seed=7 --set stage1.lr=1e-4` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    #[command(flatten)]
+    dist: DistArgs,
+}
+
+/// Data-parallel launch, as torchrun's: `--workers` processes on this machine (one per device),
+/// `--nodes` machines. Each worker takes its share of every step's batch (`train.batch_size ×
+/// train.grad_accum` examples per worker); rank 0 writes the run folder.
+#[derive(Args)]
+struct DistArgs {
+    /// Worker processes on this machine (one per device; torchrun's --nproc-per-node).
+    #[arg(long, env = "T1_WORKERS", default_value_t = 1, value_name = "N")]
+    workers: usize,
+    /// Machines taking part (torchrun's --nnodes).
+    #[arg(long, env = "T1_NODES", default_value_t = 1, value_name = "M")]
+    nodes: usize,
+    /// This machine's index among them, 0 on the coordinator's (torchrun's --node-rank).
+    #[arg(long, env = "T1_NODE_RANK", default_value_t = 0, value_name = "R")]
+    node_rank: usize,
+    /// Node rank 0's HOST:PORT, reachable from every machine (torchrun's --master-addr and
+    /// --master-port); 127.0.0.1:29500 on one machine. Each worker also listens on PORT + 1 + its
+    /// local index.
+    #[arg(long, env = "T1_COORDINATOR", value_name = "HOST:PORT")]
+    coordinator: Option<String>,
+    /// Seconds a worker waits for the others at an exchange before it stops with an error (a
+    /// worker that died or hangs).
+    #[arg(long, env = "T1_DIST_TIMEOUT", default_value_t = t1_train::run::launch::DEFAULT_TIMEOUT_S, value_name = "SECS")]
+    dist_timeout: u64,
+    /// The first port this machine's workers listen on, one each (default: the coordinator's
+    /// port + 1).
+    #[arg(long, value_name = "PORT")]
+    worker_port: Option<u16>,
+}
+
+impl DistArgs {
+    fn layout(&self) -> t1_train::run::launch::Layout {
+        t1_train::run::launch::Layout {
+            workers: self.workers,
+            nodes: self.nodes,
+            node_rank: self.node_rank,
+            coordinator: self.coordinator.clone(),
+            timeout_s: self.dist_timeout,
+            worker_port: self.worker_port,
+        }
+    }
 }
 
 /// `--config FILE`, `--set key=value`.
@@ -217,6 +284,10 @@ enum Command {
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
+        /// Plan for a GPU backend (burn's generic ops, half-precision matmuls without f32
+        /// copies) whatever backend this binary runs: to plan a CUDA run on a CPU machine.
+        #[arg(long)]
+        gpu: bool,
     },
     /// Validate a BEIR dataset folder (errors name file, line and field) and print a summary:
     /// queries, documents, judgments per split, length percentiles.
@@ -427,12 +498,14 @@ fn run(cli: Cli) -> Result<(), Error> {
             stage,
             arch,
             json,
+            gpu,
         } => {
             let cfg = Config::load(&a.config, &a.overrides)?;
             // the CPU kernels run on the CPU backend unless T1_KERNELS=generic forces them off
-            let fused = cfg!(not(any(feature = "cuda", feature = "wgpu")))
-                && t1_train::model::cpu::kernels() == t1_train::model::cpu::Kernels::Fused;
-            let p = t1_train::train::plan::for_config(&cfg, &stage, arch.as_deref(), fused)?;
+            let cpu = !gpu && cfg!(not(any(feature = "cuda", feature = "wgpu")));
+            let fused =
+                cpu && t1_train::model::cpu::kernels() == t1_train::model::cpu::Kernels::Fused;
+            let p = t1_train::train::plan::for_config(&cfg, &stage, arch.as_deref(), cpu, fused)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&p).expect("plain data"));
             } else {

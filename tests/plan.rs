@@ -110,6 +110,11 @@ fn predictions_are_within_20_percent_of_measured_peaks_on_the_tiny_preset() {
             STAGE3,
             &["train.gradient_checkpointing=true", "stage3.group_size=4"],
         ),
+        (
+            "stage3",
+            STAGE3,
+            &["lora.enabled=true", "lora.base_dtype=\"bf16\""],
+        ),
         ("stage1", "", &["train.batch_size=32"]),
         ("stage2", "", &["train.batch_size=16"]),
         ("latent", "", &["train.batch_size=16"]),
@@ -169,6 +174,27 @@ fn components_follow_the_options() {
     );
     let lora = plan_json(&cfg, "stage3", &["lora.enabled=true"]);
     assert_eq!(component(&lora, "reference"), 0.0);
+    // β = 0 with a frozen index: a --resume loads the starting model to encode it again, in a
+    // phase of its own; a refreshed index (or LoRA's base, or β > 0's reference) needs no copy
+    let has_resume_phase = |p: &serde_json::Value| {
+        p["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|ph| ph[0] == "resume index encode")
+    };
+    let frozen = plan_json(&cfg, "stage3", &["stage3.beta=0"]);
+    assert_eq!(component(&frozen, "resume_copy"), 4.0 * params);
+    assert!(has_resume_phase(&frozen));
+    for sets in [
+        &["stage3.beta=0", "stage3.refresh_every=2"][..],
+        &["stage3.beta=0", "lora.enabled=true"][..],
+        &[][..],
+    ] {
+        let p = plan_json(&cfg, "stage3", sets);
+        assert_eq!(component(&p, "resume_copy"), 0.0, "{sets:?}");
+        assert!(!has_resume_phase(&p), "{sets:?}");
+    }
     let trained = lora["trained"].as_f64().unwrap();
     assert!(trained < params / 5.0, "{trained} of {params}");
     assert_eq!(component(&lora, "moments"), 8.0 * trained);
@@ -210,9 +236,25 @@ fn components_follow_the_options() {
     let proj = u("num_hidden_layers") * (2.0 * d * q_w + 2.0 * d * kv_w + 3.0 * d * i);
     let saved = component(&f32_base, "weights") - component(&bf16_base, "weights");
     assert_eq!(saved, 2.0 * proj, "bf16 base: {saved} bytes saved");
+    // on a GPU backend (--gpu) a half base keeps the same activations; on the CPU one burn-flex's
+    // half matmul adds f32 copies of the widest projection: m·(6d + 6i) + 4·d·i bytes for the
+    // micro-batch's m tokens
+    let gpu_args: Vec<&str> = args.iter().copied().chain(["--gpu"]).collect();
+    let gpu = |sets: &[&str]| -> serde_json::Value {
+        serde_json::from_slice(&t1_ok(&gpu_args, sets).stdout).unwrap()
+    };
     assert_eq!(
-        component(&f32_base, "activations"),
-        component(&bf16_base, "activations")
+        component(&gpu(&["lora.enabled=true"]), "activations"),
+        component(
+            &gpu(&["lora.enabled=true", "lora.base_dtype=\"bf16\""]),
+            "activations"
+        )
+    );
+    let excess = component(&bf16_base, "activations") - component(&f32_base, "activations");
+    let m = (excess - 4.0 * d * i) / (6.0 * d + 6.0 * i);
+    assert!(
+        m >= 1.0 && m.fract() == 0.0,
+        "bf16 on the CPU: {excess} bytes more, m = {m}"
     );
     // a stage that does not exist is a usage error
     let o = t1(&[

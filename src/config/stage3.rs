@@ -122,6 +122,13 @@ pub struct Stage3Section {
 }
 
 impl Stage3Section {
+    /// Whether a stage 3 starting at `step` encodes its frozen index from the starting model:
+    /// the resume (step > 0) of a run with `refresh_every = 0` and no saved `index`. (A
+    /// refreshed index is encoded by the current policy; a saved one is read.)
+    pub fn resume_encodes_frozen_index(&self, step: u64) -> bool {
+        step > 0 && self.refresh_every == 0 && self.index.is_none()
+    }
+
     /// Ranges checked, the index path resolved, each reward resolved and built once.
     pub(super) fn validate(&mut self, c: &Ctx) -> Result<()> {
         let s3 = self;

@@ -112,7 +112,9 @@ pub fn lora_adapter<B: Backend>(
         });
     }
     let dir = run_root.join("base");
-    if fresh || !dir.join(crate::checksums::FILE).is_file() {
+    // rank 0 alone writes the run folder (the other workers name the same base/)
+    let main = crate::dist::world().is_main();
+    if main && (fresh || !dir.join(crate::checksums::FILE).is_file()) {
         let tmp = run_root.join(".base.tmp");
         let written = (|| {
             if tmp.exists() {

@@ -14,6 +14,7 @@
 //! [`checkpoint`] writes and verifies what `checkpoints/` holds.
 
 pub mod checkpoint;
+pub mod launch;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -115,6 +115,8 @@ pub struct Trainer<B: AutodiffBackend> {
     step_loss: f64,
     /// This loop polls for Ctrl-C / SIGTERM between steps (the handler then waits for it).
     _polling: crate::run::PollGuard,
+    /// Data-parallel: a worker saw Ctrl-C by the last step's exchange (all workers stop together).
+    interrupted_anywhere: bool,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -129,7 +131,13 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> Result<Self> {
         // the lock first: a second process on this folder is refused before anything is read
         // or written; config.resolved.toml only once the run is accepted
-        let run_dir = RunDir::lock(cfg)?;
+        // (with data-parallel workers, rank 0 alone locks and writes it; the others read it)
+        let world = crate::dist::world();
+        let run_dir = if world.is_main() {
+            RunDir::lock(cfg)?
+        } else {
+            RunDir::open(cfg.run_dir.clone())
+        };
         let hash = config_hash(cfg)?;
         let t = &cfg.raw.train;
         let mut optim = adamw((t.beta1, t.beta2), t.eps, t.weight_decay).init::<B, Decoder<B>>();
@@ -238,7 +246,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                             message,
                         }
                     })?;
-                model.with_base_dtype(dtype)?
+                let model = model.with_base_dtype(dtype)?;
+                // the f32 projections just freed would otherwise stay resident
+                crate::model::cpu::release_free_memory();
+                model
             }
             None => model,
         };
@@ -250,8 +261,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             stage,
             adapter.as_ref().map(|a| &a.spec),
         )?;
-        run_dir.write_resolved(cfg)?;
-        if resume {
+        if world.is_main() {
+            run_dir.write_resolved(cfg)?;
+        }
+        if resume && world.is_main() {
             // what was logged after the checkpoint is logged again by this run: once each
             crate::metrics::truncate_after(
                 &run_dir.metrics_path(),
@@ -260,9 +273,14 @@ impl<B: AutodiffBackend> Trainer<B> {
             )?;
         }
         let rng = state.rng.restore()?;
-        let bar = progress_bar(t.steps, stage, cfg.raw.logging.progress);
-        bar.set_position(state.step);
-        let sinks = Box::new(run_dir.sinks(&cfg.raw.logging, bar.clone())?);
+        let (bar, sinks): (ProgressBar, Box<dyn MetricsSink>) = if world.is_main() {
+            let bar = progress_bar(t.steps, stage, cfg.raw.logging.progress);
+            bar.set_position(state.step);
+            let sinks = Box::new(run_dir.sinks(&cfg.raw.logging, bar.clone())?);
+            (bar, sinks)
+        } else {
+            (ProgressBar::hidden(), Box::new(crate::metrics::NullSink))
+        };
         Ok(Trainer {
             cfg: cfg.clone(),
             stage,
@@ -283,6 +301,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             tokens: 0,
             step_loss: 0.0,
             _polling: crate::run::PollGuard::new(),
+            interrupted_anywhere: false,
         })
     }
 
@@ -345,6 +364,31 @@ impl<B: AutodiffBackend> Trainer<B> {
             r.clear();
         }
         let grads = self.accum.grads();
+        // data-parallel: the workers' gradients, losses and tokens summed, the stage's figures
+        // averaged, and a Ctrl-C on any worker seen by all (so every worker stops at the same step)
+        let world = crate::dist::world();
+        let mut extra = vec![
+            self.step_loss as f32,
+            self.tokens as f32,
+            crate::run::interrupted() as u8 as f32,
+        ];
+        extra.extend(scalars.iter().map(|(_, v)| *v as f32));
+        let (grads, extra) =
+            world.all_reduce_grads(self.state.step, &self.model, grads, extra, &self.device)?;
+        let scalars: Vec<(&str, f64)> = if world.is_distributed() {
+            self.step_loss = extra[0] as f64;
+            self.tokens = extra[1] as usize;
+            self.interrupted_anywhere = extra[2] > 0.0;
+            let n = world.size as f64;
+            scalars
+                .iter()
+                .zip(&extra[3..])
+                .map(|((k, _), v)| (*k, *v as f64 / n))
+                .collect()
+        } else {
+            scalars.to_vec()
+        };
+        let scalars = scalars.as_slice();
         let max = (t.max_grad_norm > 0.0).then_some(t.max_grad_norm);
         let (grads, norm) = clip_global_norm(&self.model, grads, max);
         let loss = std::mem::take(&mut self.step_loss);
@@ -462,9 +506,11 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Whether periodic eval / checkpoint is due after this step.
+    /// Whether a dev evaluation is due after this step (on rank 0 alone: it records the
+    /// result and writes `best/` while the other workers wait at the next exchange).
     pub fn eval_due(&self) -> bool {
         let e = self.cfg.raw.train.eval_every;
-        !self.running() || (e > 0 && self.state.step % e == 0)
+        crate::dist::world().is_main() && (!self.running() || (e > 0 && self.state.step % e == 0))
     }
 
     pub fn save_due(&self) -> bool {
@@ -572,6 +618,9 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Writes a checkpoint and prunes old ones.
     pub fn save(&mut self) -> Result<String> {
+        if !crate::dist::world().is_main() {
+            return Ok(format!("rank 0's checkpoint of step {}", self.state.step));
+        }
         self.state.rng = RngState::of(&self.rng);
         let name = checkpoint::save(
             self.run_dir.root(),
@@ -597,7 +646,12 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// On Ctrl-C: saves a checkpoint at the current step and returns the `Interrupted` error the
     /// loop passes up (exit code 1, with how to continue).
     pub fn stop_if_interrupted(&mut self) -> Result<()> {
-        if !crate::run::interrupted() {
+        let seen = match crate::dist::world().is_distributed() {
+            // every worker stops at the step after the exchange that told them all
+            true => self.interrupted_anywhere,
+            false => crate::run::interrupted(),
+        };
+        if !seen {
             return Ok(());
         }
         let name = self.save()?;

@@ -47,6 +47,9 @@ impl StageKind {
         resume: bool,
         device: &B::Device,
     ) -> Result<StageSummary> {
+        if crate::dist::world().is_distributed() && self != StageKind::Stage1 {
+            return Err(crate::Error::Usage(data_parallel_not_yet(self.name())));
+        }
         match self {
             StageKind::Stage1 => stage1::run::<B>(cfg, resume, device),
             StageKind::Stage2 => stage2::run::<B>(cfg, resume, device),
@@ -54,4 +57,13 @@ impl StageKind {
             StageKind::Latent => latent::run::<B>(cfg, resume, device),
         }
     }
+}
+
+/// The refusal of a data-parallel run of a stage that cannot split its work yet.
+pub fn data_parallel_not_yet(stage: &str) -> String {
+    format!(
+        "{stage}: data-parallel training (--workers / --nodes) runs stage1 only so far; run \
+         {stage} as one process (stage 2 and latent need the workers' embeddings gathered for \
+         their in-batch negatives, stage 3 its rollouts' statistics shared)"
+    )
 }

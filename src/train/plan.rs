@@ -9,7 +9,8 @@
 //!   `[lora]`); twice that while a second micro-batch's gradients are summed into the first's;
 //! - **moments**: AdamW's two per trained parameter;
 //! - **reference**: a second full copy when β > 0 without LoRA (with LoRA it is the base under
-//!   the adapters: no bytes);
+//!   the adapters: no bytes); at β = 0 with a frozen index, the same copy while a `--resume`
+//!   encodes the index again (`resume_copy`, in a phase of its own);
 //! - **index**: the corpus vectors, `[docs, hidden]`;
 //! - **activations**: what one micro-batch's forward keeps for its backward, as the CPU kernels
 //!   keep it (per layer and token: the layer input and both norm outputs, the attention's
@@ -78,6 +79,9 @@ pub struct Shapes<'a> {
     pub baseline: f64,
     /// The CPU backend's kernels run (else burn's generic ops: GPU backends, `T1_KERNELS=generic`).
     pub fused: bool,
+    /// The backend is the CPU one (burn-flex), whatever kernels run: its half-precision matmul
+    /// goes through f32 copies.
+    pub cpu: bool,
 }
 
 const F32: f64 = 4.0;
@@ -131,6 +135,7 @@ fn train_activations(
     forwards: &[Forward],
     checkpointing: bool,
     fused: bool,
+    half_on_cpu: bool,
 ) -> (f64, String) {
     let layers = c.num_hidden_layers as f64;
     let d = c.hidden_size as f64;
@@ -168,7 +173,28 @@ fn train_activations(
     } else {
         "every layer + half a layer of gradients"
     };
-    (kept, format!("rows × tokens {}, {how}", shapes.join(" + ")))
+    // A half-precision base on the CPU backend: burn-flex multiplies bf16/f16 by converting
+    // both operands to f32 vectors and the product back (its `matmul_bf16`), so the widest
+    // projection (gate/up/down, `d × i`) holds, for the micro-batch's `m` tokens, the cast input
+    // (2 bytes), its f32 copy, the weight's f32 copy, the f32 product and its half result on top
+    // of the kept tensors: m·(6d + 6i) + 4·d·i bytes, in the forward and again for `dx` in
+    // backward. GPU backends multiply half natively and keep no such copies.
+    let half = if half_on_cpu {
+        let m = forwards.iter().map(|f| f.rows * f.seq).max().unwrap_or(0) as f64;
+        let i = c.intermediate_size as f64;
+        m * (6.0 * d + 6.0 * i) + 4.0 * d * i
+    } else {
+        0.0
+    };
+    let how = if half > 0.0 {
+        format!("{how} + burn-flex's f32 copies in a half matmul")
+    } else {
+        how.to_string()
+    };
+    (
+        kept + half,
+        format!("rows × tokens {}, {how}", shapes.join(" + ")),
+    )
 }
 
 fn gib(b: f64) -> String {
@@ -300,6 +326,21 @@ pub fn plan(cfg: &Config, stage: &str, s: &Shapes) -> Result<Plan> {
             "none (β = 0)".into()
         },
     );
+    // a full fine-tuning resume at β = 0 with a frozen index loads the starting model to encode
+    // it again (train::grpo's set-up), and drops it once the index is built
+    let resume_copy = stage == "stage3"
+        && !reference
+        && s.lora.is_none()
+        && cfg.raw.stage3.resume_encodes_frozen_index(1);
+    add(
+        "resume_copy",
+        if resume_copy { params * F32 } else { 0.0 },
+        if resume_copy {
+            "on --resume, the starting model while it encodes the frozen index".into()
+        } else {
+            "none".into()
+        },
+    );
     let index = if stage == "stage3" {
         s.corpus_docs as f64 * c.hidden_size as f64 * F32
     } else {
@@ -310,7 +351,9 @@ pub fn plan(cfg: &Config, stage: &str, s: &Shapes) -> Result<Plan> {
         index,
         format!("{} docs × {}", s.corpus_docs, c.hidden_size),
     );
-    let (acts, detail) = train_activations(c, s.lora, &forwards, checkpointing, s.fused);
+    let half_on_cpu = half.is_some() && s.cpu;
+    let (acts, detail) =
+        train_activations(c, s.lora, &forwards, checkpointing, s.fused, half_on_cpu);
     add("activations", acts, detail);
     // the fused CPU head takes the head as one table: with trainable token rows, a copy with
     // the rows written in is kept for backward, and backward makes its full [V, d] gradient
@@ -382,6 +425,9 @@ pub fn plan(cfg: &Config, stage: &str, s: &Shapes) -> Result<Plan> {
         ("optimizer step", with(&["gradients", "optimizer"])),
         ("index encode", with(&["encode"])),
     ];
+    if resume_copy {
+        phases.push(("resume index encode", with(&["resume_copy", "encode"])));
+    }
     if stage == "stage3" {
         phases.insert(0, ("decode", with(&["kv_cache", "decode"])));
     }
@@ -500,7 +546,13 @@ pub fn architecture(cfg: &Config) -> Result<(DecoderConfig, T1Tokenizer)> {
 
 /// The plan `t1-train plan` prints: `stage` of `cfg`, optionally for another architecture
 /// (`arch`, an HF `config.json`: e.g. Qwen3-8B's, to plan a run before downloading it).
-pub fn for_config(cfg: &Config, stage: &str, arch: Option<&Path>, fused: bool) -> Result<Plan> {
+pub fn for_config(
+    cfg: &Config,
+    stage: &str,
+    arch: Option<&Path>,
+    cpu: bool,
+    fused: bool,
+) -> Result<Plan> {
     let (own, tok) = architecture(cfg)?;
     let mut c = match arch {
         Some(p) => DecoderConfig::from_hf_file(p)?,
@@ -546,6 +598,7 @@ pub fn for_config(cfg: &Config, stage: &str, arch: Option<&Path>, fused: bool) -
             corpus_docs: ds.corpus.ids.len(),
             baseline,
             fused,
+            cpu,
         },
     )
 }

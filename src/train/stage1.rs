@@ -170,13 +170,20 @@ pub fn run<B: AutodiffBackend>(
     }
     let t = cfg.raw.train.clone();
     let pad = tr.tok.pad;
-    let plan = StepPlan::equal(t.batch_size, t.grad_accum);
+    // a step is grad_accum micro-batches on every worker (data-parallel: each runs its block of
+    // the step's grad_accum × workers, drawing all of them so the data order stays shared)
+    let world = crate::dist::world();
+    let parts = t.grad_accum.max(1) * world.size;
+    let plan = StepPlan::equal(t.batch_size, parts);
     let mut last_dev = Vec::new();
     while tr.running() {
         tr.stop_if_interrupted()?;
         let (mut tokens, mut hits) = (0usize, 0usize);
-        for mb in &plan.micro {
+        for (k, mb) in plan.micro.iter().enumerate() {
             let idx = tr.next_examples(train.len(), t.batch_size);
+            if !world.owns(k, parts) {
+                continue;
+            }
             let rows: Vec<&Example> = idx.iter().map(|&i| &train[i]).collect();
             tr.tokens += rows.iter().map(|e| e.ids.len()).sum::<usize>();
             let (loss, n, h) = micro_batch(&tr.model, batch::<B>(&rows, pad, device));

@@ -150,6 +150,19 @@ pub fn tune_allocator() {
     });
 }
 
+/// Hands the heap's free pages back to the kernel (glibc's `malloc_trim`; a no-op elsewhere).
+/// With [`tune_allocator`]'s thresholds freed memory otherwise stays mapped: after a one-off
+/// release of hundreds of MiB — the f32 weights a half-precision base replaced, scattered
+/// between the new half buffers where activations of other sizes cannot reuse them — that would
+/// stay in the process's resident memory for the whole run.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// `t` as the burn-flex tensor it is on the CPU backend (`Err(t)` back on any other backend).
 /// Owning it (not a clone) lets a kernel write into its buffer when nothing else holds it.
 /// With generic kernels forced ([`Kernels::Generic`]) it hands every tensor back.

@@ -34,10 +34,12 @@ impl<'a, B: AutodiffBackend> Grpo<'a, B> {
         // is rebuilt from (so a resumed run ranks against the same index as an uninterrupted
         // one). With LoRA the starting model is the base under the adapters (frozen, so
         // unchanged by training): a view sharing its tensors, not a second copy in memory (TRL +
-        // PEFT's disable_adapter()).
+        // PEFT's disable_adapter()). In full fine-tuning at β = 0 a copy is loaded only on the
+        // resume of a run with a frozen index it encodes itself (`train::plan` counts it there,
+        // for the set-up alone: it is dropped once the index is built).
         let starting = if tr.adapter.is_some() {
             Some(tr.model.valid().base_view())
-        } else if s3.beta > 0.0 || tr.state.step > 0 {
+        } else if s3.beta > 0.0 || s3.resume_encodes_frozen_index(tr.state.step) {
             Some(load_backbone::<B>(cfg, device)?.0.valid())
         } else {
             None

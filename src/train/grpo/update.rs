@@ -45,6 +45,16 @@ pub(super) fn prepare<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Prepar
         .collect();
     let per = g.cfg.raw.train.batch_size * batch.group;
     let plan = rollout_plan(&tokens, per, g.s3.loss_type);
+    if plan.num_items == 0.0 && mask {
+        // nothing to learn from: say so, or a run trains nothing without a word
+        g.tr.bar.println(format!(
+            "stage3 step {}: every rollout reached model.max_reasoning_tokens = {} without \
+             </think> and stage3.mask_truncated drops them all: this step updates nothing (raise \
+             the limit, or set mask_truncated = false)",
+            g.tr.state.step + 1,
+            g.m.max_reasoning_tokens
+        ));
+    }
     let parts: Vec<Completions<B>> = plan
         .micro
         .iter()

@@ -1,0 +1,342 @@
+//! Data-parallel training over burn-collective, as processes over loopback: two workers reach
+//! the weights one worker reaches on the same global batch (stage 1), an interrupted
+//! data-parallel run resumes to the same end, a worker that dies or hangs stops the others with
+//! an error within a bounded time, and workers started with different configs are refused.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use burn::backend::Flex;
+use support::{config, max_param_diff, params, scalar, t1};
+use t1_train::model::load_hf;
+
+/// `t1-train args…` as a child process with its stderr captured.
+fn spawn(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_t1-train"))
+        .args(args)
+        .current_dir(support::root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    let mut v = scalar(run, "stage1/loss");
+    v.sort_by_key(|x| x.0);
+    v.dedup_by_key(|x| x.0);
+    v
+}
+
+fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    params(&load_hf::<Flex>(dir, &Default::default()).unwrap())
+}
+
+/// Stage 1 with `sets` and the launch options `launch`; asserts success.
+fn stage1(cfg: &Path, sets: &[&str], launch: &[&str]) {
+    let mut args = vec!["stage1", "--config", cfg.to_str().unwrap()];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    args.extend(launch);
+    let o = t1(&args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn assert_same_run(one: &Path, two: &Path, steps: u64) {
+    let (la, lb) = (losses(one), losses(two));
+    assert_eq!(la.len(), steps as usize, "one worker logged {la:?}");
+    assert_eq!(lb.len(), steps as usize, "two workers logged {lb:?}");
+    for ((s, x), (_, y)) in la.iter().zip(&lb) {
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+            "step {s}: loss {x} (one worker) vs {y} (two)"
+        );
+    }
+    let last = format!("checkpoints/step-{steps:06}");
+    let worst = max_param_diff(&weights(&one.join(&last)), &weights(&two.join(&last)));
+    assert!(worst <= 1e-5, "final weights differ by {worst}");
+}
+
+#[test]
+fn two_workers_reach_the_weights_of_one_worker_on_the_same_global_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let steps = 6;
+    let cfg = config(dir.path(), &runs, "one", steps, "");
+    // one process: micro-batches of 4, two per step; two workers: one micro-batch of 4 each
+    stage1(&cfg, &["train.batch_size=4", "train.grad_accum=2"], &[]);
+    let two = [
+        "train.batch_size=4",
+        "train.grad_accum=1",
+        "run.name=\"two\"",
+    ];
+    stage1(
+        &cfg,
+        &two,
+        &[
+            "--workers",
+            "2",
+            "--coordinator",
+            "127.0.0.1:29610",
+            "--dist-timeout",
+            "120",
+        ],
+    );
+    assert_same_run(&runs.join("one"), &runs.join("two"), steps);
+    // rank 0 alone logs: one line per step, no second writer
+    let lines = std::fs::read_to_string(runs.join("two/metrics.jsonl")).unwrap();
+    let step_lines = lines
+        .lines()
+        .filter(|l| l.contains("\"stage1/loss\""))
+        .count();
+    assert_eq!(step_lines, steps as usize, "{lines}");
+}
+
+#[test]
+fn an_interrupted_data_parallel_run_resumes_to_the_uninterrupted_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let steps = 12;
+    let cfg = config(dir.path(), &runs, "whole", steps, "");
+    let launch = [
+        "--workers",
+        "2",
+        "--coordinator",
+        "127.0.0.1:29620",
+        "--dist-timeout",
+        "120",
+    ];
+    let sets = ["train.batch_size=4"];
+    stage1(&cfg, &sets, &launch);
+    let mut args = vec![
+        "stage1",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--set",
+        "train.batch_size=4",
+    ];
+    args.extend(["--set", "run.name=\"cut\""]);
+    args.extend(launch);
+    // Ctrl-C to the launcher once the first checkpoint exists: the workers stop together
+    let child = spawn(&args);
+    let ckpt = runs.join("cut/checkpoints/step-000004/state.json");
+    let t0 = Instant::now();
+    while !ckpt.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    let stopped = losses(&runs.join("cut")).len();
+    assert!(
+        stopped < steps as usize,
+        "the run finished before the signal"
+    );
+    args.push("--resume");
+    let o = t1(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_run(&runs.join("whole"), &runs.join("cut"), steps);
+}
+
+/// `child`'s output once it exits; killed, and the test failed, after `limit`.
+fn wait_at_most(mut child: Child, limit: Duration) -> std::process::Output {
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running after {limit:?}: nothing stopped it");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The pids of `parent`'s children.
+fn children_of(parent: u32) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &parent.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Node `rank` of two, one worker each, over `port`.
+fn node(cfg: &Path, rank: &str, port: &str, timeout: &str, sets: &[&str]) -> Child {
+    let mut args = vec!["stage1", "--config", cfg.to_str().unwrap()];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let coordinator = format!("127.0.0.1:{port}");
+    args.extend([
+        "--nodes",
+        "2",
+        "--node-rank",
+        rank,
+        "--coordinator",
+        &coordinator,
+    ]);
+    args.extend(["--dist-timeout", timeout]);
+    // on one machine the two "nodes" need their own worker ports
+    let worker_port = (port.parse::<u16>().unwrap() + 5).to_string();
+    if rank == "1" {
+        args.extend(["--worker-port", &worker_port]);
+    }
+    spawn(&args)
+}
+
+/// Two one-worker nodes over `port` training a long run `name` (checkpoints every 2 steps), once
+/// rank 0 has written step 2: (node 0, node 1, node 1's worker pid). The tempdir lives in `dir`.
+fn two_nodes_past_step_2(dir: &Path, name: &str, port: &str, timeout: &str) -> (Child, Child, u32) {
+    let runs = dir.join("runs");
+    let cfg = config(dir, &runs, name, 400, "");
+    let sets = ["train.batch_size=4", "train.save_every=2"];
+    let n0 = node(&cfg, "0", port, timeout, &sets);
+    let n1 = node(&cfg, "1", port, timeout, &sets);
+    let ckpt = runs.join(format!("{name}/checkpoints/step-000002/state.json"));
+    let t0 = Instant::now();
+    while !ckpt.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let workers = children_of(n1.id());
+    assert_eq!(workers.len(), 1, "node 1's worker: {workers:?}");
+    (n0, n1, workers[0])
+}
+
+fn signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn a_worker_that_dies_stops_the_other_within_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n0, n1, worker) = two_nodes_past_step_2(dir.path(), "dies", "29630", "15");
+    // node 1's worker dies (SIGKILL: no goodbye); its launcher reports it
+    let killed = Instant::now();
+    assert!(signal(worker, "-KILL"));
+    let out1 = n1.wait_with_output().unwrap();
+    let err1 = String::from_utf8_lossy(&out1.stderr);
+    assert_eq!(out1.status.code(), Some(1), "node 1: {err1}");
+    assert!(
+        err1.contains("worker 1 (of 2) was killed by a signal"),
+        "node 1: {err1}"
+    );
+    // node 0's worker waits at the next exchange, then stops with an error naming the step
+    let out0 = wait_at_most(n0, Duration::from_secs(120));
+    let waited = killed.elapsed();
+    let err0 = String::from_utf8_lossy(&out0.stderr);
+    assert_eq!(out0.status.code(), Some(1), "node 0: {err0}");
+    // (burn-collective notices the closed connection, or else the watchdog's timeout fires)
+    assert!(
+        err0.contains("gradients of step")
+            && (err0.contains("another worker died or closed its connection")
+                || err0.contains("got no answer within 15 s")),
+        "node 0: {err0}"
+    );
+    assert!(
+        err0.contains("worker 0 (of 2) exited with code 1"),
+        "node 0: {err0}"
+    );
+    assert!(
+        waited < Duration::from_secs(60),
+        "node 0 stopped after {waited:?}"
+    );
+}
+
+#[test]
+fn a_worker_that_hangs_is_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n0, n1, worker) = two_nodes_past_step_2(dir.path(), "hangs", "29650", "5");
+    // node 1's worker stops (SIGSTOP: alive, its connections open, never answering)
+    assert!(signal(worker, "-STOP"));
+    let stopped = Instant::now();
+    let out0 = wait_at_most(n0, Duration::from_secs(120));
+    let waited = stopped.elapsed();
+    signal(worker, "-KILL");
+    let _ = n1.wait_with_output();
+    let err0 = String::from_utf8_lossy(&out0.stderr);
+    assert_eq!(out0.status.code(), Some(1), "node 0: {err0}");
+    assert!(
+        err0.contains("got no answer within 5 s") && err0.contains("gradients of step"),
+        "node 0: {err0}"
+    );
+    assert!(
+        waited < Duration::from_secs(60),
+        "node 0 stopped after {waited:?}"
+    );
+}
+
+#[test]
+fn workers_started_with_different_configs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let cfg = config(dir.path(), &runs, "mixed", 4, "");
+    let n0 = node(&cfg, "0", "29640", "60", &["train.batch_size=4"]);
+    let n1 = node(
+        &cfg,
+        "1",
+        "29640",
+        "60",
+        &["train.batch_size=4", "train.lr=1e-3"],
+    );
+    for (rank, n) in [(0, n0), (1, n1)] {
+        let out = n.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "node {rank}: {err}");
+        assert!(err.contains("different configs"), "node {rank}: {err}");
+    }
+    // nothing trained
+    assert!(!runs.join("mixed/checkpoints").exists());
+}
+
+#[test]
+fn launch_options_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &dir.path().join("runs"), "bad", 4, "");
+    let c = cfg.to_str().unwrap();
+    for (args, says) in [
+        (vec!["--nodes", "2"], "--coordinator"),
+        (
+            vec!["--nodes", "2", "--node-rank", "2", "--coordinator", "h:1"],
+            "--node-rank",
+        ),
+        (
+            vec!["--workers", "2", "--coordinator", "nohost"],
+            "HOST:PORT",
+        ),
+        (vec!["--workers", "0"], "at least 1"),
+    ] {
+        let mut all = vec!["stage1", "--config", c];
+        all.extend(&args);
+        let o = t1(&all);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // a stage that cannot split its work yet says so
+    let o = t1(&["stage2", "--config", c, "--workers", "2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("stage1 only"));
+}
