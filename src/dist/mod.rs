@@ -385,7 +385,8 @@ fn take_flat<B: Backend>(
         t.into_data()
             .convert::<f32>()
             .to_vec::<f32>()
-            .unwrap_or_default()
+            // an empty vector here would shift every later parameter in the exchange
+            .expect("a tensor converted to f32 reads back as f32")
     }
     match rank {
         1 => grads.remove::<B, 1>(id).map(flat),
