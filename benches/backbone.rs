@@ -160,6 +160,7 @@ fn decode<BK: Backend>(dir: &Path, reps: usize, sh: &Shapes, group: usize, sampl
         embed: None,
         pad: 0,
         seed: 0,
+        first_stream: 0,
     };
     let secs = time(reps, || {
         let r = generate(&model, &p, &opts, |_| {}).unwrap();
@@ -227,6 +228,7 @@ fn grpo<BK: Backend>(
             embed: None,
             pad: 0,
             seed: step as u64,
+            first_stream: 0,
         };
         let rollouts = generate(&model.valid(), &p, &opts, |_| {}).unwrap();
         assert!(rollouts.iter().all(|r| r.tokens.len() == sh.new));

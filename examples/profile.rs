@@ -75,6 +75,7 @@ fn decode() {
         embed: None,
         pad: 0,
         seed: 0,
+        first_stream: 0,
     };
     let prefill = GenerateOptions {
         max_new_tokens: 1,
@@ -106,6 +107,7 @@ fn steps() {
         embed: None,
         pad: 0,
         seed: 0,
+        first_stream: 0,
     };
     for _ in 0..3 {
         let t0 = Instant::now();
@@ -176,6 +178,7 @@ fn grpo() {
             embed: None,
             pad: 0,
             seed: step,
+            first_stream: 0,
         };
         let rollouts = generate(&model.valid(), &prompts, &opts, |_| {}).unwrap();
         lap("sample", &mut t);

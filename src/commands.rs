@@ -412,6 +412,7 @@ pub fn generate<B: Backend>(req: &GenerateRequest, device: &B::Device) -> Result
         }),
         pad: tok.pad,
         seed: req.seed,
+        first_stream: 0,
     };
     let prompts = vec![ids.clone(); req.num_samples];
     let bar = progress_bar(prompts.len() as u64, "generate", ProgressMode::Auto);

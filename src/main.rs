@@ -38,11 +38,6 @@ fn stage(kind: StageKind, a: &StageArgs) -> Result<(), Error> {
     let layout = a.dist.layout();
     layout.check()?;
     if layout.world_size() > 1 {
-        if kind != StageKind::Stage1 {
-            return Err(Error::Usage(t1_train::train::data_parallel_not_yet(
-                kind.name(),
-            )));
-        }
         let args: Vec<String> = std::env::args().skip(1).collect();
         return t1_train::run::launch::run(&layout, &args);
     }
@@ -193,6 +188,8 @@ enum Command {
         /// Override a value in every stage's config (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        #[command(flatten)]
+        dist: DistArgs,
     },
     /// Evaluate retrieval on a split: nDCG@10, Recall@10/100, MRR@10 exactly as trec_eval, plus a
     /// TREC run file and a JSON report under runs/<name>/eval/.
@@ -406,14 +403,38 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Stage2(a) => stage(StageKind::Stage2, &a)?,
         Command::Stage3(a) => stage(StageKind::Stage3, &a)?,
         Command::Latent(a) => stage(StageKind::Latent, &a)?,
-        Command::Curriculum { file, overrides } => {
+        Command::Curriculum {
+            file,
+            overrides,
+            dist,
+        } => {
             let c = t1_train::train::curriculum::load(&file)?;
-            let report = t1_train::train::curriculum::run::<Train>(
-                &c,
-                &overrides,
-                &Default::default(),
-                |line| eprintln!("{line}"),
-            )?;
+            let device = Default::default();
+            if let Some(join) = t1_train::dist::Join::from_env()? {
+                // a worker: every stage in turn with the others, rank 0 alone reporting
+                let id = t1_train::train::curriculum::config_id(&c, &overrides)?;
+                let world = t1_train::dist::init::<Compute>(&join, &device, &id)?;
+                let report =
+                    t1_train::train::curriculum::run::<Train>(&c, &overrides, &device, |l| {
+                        if world.is_main() {
+                            eprintln!("{l}")
+                        }
+                    })?;
+                if world.is_main() {
+                    println!("{}", report.markdown());
+                }
+                return Ok(());
+            }
+            let layout = dist.layout();
+            layout.check()?;
+            if layout.world_size() > 1 {
+                let args: Vec<String> = std::env::args().skip(1).collect();
+                return t1_train::run::launch::run(&layout, &args);
+            }
+            let report =
+                t1_train::train::curriculum::run::<Train>(&c, &overrides, &device, |line| {
+                    eprintln!("{line}")
+                })?;
             println!("{}", report.markdown());
             println!(
                 "report: {}",

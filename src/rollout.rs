@@ -63,8 +63,10 @@ pub struct RolloutOptions {
     pub sampler: Sampler,
     pub max_query_tokens: usize,
     pub max_new_tokens: usize,
-    /// Row i draws from ChaCha stream i of this seed (a fresh seed per step from the run's RNG).
+    /// Row i draws from ChaCha stream `first_stream + i` of this seed (a fresh seed per step
+    /// from the run's RNG; `first_stream` is this data-parallel worker's first row in the step).
     pub seed: u64,
+    pub first_stream: u64,
 }
 
 /// Samples `group` rollouts for each query: the query view's prompt, sampling until `</think>`
@@ -94,6 +96,7 @@ pub fn sample<B: Backend>(
         }),
         pad: tok.pad,
         seed: o.seed,
+        first_stream: o.first_stream,
     };
     let rollouts = generate(model, &prompts, &opts, |_| {})?;
     let d = model.config().hidden_size;
@@ -310,6 +313,7 @@ mod tests {
             }),
             pad: 0,
             seed: 9,
+            first_stream: 0,
         };
         let rollouts = generate(&model.valid(), &prompts, &opts, |_| {}).unwrap();
         let rows: Vec<usize> = (0..prompts.len()).collect();

@@ -1,5 +1,7 @@
 //! Data-parallel training over burn-collective, as processes over loopback: two workers reach
-//! the weights one worker reaches on the same global batch (stage 1), an interrupted
+//! the weights one worker reaches on the same global batch (stage 1; stage 2 and latent with
+//! the in-batch negatives gathered; stage 3 with the batch's rewards and tokens shared), a
+//! curriculum runs on them, an interrupted
 //! data-parallel run resumes to the same end, a worker that dies or hangs stops the others with
 //! an error within a bounded time, and workers started with different configs are refused.
 
@@ -24,11 +26,15 @@ fn spawn(args: &[&str]) -> Child {
         .unwrap()
 }
 
-fn losses(run: &Path) -> Vec<(u64, f64)> {
-    let mut v = scalar(run, "stage1/loss");
+fn series(run: &Path, tag: &str) -> Vec<(u64, f64)> {
+    let mut v = scalar(run, tag);
     v.sort_by_key(|x| x.0);
     v.dedup_by_key(|x| x.0);
     v
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    series(run, "stage1/loss")
 }
 
 fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
@@ -37,7 +43,11 @@ fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
 
 /// Stage 1 with `sets` and the launch options `launch`; asserts success.
 fn stage1(cfg: &Path, sets: &[&str], launch: &[&str]) {
-    let mut args = vec!["stage1", "--config", cfg.to_str().unwrap()];
+    run_stage("stage1", cfg, sets, launch)
+}
+
+fn run_stage(stage: &str, cfg: &Path, sets: &[&str], launch: &[&str]) {
+    let mut args = vec![stage, "--config", cfg.to_str().unwrap()];
     for s in sets {
         args.extend(["--set", s]);
     }
@@ -51,14 +61,22 @@ fn stage1(cfg: &Path, sets: &[&str], launch: &[&str]) {
 }
 
 fn assert_same_run(one: &Path, two: &Path, steps: u64) {
-    let (la, lb) = (losses(one), losses(two));
-    assert_eq!(la.len(), steps as usize, "one worker logged {la:?}");
-    assert_eq!(lb.len(), steps as usize, "two workers logged {lb:?}");
-    for ((s, x), (_, y)) in la.iter().zip(&lb) {
-        assert!(
-            (x - y).abs() <= 1e-5 * x.abs().max(1.0),
-            "step {s}: loss {x} (one worker) vs {y} (two)"
-        );
+    assert_same_stage(one, two, steps, &["stage1/loss"])
+}
+
+/// The runs `one` and `two` logged the same `tags` on each of `steps` steps, and their last
+/// checkpoints hold the same weights (within float tolerance).
+fn assert_same_stage(one: &Path, two: &Path, steps: u64, tags: &[&str]) {
+    for tag in tags {
+        let (la, lb) = (series(one, tag), series(two, tag));
+        assert_eq!(la.len(), steps as usize, "one worker logged {tag} {la:?}");
+        assert_eq!(lb.len(), steps as usize, "two workers logged {tag} {lb:?}");
+        for ((s, x), (_, y)) in la.iter().zip(&lb) {
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                "step {s}: {tag} {x} (one worker) vs {y} (two)"
+            );
+        }
     }
     let last = format!("checkpoints/step-{steps:06}");
     let worst = max_param_diff(&weights(&one.join(&last)), &weights(&two.join(&last)));
@@ -335,8 +353,164 @@ fn launch_options_are_checked() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
-    // a stage that cannot split its work yet says so
-    let o = t1(&["stage2", "--config", c, "--workers", "2"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("stage1 only"));
+}
+
+/// Two workers over loopback on ports from `port`.
+fn two_workers(port: u16) -> Vec<String> {
+    [
+        "--workers",
+        "2",
+        "--coordinator",
+        &format!("127.0.0.1:{port}"),
+        "--dist-timeout",
+        "120",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn stage2_on_two_workers_gathers_the_in_batch_negatives_of_the_global_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let steps = 4;
+    // joint SFT (each worker's tokens over the batch's), mining with the current model (an
+    // index shared between the workers) from step 2 on
+    let extra = "[stage2]\ntemperature = 0.05\ngroup_size = 3\nsft_weight = 0.1\nmine_every = 2\n";
+    let cfg = config(dir.path(), &runs, "one", steps, extra);
+    // one process: micro-batches of 4 queries (their 12 documents the negatives), two per step;
+    // two workers: 2 queries each per micro-batch, the negatives gathered from both
+    run_stage(
+        "stage2",
+        &cfg,
+        &["train.batch_size=4", "train.grad_accum=2"],
+        &[],
+    );
+    let two = [
+        "train.batch_size=2",
+        "train.grad_accum=2",
+        "run.name=\"two\"",
+    ];
+    run_stage("stage2", &cfg, &two, &strs(&two_workers(29660)));
+    let tags = [
+        "stage2/loss",
+        "stage2/nce_loss",
+        "stage2/sft_loss",
+        "stage2/accuracy",
+    ];
+    assert_same_stage(&runs.join("one"), &runs.join("two"), steps, &tags);
+    // rank 0 wrote the mined pools, once per mining step
+    assert!(runs.join("two/mined_negatives/step-000002.jsonl").exists());
+}
+
+#[test]
+fn the_latent_stage_on_two_workers_equals_one_worker_on_the_global_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let steps = 3;
+    let extra = "[latent]\nsteps = 2\ntemperature = 0.05\nteacher_temperature = 0.05\n\
+                 group_size = 3\ntrajectory = \"kl\"\nsft_weight = 0.1\n";
+    let cfg = config(dir.path(), &runs, "one", steps, extra);
+    run_stage("latent", &cfg, &["train.batch_size=4"], &[]);
+    let two = ["train.batch_size=2", "run.name=\"two\""];
+    run_stage("latent", &cfg, &two, &strs(&two_workers(29670)));
+    let tags = [
+        "latent/loss",
+        "latent/latent_nce",
+        "latent/trajectory",
+        "latent/sft_loss",
+    ];
+    assert_same_stage(&runs.join("one"), &runs.join("two"), steps, &tags);
+}
+
+#[test]
+fn stage3_on_two_workers_equals_one_worker_on_the_global_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let steps = 4;
+    // token-normalised loss (the step's tokens shared), batch-scaled rewards (the batch's
+    // rewards shared), a KL reference, the auxiliary InfoNCE (a share of the step's rows) and an
+    // index the workers re-encode together every 2 steps
+    let extra = r#"
+[stage3]
+group_size = 2
+beta = 0.04
+loss_type = "bnpo"
+scale_rewards = "batch"
+refresh_every = 2
+aux_infonce_weight = 0.1
+mask_truncated = false
+
+[[stage3.rewards]]
+name = "reciprocal_rank"
+"#;
+    let cfg = config(dir.path(), &runs, "one", steps, extra);
+    // one process: 2 micro-batches of 2 queries per step; two workers: one micro-batch each
+    let short = "model.max_reasoning_tokens=12";
+    run_stage(
+        "stage3",
+        &cfg,
+        &["train.batch_size=2", "train.grad_accum=2", short],
+        &[],
+    );
+    let two = [
+        "train.batch_size=2",
+        "train.grad_accum=1",
+        short,
+        "run.name=\"two\"",
+    ];
+    run_stage("stage3", &cfg, &two, &strs(&two_workers(29680)));
+    let tags = [
+        "stage3/loss",
+        "stage3/reward",
+        "stage3/reward_std",
+        "stage3/completion_len_mean",
+        "stage3/kl",
+        "stage3/aux_infonce",
+    ];
+    assert_same_stage(&runs.join("one"), &runs.join("two"), steps, &tags);
+}
+
+#[test]
+fn a_curriculum_runs_on_two_workers_and_rank_0_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = support::root();
+    let file = dir.path().join("dp.toml");
+    let stage = |kind: &str, cfg: &str| {
+        format!(
+            "[[stage]]\nkind = \"{kind}\"\nconfig = \"{}\"\n",
+            root.join("configs").join(cfg).display()
+        )
+    };
+    let text = format!(
+        "name = \"dp\"\noutput_dir = \"{}\"\n{}{}",
+        dir.path().join("runs").display(),
+        stage("stage1", "tiny-stage1.toml"),
+        stage("stage2", "tiny-stage2.toml"),
+    );
+    std::fs::write(&file, text).unwrap();
+    let mut args = vec![
+        "curriculum".to_string(),
+        file.display().to_string(),
+        "--set".into(),
+        "train.steps=2".into(),
+        "--set".into(),
+        "train.eval_every=2".into(),
+        "--set".into(),
+        "train.warmup_steps=0".into(),
+        "--set".into(),
+        "logging.progress=\"never\"".into(),
+    ];
+    args.extend(two_workers(29690));
+    let o = t1(&strs(&args));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let report = std::fs::read_to_string(dir.path().join("runs/dp/report.md")).unwrap();
+    assert!(report.contains("after stage2"), "{report}");
+    // the stages' progress lines come from rank 0 alone
+    assert_eq!(err.matches("[2/2] stage2").count(), 1, "{err}");
 }

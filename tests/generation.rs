@@ -162,6 +162,7 @@ fn opts(sampler: Sampler, seed: u64, stop: Vec<u32>, embed: Option<Embed>) -> Ge
         embed,
         pad: 0,
         seed,
+        first_stream: 0,
     }
 }
 
@@ -400,6 +401,7 @@ fn rollout_groups_share_prompts_differ_in_samples_and_carry_embeddings() {
         max_query_tokens: 32,
         max_new_tokens: 10,
         seed: 5,
+        first_stream: 0,
     };
     let batch = t1_train::rollout::sample(&m, &tok, &qs, &o).unwrap();
     assert_eq!(batch.rollouts.len(), 6);

@@ -128,6 +128,7 @@ fn smollm2_logits_greedy_and_chat_template_match_transformers() {
         embed: None,
         pad: tok.pad,
         seed: 0,
+        first_stream: 0,
     };
     let r = generate(&model, &[ids], &opts, |_| {}).unwrap();
     assert_eq!(r[0].stop, StopReason::Length);

@@ -142,6 +142,7 @@ mod on_wgpu {
             embed: None,
             pad: 0,
             seed: 0,
+            first_stream: 0,
         };
         let read = sampling_bytes_read();
         let rg = generate(&gpu, &prompts, &opts, |_| {}).unwrap();

@@ -306,6 +306,7 @@ mod on_gpu {
             embed: None,
             pad: 0,
             seed: 0,
+            first_stream: 0,
         };
         let before = sampling_bytes_read();
         let r = generate(&gpu, &prompts, &opts, |_| {}).unwrap();

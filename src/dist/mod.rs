@@ -246,8 +246,11 @@ impl World {
         if !self.is_distributed() {
             return Ok(values);
         }
+        // burn-collective's ring cuts a tensor into one slice per worker: pad a short one
         let n = values.len();
-        let t = Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device);
+        let mut values = values;
+        values.resize(n.max(self.size), 0.0);
+        let t = Tensor::<B, 1>::from_data(TensorData::new(values, [n.max(self.size)]), device);
         let TensorPrimitive::Float(p) = t.into_primitive() else {
             unreachable!("a float tensor")
         };
@@ -262,9 +265,40 @@ impl World {
                 })
         })?;
         let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(summed));
-        t.into_data()
+        let mut out = t
+            .into_data()
             .to_vec::<f32>()
-            .map_err(|e| Error::Runtime(format!("all_reduce ({what}): {e:?}")))
+            .map_err(|e| Error::Runtime(format!("all_reduce ({what}): {e:?}")))?;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// Waits until every worker reaches this point (`what` names it in a timeout's error).
+    pub fn barrier<B: Backend>(&self, what: &str, device: &B::Device) -> Result<()> {
+        self.all_reduce::<B>(what, vec![0.0], device).map(|_| ())
+    }
+
+    /// This worker's block of `per` items among every worker's `per · size` (rank r: the r-th).
+    pub fn block(&self, per: usize) -> std::ops::Range<usize> {
+        self.rank * per..(self.rank + 1) * per
+    }
+
+    /// Every worker's `mine` (each passes as many values), concatenated in rank order: the
+    /// all-gather of data-parallel contrastive batches and of stage 3's rollout figures. It runs
+    /// as one all-reduce of zero-padded copies, which is exact (`x + 0 = x`).
+    pub fn all_gather<B: Backend>(
+        &self,
+        what: &str,
+        mine: &[f32],
+        device: &B::Device,
+    ) -> Result<Vec<f32>> {
+        if !self.is_distributed() {
+            return Ok(mine.to_vec());
+        }
+        let n = mine.len();
+        let mut padded = vec![0.0f32; n * self.size];
+        padded[self.block(n)].copy_from_slice(mine);
+        self.all_reduce::<B>(what, padded, device)
     }
 
     /// Refuses the run unless every worker holds the same `value` of `what` (a hash): each adds

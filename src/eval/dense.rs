@@ -103,6 +103,7 @@ pub fn greedy_reasoning<B: Backend>(
         }),
         pad: tok.pad,
         seed: 0,
+        first_stream: 0,
     };
     let d = model.config().hidden_size;
     let mut flat = Vec::with_capacity(texts.len() * d);

@@ -29,8 +29,7 @@ pub fn embed_last<B: Backend>(
     if seqs.is_empty() {
         return Tensor::zeros([0, d], &device);
     }
-    let mut order: Vec<usize> = (0..seqs.len()).collect();
-    order.sort_by_key(|&i| seqs[i].len());
+    let order = length_order(seqs);
     let mut parts: Vec<Tensor<B, 2>> = Vec::new();
     let mut done = 0;
     for group in order.chunks(batch_size.max(1)) {
@@ -71,6 +70,29 @@ pub fn embed_last<B: Backend>(
     cat.select(0, sel)
 }
 
+/// The order [`embed_last`] encodes in: by length, ties in input order.
+fn length_order(seqs: &[Vec<u32>]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| seqs[i].len());
+    order
+}
+
+/// Every document's view, and how many were cut at `max_doc_tokens`.
+fn doc_seqs(
+    tok: &T1Tokenizer,
+    corpus: &Corpus,
+    max_doc_tokens: usize,
+) -> Result<(Vec<Vec<u32>>, usize)> {
+    let mut truncated = 0;
+    let mut seqs = Vec::with_capacity(corpus.len());
+    for i in 0..corpus.len() {
+        let (ids, cut) = tok.doc_view(&corpus.titles[i], &corpus.texts[i], max_doc_tokens)?;
+        truncated += cut as usize;
+        seqs.push(ids);
+    }
+    Ok((seqs, truncated))
+}
+
 /// Rows scaled to unit L2 norm: `[n, d]` → `[n, d]` (ε keeps a zero row finite).
 pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let norm = x.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12); // [n, 1]
@@ -104,14 +126,52 @@ impl<B: Backend> DocIndex<B> {
         batch_size: usize,
         progress: impl FnMut(usize),
     ) -> Result<Self> {
-        let mut truncated = 0;
-        let mut seqs = Vec::with_capacity(corpus.len());
-        for i in 0..corpus.len() {
-            let (ids, cut) = tok.doc_view(&corpus.titles[i], &corpus.texts[i], max_doc_tokens)?;
-            truncated += cut as usize;
-            seqs.push(ids);
-        }
+        let (seqs, truncated) = doc_seqs(tok, corpus, max_doc_tokens)?;
         let raw = embed_last(model, &seqs, batch_size, tok.pad, progress);
+        Ok(DocIndex {
+            vectors: l2_normalize(raw),
+            truncated,
+        })
+    }
+
+    /// [`Self::build`] shared by data-parallel workers (every worker calls it at the same point):
+    /// each encodes its block of the batches [`embed_last`] makes, the blocks are gathered, and
+    /// every worker holds the whole index. One process: [`Self::build`].
+    pub fn build_shared(
+        model: &Decoder<B>,
+        tok: &T1Tokenizer,
+        corpus: &Corpus,
+        max_doc_tokens: usize,
+        batch_size: usize,
+    ) -> Result<Self> {
+        let world = crate::dist::world();
+        if !world.is_distributed() {
+            return Self::build(model, tok, corpus, max_doc_tokens, batch_size, |_| {});
+        }
+        let (seqs, truncated) = doc_seqs(tok, corpus, max_doc_tokens)?;
+        let (n, d) = (seqs.len(), model.config().hidden_size);
+        // the single process's batches (length order, `batch_size` each), a block of them per
+        // worker: a block keeps its order and cuts when encoded alone, so every document is
+        // encoded in the batch it would be in one process
+        let order = length_order(&seqs);
+        let batches: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
+        let per = batches.len().div_ceil(world.size);
+        let lo = (world.rank * per).min(batches.len());
+        let hi = ((world.rank + 1) * per).min(batches.len());
+        let mine: Vec<usize> = batches[lo..hi].concat();
+        let own: Vec<Vec<u32>> = mine.iter().map(|&i| seqs[i].clone()).collect();
+        let v = embed_last(model, &own, batch_size, tok.pad, |_| {})
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| Error::Runtime(format!("cannot read document vectors: {e:?}")))?;
+        let mut all = vec![0.0f32; n * d];
+        for (j, &i) in mine.iter().enumerate() {
+            all[i * d..(i + 1) * d].copy_from_slice(&v[j * d..(j + 1) * d]);
+        }
+        // each document's row is non-zero on one worker only: the sum is the gather
+        let all = world.all_reduce::<B>("the document index's blocks", all, &model.device())?;
+        let raw = Tensor::<B, 2>::from_data(TensorData::new(all, [n, d]), &model.device());
         Ok(DocIndex {
             vectors: l2_normalize(raw),
             truncated,

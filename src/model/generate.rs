@@ -105,8 +105,9 @@ pub struct GenerateOptions {
     pub embed: Option<Embed>,
     /// Filler id for left padding and for rows that have finished (never attended to).
     pub pad: u32,
-    /// Row `i` draws from ChaCha8 stream `i` of this seed.
+    /// Row `i` draws from ChaCha8 stream `first_stream + i` of this seed.
     pub seed: u64,
+    pub first_stream: u64,
 }
 
 /// Why a row stopped sampling.
@@ -371,7 +372,7 @@ pub fn generate<B: Backend>(
     let mut rows: Vec<Row> = Vec::with_capacity(n);
     for (i, prompt) in prompts.iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-        rng.set_stream(i as u64);
+        rng.set_stream(opts.first_stream + i as u64);
         rows.push(Row {
             rng,
             pos: prompt.len() as i64,

@@ -338,7 +338,21 @@ impl<B: AutodiffBackend> Trainer<B> {
         extra: Option<Tensor<B, 1>>,
     ) -> f64 {
         let value = loss.clone().into_scalar().elem::<f64>();
-        self.step_loss += mb.scale * value;
+        self.backward_logged(mb, loss, extra, value);
+        value
+    }
+
+    /// [`Self::backward`], with `logged` (not `loss`'s value) as this worker's share of the
+    /// step's logged loss: a data-parallel contrastive worker differentiates the whole batch's
+    /// loss through its own rows, so each of the workers logs a `1/workers` share of it.
+    pub fn backward_logged(
+        &mut self,
+        mb: &MicroBatch,
+        loss: Tensor<B, 1>,
+        extra: Option<Tensor<B, 1>>,
+        logged: f64,
+    ) {
+        self.step_loss += mb.scale * logged;
         let objective = match extra {
             Some(extra) => loss * mb.scale + extra,
             None => loss * mb.scale,
@@ -346,7 +360,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         // with train.gradient_checkpointing the model replays its layers here
         let grads = self.model.backward(objective);
         self.accum.accumulate(&self.model, grads);
-        value
     }
 
     /// Clip, schedule, AdamW step; logs `stage/{loss, lr, grad_norm, tokens_per_s,
@@ -358,6 +371,12 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// of them in a row stop the run with a checkpoint of the weights as the last finite update
     /// left them (the skipped steps did not touch them) and an error saying what to change.
     pub fn step(&mut self, scalars: &[(&str, f64)]) -> Result<()> {
+        self.step_parts(scalars, &[])
+    }
+
+    /// [`Self::step`] where the figures are `mean` (each worker's value of the same figure:
+    /// averaged over data-parallel workers) and `sum` (each worker's share of it: summed).
+    pub fn step_parts(&mut self, mean: &[(&str, f64)], sum: &[(&str, f64)]) -> Result<()> {
         let t = &self.cfg.raw.train;
         if let Some(r) = &self.model.recompute {
             // forwards no loss was differentiated through are not kept past the step
@@ -372,7 +391,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.tokens as f32,
             crate::run::interrupted() as u8 as f32,
         ];
-        extra.extend(scalars.iter().map(|(_, v)| *v as f32));
+        extra.extend(mean.iter().chain(sum).map(|(_, v)| *v as f32));
         let (grads, extra) =
             world.all_reduce_grads(self.state.step, &self.model, grads, extra, &self.device)?;
         let scalars: Vec<(&str, f64)> = if world.is_distributed() {
@@ -380,13 +399,17 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.tokens = extra[1] as usize;
             self.interrupted_anywhere = extra[2] > 0.0;
             let n = world.size as f64;
-            scalars
+            let means = mean
                 .iter()
                 .zip(&extra[3..])
-                .map(|((k, _), v)| (*k, *v as f64 / n))
-                .collect()
+                .map(|((k, _), v)| (*k, *v as f64 / n));
+            let sums = sum
+                .iter()
+                .zip(&extra[3 + mean.len()..])
+                .map(|((k, _), v)| (*k, *v as f64));
+            means.chain(sums).collect()
         } else {
-            scalars.to_vec()
+            mean.iter().chain(sum).copied().collect()
         };
         let scalars = scalars.as_slice();
         let max = (t.max_grad_norm > 0.0).then_some(t.max_grad_norm);

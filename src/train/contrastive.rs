@@ -261,3 +261,102 @@ pub(crate) fn full_batch<B: Backend>(
         last: Tensor::from_data(TensorData::new(last, [b]), device),
     }
 }
+
+/// Data-parallel contrastive batches (Tevatron's and sentence-transformers' gathered in-batch
+/// negatives): this worker's rows `own` `[b, d]` among every worker's, `[b · workers, d]` in rank
+/// order, where only this worker's block carries gradient. Every worker then computes the
+/// whole batch's loss; the sum of their gradients (the step's all-reduce) is that loss's
+/// gradient, since each worker differentiates it through its own rows alone. One process:
+/// `own` itself.
+pub(crate) fn gathered<B: AutodiffBackend>(
+    own: Tensor<B, 2>,
+    what: &str,
+    device: &B::Device,
+) -> Result<Tensor<B, 2>> {
+    let world = crate::dist::world();
+    if !world.is_distributed() {
+        return Ok(own);
+    }
+    let [b, d] = own.dims();
+    let mine = own
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| Error::Runtime(format!("gathering {what}: {e:?}")))?;
+    let all = world.all_gather::<B::InnerBackend>(what, &mine, device)?;
+    let all = Tensor::<B, 2>::from_data(TensorData::new(all, [b * world.size, d]), device);
+    let at = world.block(b);
+    let mut parts = Vec::with_capacity(3);
+    if at.start > 0 {
+        parts.push(all.clone().slice([0..at.start]));
+    }
+    parts.push(own);
+    if at.end < b * world.size {
+        parts.push(all.slice([at.end..b * world.size]));
+    }
+    Ok(Tensor::cat(parts, 0))
+}
+
+/// [`gathered`] for `[b, k, d]` rows (the latent stage's trajectories).
+pub(crate) fn gathered3<B: AutodiffBackend>(
+    own: Tensor<B, 3>,
+    what: &str,
+    device: &B::Device,
+) -> Result<Tensor<B, 3>> {
+    let [b, k, d] = own.dims();
+    let all = gathered(own.reshape([b * k, d]), what, device)?;
+    let n = all.dims()[0] / k;
+    Ok(all.reshape([n, k, d]))
+}
+
+/// The tokens [`full_batch`] trains the SFT term on for `e` (targets at index ≥ its prompt
+/// length inside the sequence): a data-parallel worker divides its SFT sum by the whole
+/// batch's count.
+pub(crate) fn sft_tokens(e: &Example) -> usize {
+    (1..e.ids.len()).filter(|&j| j >= e.prompt_len).count()
+}
+
+/// This worker's share of a data-parallel contrastive micro-batch: the batch's query indices
+/// and document groups (every worker draws the whole batch, so data order and groups stay
+/// shared), and the block of queries and documents it embeds.
+pub(crate) struct Shard {
+    /// Query indices of the whole batch (`batch_size × workers`).
+    pub(crate) idx: Vec<usize>,
+    /// Their groups, flat (`idx.len() × g`).
+    pub(crate) docs: Vec<usize>,
+    /// This worker's queries among `idx`, and its documents among `docs`.
+    pub(crate) queries: std::ops::Range<usize>,
+    pub(crate) groups: std::ops::Range<usize>,
+}
+
+impl Shard {
+    pub(crate) fn draw<B: AutodiffBackend>(
+        tr: &mut Trainer<B>,
+        queries: &[TrainQuery],
+        pools: &[Vec<usize>],
+        g: usize,
+        n_docs: usize,
+    ) -> Result<Shard> {
+        let world = crate::dist::world();
+        let b = tr.cfg.raw.train.batch_size;
+        let idx = tr.next_examples(queries.len(), b * world.size);
+        let docs = batch_groups(queries, pools, &idx, g, n_docs, &mut tr.rng)?;
+        let own = world.block(b);
+        Ok(Shard {
+            idx,
+            docs,
+            groups: own.start * g..own.end * g,
+            queries: own,
+        })
+    }
+
+    /// This worker's query indices.
+    pub(crate) fn own_idx(&self) -> &[usize] {
+        &self.idx[self.queries.clone()]
+    }
+
+    pub(crate) fn own_docs(&self) -> &[usize] {
+        &self.docs[self.groups.clone()]
+    }
+}

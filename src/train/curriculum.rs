@@ -263,7 +263,29 @@ pub fn run<B: AutodiffBackend>(
         best = Some(dir);
         configs.push(cfg);
     }
+    if !crate::dist::world().is_main() {
+        // data-parallel: rank 0 alone evaluates and writes the report
+        return Ok(CurriculumReport {
+            curriculum: c.name.clone(),
+            split: String::new(),
+            num_queries: 0,
+            stages,
+            rows: Vec::new(),
+        });
+    }
     report::<B>(c, &configs, stages, device, &mut say)
+}
+
+/// A hash of every stage's resolved config (what data-parallel workers compare before a
+/// curriculum: each must run the same stages with the same overrides).
+pub fn config_id(c: &Curriculum, extra: &[String]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for i in 0..c.stage.len() {
+        let cfg = stage_config(c, i, None, extra)?;
+        h.update(crate::train::common::config_hash(&cfg)?.as_bytes());
+    }
+    Ok(format!("{:x}", h.finalize()))
 }
 
 /// Evaluates the untrained backbone and each stage's best model on the last stage's eval split.

@@ -38,7 +38,8 @@ use crate::model::latent::{latent_states, pool};
 use crate::model::load::model_section;
 use crate::train::common::{Goal, StageSummary, Trainer};
 use crate::train::contrastive::{
-    batch_groups, doc_views, embed_docs, false_negatives, file_negatives, full_batch, train_queries,
+    Shard, doc_views, embed_docs, false_negatives, file_negatives, full_batch, gathered, gathered3,
+    sft_tokens, train_queries,
 };
 use crate::train::micro::StepPlan;
 use crate::train::stage1::Example;
@@ -89,9 +90,10 @@ pub fn run<B: AutodiffBackend>(
         tr.stop_if_interrupted()?;
         let mut sums = [0.0f64; 7];
         for mb in &plan.micro {
-            let idx = tr.next_examples(queries.len(), t.batch_size);
+            // data-parallel: every worker draws the whole batch, runs its block, gathers the rest
+            let sh = Shard::draw(&mut tr, &queries, &pools, l.group_size, ds.corpus.len())?;
+            let idx = sh.own_idx();
             let (b, g) = (idx.len(), l.group_size);
-            let docs = batch_groups(&queries, &pools, &idx, g, ds.corpus.len(), &mut tr.rng)?;
             let q_rows: Vec<&Example> = idx.iter().map(|&i| &queries[i].view).collect();
             let prompts: Vec<Vec<u32>> = q_rows
                 .iter()
@@ -99,9 +101,10 @@ pub fn run<B: AutodiffBackend>(
                 .collect();
             tr.tokens += q_rows.iter().map(|e| e.ids.len()).sum::<usize>()
                 + prompts.iter().map(|p| p.len() + k).sum::<usize>();
-            let (d_vec, d_tokens) = embed_docs(&tr.model, &doc_views, &docs, pad, device); // [b·g, d]
+            let (d_vec, d_tokens) = embed_docs(&tr.model, &doc_views, sh.own_docs(), pad, device);
             tr.tokens += d_tokens;
-            let ignore = false_negatives::<B>(&queries, &idx, &docs, g, device); // [b, b·g]
+            let d_vec = gathered(d_vec, "the batch's document vectors", device)?; // [n·g, d]
+            let ignore = false_negatives::<B>(&queries, &sh.idx, &sh.docs, g, device); // [n, n·g]
             let model = &tr.model;
 
             // explicit view (teacher): <emb_token> state and the K segment-end states
@@ -120,7 +123,10 @@ pub fn run<B: AutodiffBackend>(
 
             // latent view (student): K steps after the prompt
             let s_states = latent_states(model, &prompts, pad, &opts)?; // [b, K, d]
-            let s_vec = pool(s_states.clone(), opts.pooling); // [b, d]
+            let t_vec = gathered(t_vec, "the batch's explicit query vectors", device)?; // [n, d]
+            let t_traj = gathered3(t_traj, "the batch's explicit trajectories", device)?;
+            let s_states = gathered3(s_states, "the batch's latent states", device)?; // [n, K, d]
+            let s_vec = pool(s_states.clone(), opts.pooling); // [n, d]
 
             let lat = info_nce(
                 s_vec.clone(),
@@ -177,14 +183,20 @@ pub fn run<B: AutodiffBackend>(
                     loss = loss + term * w;
                 }
             }
+            // every worker holds the whole batch's terms: each logs its 1/workers share of them
+            let mut logged = scalar(&loss) / crate::dist::world().size as f64;
             let mut sft_v = 0.0;
             if l.sft_weight > 0.0 {
+                // this worker's tokens' NLL over the whole batch's trained tokens
+                let all: usize = sh.idx.iter().map(|&i| sft_tokens(&queries[i].view)).sum();
                 let lp = model.token_logprobs(q_hidden, qb.targets, s);
                 let sft = sft_loss(lp, qb.trained);
-                sft_v = scalar(&sft.loss);
-                loss = loss + sft.loss * l.sft_weight;
+                let sft_share = sft.loss * (sft.tokens as f64 / all.max(1) as f64);
+                sft_v = scalar(&sft_share);
+                logged += l.sft_weight * sft_v;
+                loss = loss + sft_share * l.sft_weight;
             }
-            tr.backward(mb, loss, None);
+            tr.backward_logged(mb, loss, None, logged);
             for (acc, v) in sums.iter_mut().zip([
                 lat_v,
                 exp_v,
@@ -198,15 +210,17 @@ pub fn run<B: AutodiffBackend>(
             }
         }
         let [lat, exp, out, traj, sft, lat_acc, exp_acc] = sums;
-        tr.step(&[
-            ("latent_nce", lat),
-            ("explicit_nce", exp),
-            ("output_kl", out),
-            ("trajectory", traj),
-            ("sft_loss", sft),
-            ("latent_accuracy", lat_acc),
-            ("explicit_accuracy", exp_acc),
-        ])?;
+        tr.step_parts(
+            &[
+                ("latent_nce", lat),
+                ("explicit_nce", exp),
+                ("output_kl", out),
+                ("trajectory", traj),
+                ("latent_accuracy", lat_acc),
+                ("explicit_accuracy", exp_acc),
+            ],
+            &[("sft_loss", sft)],
+        )?;
         if tr.eval_due() {
             last_dev = tr.eval_dev_dense(&ds, QueryView::Latent)?;
         }

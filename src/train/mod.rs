@@ -47,23 +47,18 @@ impl StageKind {
         resume: bool,
         device: &B::Device,
     ) -> Result<StageSummary> {
-        if crate::dist::world().is_distributed() && self != StageKind::Stage1 {
-            return Err(crate::Error::Usage(data_parallel_not_yet(self.name())));
-        }
-        match self {
+        let summary = match self {
             StageKind::Stage1 => stage1::run::<B>(cfg, resume, device),
             StageKind::Stage2 => stage2::run::<B>(cfg, resume, device),
             StageKind::Stage3 => grpo::run::<B>(cfg, resume, device),
             StageKind::Latent => latent::run::<B>(cfg, resume, device),
-        }
+        }?;
+        // data-parallel: no worker leaves before rank 0 has run the last evaluation and written
+        // best/ (a curriculum's next stage starts from it)
+        crate::dist::world().barrier::<B::InnerBackend>(
+            &format!("the end of {} (rank 0's last evaluation)", self.name()),
+            device,
+        )?;
+        Ok(summary)
     }
-}
-
-/// The refusal of a data-parallel run of a stage that cannot split its work yet.
-pub fn data_parallel_not_yet(stage: &str) -> String {
-    format!(
-        "{stage}: data-parallel training (--workers / --nodes) runs stage1 only so far; run \
-         {stage} as one process (stage 2 and latent need the workers' embeddings gathered for \
-         their in-batch negatives, stage 3 its rollouts' statistics shared)"
-    )
 }

@@ -41,8 +41,8 @@ use crate::model::load::model_section;
 use crate::train::common::StageSummary;
 use crate::train::common::{Goal, Trainer};
 use crate::train::contrastive::{
-    TrainQuery, batch_groups, doc_views, embed_docs, false_negatives, file_negatives, full_batch,
-    train_queries,
+    Shard, TrainQuery, doc_views, embed_docs, false_negatives, file_negatives, full_batch,
+    gathered, sft_tokens, train_queries,
 };
 use crate::train::micro::StepPlan;
 use crate::train::stage1::Example;
@@ -58,7 +58,7 @@ fn mine<B: Backend>(
     let m = model_section(cfg)?;
     let s2 = &cfg.raw.stage2;
     let batch = cfg.raw.train.eval_batch_size;
-    let index = DocIndex::build(model, tok, &ds.corpus, m.max_doc_tokens, batch, |_| {})?;
+    let index = DocIndex::build_shared(model, tok, &ds.corpus, m.max_doc_tokens, batch)?;
     let all: Vec<&Query> = queries
         .iter()
         .map(|q| {
@@ -161,38 +161,51 @@ pub fn run<B: AutodiffBackend>(
         tr.stop_if_interrupted()?;
         if s2.mine_every > 0 && tr.state.step % s2.mine_every == 0 {
             pools = mine(&tr.model.valid(), &tr.tok, &ds, &queries, cfg)?;
-            write_mined(&mined_path(tr.state.step), &ds, &queries, &pools)?;
+            if crate::dist::world().is_main() {
+                write_mined(&mined_path(tr.state.step), &ds, &queries, &pools)?;
+            }
         }
         let mut sums = [0.0f64; 5];
         for mb in &plan.micro {
-            let idx = tr.next_examples(queries.len(), t.batch_size);
             let g = s2.group_size;
-            let docs = batch_groups(&queries, &pools, &idx, g, ds.corpus.len(), &mut tr.rng)?;
-            let q_rows: Vec<&Example> = idx.iter().map(|&i| &queries[i].view).collect();
+            // data-parallel: every worker draws the whole batch, embeds its block, gathers the rest
+            let sh = Shard::draw(&mut tr, &queries, &pools, g, ds.corpus.len())?;
+            let q_rows: Vec<&Example> = sh.own_idx().iter().map(|&i| &queries[i].view).collect();
             tr.tokens += q_rows.iter().map(|e| e.ids.len()).sum::<usize>();
-            let (d_vec, d_tokens) = embed_docs(&tr.model, &doc_views, &docs, pad, device); // [n·g, d]
+            let (d_vec, d_tokens) = embed_docs(&tr.model, &doc_views, sh.own_docs(), pad, device);
             tr.tokens += d_tokens;
+            let d_vec = gathered(d_vec, "the batch's document vectors", device)?; // [n·g, d]
 
             let model = &tr.model;
             // queries: state at <emb_token> (the last token), SFT from the same forward pass
             let qb = full_batch::<B>(&q_rows, pad, device);
             let s = qb.inputs.dims()[1];
             let q_hidden = model.hidden(qb.inputs, Some(qb.attention));
-            let q_vec = Decoder::hidden_at(q_hidden.clone(), qb.last); // [n, d]
+            let q_vec = Decoder::hidden_at(q_hidden.clone(), qb.last); // [b, d]
+            let q_vec = gathered(q_vec, "the batch's query vectors", device)?; // [n, d]
             // another query's copy of one of this query's relevant (or excluded) documents is no
             // negative: leave it out of this query's softmax
-            let ignore = false_negatives::<B>(&queries, &idx, &docs, g, device);
+            let ignore = false_negatives::<B>(&queries, &sh.idx, &sh.docs, g, device);
             let nce = info_nce(q_vec, d_vec, g, s2.temperature, s2.symmetric, Some(ignore));
+            let nce_value = nce.loss.clone().into_scalar().elem::<f64>();
+            let workers = crate::dist::world().size as f64;
+            // every worker holds the whole batch's InfoNCE: each logs its 1/workers share
+            let mut logged = nce_value / workers;
             let mut loss = nce.loss.clone();
             let mut sft_value = 0.0;
             if s2.sft_weight > 0.0 {
+                // this worker's tokens' NLL over the whole batch's trained tokens
+                let all: usize = sh.idx.iter().map(|&i| sft_tokens(&queries[i].view)).sum();
                 let lp = model.token_logprobs(q_hidden, qb.targets, s);
                 let sft = sft_loss(lp, qb.trained);
-                sft_value = sft.loss.clone().into_scalar().elem::<f64>();
-                loss = loss + sft.loss * s2.sft_weight;
+                let share = sft.tokens as f64 / all.max(1) as f64;
+                let sft_share = sft.loss * share;
+                sft_value = sft_share.clone().into_scalar().elem::<f64>();
+                logged += s2.sft_weight * sft_value;
+                loss = loss + sft_share * s2.sft_weight;
             }
-            let nce_value = nce.loss.into_scalar().elem::<f64>();
-            tr.backward(mb, loss, None);
+            tr.backward_logged(mb, loss, None, logged);
+            // the batch's figures (every worker's the same) and this worker's SFT share
             for (acc, v) in
                 sums.iter_mut()
                     .zip([nce_value, sft_value, nce.accuracy, nce.pos_sim, nce.neg_sim])
@@ -201,13 +214,15 @@ pub fn run<B: AutodiffBackend>(
             }
         }
         let [nce, sft, acc, pos, neg] = sums;
-        tr.step(&[
-            ("nce_loss", nce),
-            ("sft_loss", sft),
-            ("accuracy", acc),
-            ("pos_sim", pos),
-            ("neg_sim", neg),
-        ])?;
+        tr.step_parts(
+            &[
+                ("nce_loss", nce),
+                ("accuracy", acc),
+                ("pos_sim", pos),
+                ("neg_sim", neg),
+            ],
+            &[("sft_loss", sft)],
+        )?;
         if tr.eval_due() {
             last_dev = tr.eval_dev_dense(&ds, cfg.raw.eval.query_view)?;
         }

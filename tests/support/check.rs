@@ -130,6 +130,7 @@ pub fn rollout_options(seed: u64) -> GenerateOptions {
         embed: None,
         pad: 0,
         seed,
+        first_stream: 0,
     }
 }
 

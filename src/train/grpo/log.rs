@@ -52,38 +52,41 @@ impl BatchTimes {
     }
 }
 
-/// The scalars of one optimizer step (the trainer adds `loss`, `lr`, `grad_norm`, …).
+/// The scalars of one optimizer step (the trainer adds `loss`, `lr`, `grad_norm`, …): the
+/// figures every data-parallel worker holds whole (averaged over them: the batch's statistics
+/// are the whole batch's, the times each worker's), then those each holds a share of (summed:
+/// the pass's token-weighted statistics, the decode speed).
 pub(super) fn scalars<B: AutodiffBackend>(
     s: &Sampled<B>,
     scored: &Scored,
     pass: &Pass,
     times: &BatchTimes,
     iteration: usize,
-) -> Vec<(String, f64)> {
-    let mut out = scored.stats.clone();
-    out.extend([
+) -> (Vec<(String, f64)>, Vec<(String, f64)>) {
+    let mut whole = scored.stats.clone();
+    let mut shares: Vec<(String, f64)> = vec![
         ("clip_low".into(), pass.clip_low),
         ("clip_high".into(), pass.clip_high),
         ("clip_region".into(), pass.clip_region),
         ("kl".into(), pass.kl),
-    ]);
-    out.extend(pass.aux_infonce.map(|v| ("aux_infonce".into(), v)));
+    ];
+    shares.extend(pass.aux_infonce.map(|v| ("aux_infonce".into(), v)));
     // the batch's decode speed, on every μ update's line
     let rollouts_per_s = s.rollouts.len() as f64 / times.sample().max(1e-9);
-    out.push(("rollouts_per_s".into(), rollouts_per_s));
-    out.push(("time/policy_s".into(), pass.policy_secs));
+    shares.push(("rollouts_per_s".into(), rollouts_per_s));
+    whole.push(("time/policy_s".into(), pass.policy_secs));
     // the batch's own phases count once, on the first of its μ updates
     for (name, secs) in ["refresh_s", "sample_s", "rank_reward_s", "reference_s"]
         .iter()
         .zip(times.0)
     {
         let secs = if iteration == 0 { secs } else { 0.0 };
-        out.push((format!("time/{name}"), secs));
+        whole.push((format!("time/{name}"), secs));
     }
-    out
+    (whole, shares)
 }
 
-/// `(&str, f64)` views for [`crate::train::common::Trainer::step`].
+/// `(&str, f64)` views for [`crate::train::common::Trainer::step_parts`].
 pub(super) fn pairs(scalars: &[(String, f64)]) -> Vec<(&str, f64)> {
     scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect()
 }

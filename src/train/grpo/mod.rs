@@ -80,15 +80,15 @@ pub fn run<B: AutodiffBackend>(
         let sample = clock.lap();
         let scored = score::score(&g, &batch)?;
         let rank_reward = clock.lap();
-        let step = update::prepare(&g, &batch);
+        let step = update::prepare(&g, &batch, &scored);
         let times = BatchTimes::new(refresh, sample, rank_reward, clock.lap());
         for iteration in 0..g.s3.iterations {
             if !g.tr.running() {
                 break;
             }
             let pass = update::policy_pass(&mut g, &batch, &scored, &step);
-            let scalars = log::scalars(&batch, &scored, &pass, &times, iteration);
-            g.tr.step(&log::pairs(&scalars))?;
+            let (whole, shares) = log::scalars(&batch, &scored, &pass, &times, iteration);
+            g.tr.step_parts(&log::pairs(&whole), &log::pairs(&shares))?;
             log::after_step(&mut g, &batch, &scored)?;
         }
     }
@@ -145,10 +145,14 @@ impl<B: AutodiffBackend> Grpo<'_, B> {
     /// from the current policy, every row on its own stream of a fresh seed from the run's RNG.
     fn sample(&mut self) -> Result<Sampled<B>> {
         let t = &self.cfg.raw.train;
-        let picked = self.tr.next_examples(
-            self.targets.len(),
-            t.batch_size.saturating_mul(t.grad_accum.max(1)),
-        );
+        // data-parallel: every worker draws the whole step's queries and samples its block's
+        let world = crate::dist::world();
+        let per = t.batch_size.saturating_mul(t.grad_accum.max(1));
+        let all = self
+            .tr
+            .next_examples(self.targets.len(), per.saturating_mul(world.size));
+        let own = world.block(per);
+        let picked = all[own.clone()].to_vec();
         let queries: Vec<&Query> = picked.iter().map(|&i| self.targets[i].query).collect();
         let opts = RolloutOptions {
             group: self.s3.group_size,
@@ -156,6 +160,8 @@ impl<B: AutodiffBackend> Grpo<'_, B> {
             max_query_tokens: self.m.max_query_tokens,
             max_new_tokens: self.m.max_reasoning_tokens,
             seed: self.tr.rng.random::<u64>(),
+            // a rollout draws from the stream of its row in the whole step
+            first_stream: (own.start * self.s3.group_size) as u64,
         };
         let rollouts = sample(&self.tr.model.valid(), &self.tr.tok, &queries, &opts)?;
         Ok(Sampled { picked, rollouts })

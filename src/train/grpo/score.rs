@@ -11,24 +11,53 @@ use crate::config::Config;
 use crate::data::Query;
 use crate::error::{Error, Result};
 use crate::index::rank_gold;
-use crate::rollout::is_live;
+use crate::rollout::{is_live, loss_tokens};
 
 /// A scored batch.
 pub(super) struct Scored {
     /// Each rollout's weighted reward (`None`: every reward abstained) `[B·G]`.
     pub combined: Vec<Option<f32>>,
     pub adv: Advantages,
-    /// The batch's statistics, as logged: `(name, value)` under `stage3/`.
+    /// The batch's statistics, as logged: `(name, value)` under `stage3/` (data-parallel: the
+    /// whole batch's, the same on every worker).
     pub stats: Vec<(String, f64)>,
+    /// Every rollout's loss-bearing completion tokens, every worker's in rank order: the step's
+    /// micro-batches are cut from all of them (`update::prepare`).
+    pub tokens: Vec<f64>,
+    /// This worker's first rollout among them.
+    pub first: usize,
+}
+
+/// The per-rollout figures the workers share (the statistics and the cut of the step come from
+/// every worker's rollouts): one row each, these columns then a (value, present) pair per reward.
+const COMBINED: usize = 0; // value, present
+const BEST_RANK: usize = 2; // value, present
+const LEN: usize = 4;
+const TRUNCATED: usize = 5;
+const FORMAT_OK: usize = 6;
+const ENTROPY: usize = 7; // sum over the loss-bearing tokens, their count
+const LOSS_TOKENS: usize = 9;
+const REWARDS: usize = 10;
+
+fn opt(v: Option<f64>) -> [f64; 2] {
+    match v {
+        Some(x) => [x, 1.0],
+        None => [0.0, 0.0],
+    }
+}
+
+fn get(row: &[f64], col: usize) -> Option<f64> {
+    (row[col + 1] > 0.0).then_some(row[col])
 }
 
 pub(super) fn score<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Result<Scored> {
     let batch = &s.rollouts;
     let n = batch.len();
     let scores = g.index.scores(batch.embeddings.clone())?;
-    let mut per_fn: Vec<Vec<Option<f32>>> = vec![Vec::with_capacity(n); g.rewards.len()];
+    let mask = g.s3.mask_truncated;
+    let width = REWARDS + 2 * g.rewards.len();
+    let mut rows: Vec<f64> = Vec::with_capacity(n * width);
     let mut combined = Vec::with_capacity(n);
-    let mut best_ranks = Vec::with_capacity(n);
     for (i, row) in scores.iter().enumerate() {
         let target = s.target(g, i);
         let (gold, top_k, num_docs) = rank_gold(
@@ -48,7 +77,7 @@ pub(super) fn score<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Result<S
             truncated: ro.truncated(),
             format_ok: batch.format_ok[i],
         };
-        best_ranks.extend(outcome.best_gold_rank().map(|r| r as f64));
+        let best_rank = outcome.best_gold_rank().map(|r| r as f64);
         let values = g
             .rewards
             .iter()
@@ -74,13 +103,38 @@ pub(super) fn score<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Result<S
                 &batch.texts[i],
             ));
         }
-        for (k, v) in values.iter().enumerate() {
-            per_fn[k].push(*v);
+        let c = combine(&values, &g.weights);
+        combined.push(c);
+        let live = is_live(ro, mask);
+        let entropy: f64 = ro.entropies.iter().map(|&h| h as f64).sum();
+        rows.extend(opt(c.map(f64::from)));
+        rows.extend(opt(best_rank));
+        rows.extend([
+            ro.tokens.len() as f64,
+            ro.truncated() as u8 as f64,
+            batch.format_ok[i] as u8 as f64,
+            if live { entropy } else { 0.0 },
+            if live { ro.entropies.len() as f64 } else { 0.0 },
+            loss_tokens(ro, mask) as f64,
+        ]);
+        for v in &values {
+            rows.extend(opt(v.map(f64::from)));
         }
-        combined.push(combine(&values, &g.weights));
     }
-    let adv = group_advantages(&combined, batch.group, g.s3.scale_rewards);
-    if let Some(i) = adv.values.iter().position(|a| !a.is_finite()) {
+    // data-parallel: the advantages (batch-scaled rewards), the statistics and the step's cut
+    // come from every worker's rollouts
+    let all = shared_rows::<B::InnerBackend>(&rows, &g.device)?;
+    let first = crate::dist::world().block(n).start;
+    let all: Vec<&[f64]> = all.chunks(width).collect();
+    let every: Vec<Option<f32>> = all
+        .iter()
+        .map(|r| get(r, COMBINED).map(|v| v as f32))
+        .collect();
+    let whole = group_advantages(&every, batch.group, g.s3.scale_rewards);
+    if let Some(i) = whole.values[first..first + n]
+        .iter()
+        .position(|a| !a.is_finite())
+    {
         return Err(Error::Config {
             location: format!("{} (key 'stage3.rewards')", g.cfg.source.display()),
             message: format!(
@@ -91,20 +145,44 @@ pub(super) fn score<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Result<S
             ),
         });
     }
-    let mut stats = reward_stats(&combined, &adv, &best_ranks);
-    stats.extend(rollout_stats(s, g.s3.mask_truncated));
-    for (r, vals) in g.rewards.iter().zip(&per_fn) {
-        let v: Vec<f64> = vals.iter().flatten().map(|&x| x as f64).collect();
+    let best_ranks: Vec<f64> = all.iter().filter_map(|r| get(r, BEST_RANK)).collect();
+    let mut stats = reward_stats(&every, &whole, &best_ranks);
+    stats.extend(rollout_stats(&all));
+    for (k, r) in g.rewards.iter().enumerate() {
+        let v: Vec<f64> = all
+            .iter()
+            .filter_map(|row| get(row, REWARDS + 2 * k))
+            .collect();
         stats.push((
             format!("reward/{}", r.name()),
             v.iter().sum::<f64>() / v.len().max(1) as f64,
         ));
     }
+    let adv = Advantages {
+        values: whole.values[first..first + n].to_vec(),
+        frac_zero_std: whole.frac_zero_std,
+    };
     Ok(Scored {
         combined,
         adv,
         stats,
+        tokens: all.iter().map(|r| r[LOSS_TOKENS]).collect(),
+        first,
     })
+}
+
+/// Every worker's `rows` in rank order (each holds as many); one process: `rows` itself.
+fn shared_rows<D: burn::tensor::backend::Backend>(
+    rows: &[f64],
+    device: &D::Device,
+) -> Result<Vec<f64>> {
+    let world = crate::dist::world();
+    if !world.is_distributed() {
+        return Ok(rows.to_vec());
+    }
+    let mine: Vec<f32> = rows.iter().map(|&v| v as f32).collect();
+    let all = world.all_gather::<D>("the rollouts' rewards and figures", &mine, device)?;
+    Ok(all.into_iter().map(f64::from).collect())
 }
 
 /// Reward mean and (Bessel) std over the scored rollouts, the zero-std fraction, and the best
@@ -139,37 +217,16 @@ fn reward_stats(
 }
 
 /// Completion lengths, truncation and format rates, and the mean entropy of the sampling
-/// distribution over the completion tokens that get a loss.
-fn rollout_stats<B: AutodiffBackend>(s: &Sampled<B>, mask_truncated: bool) -> Vec<(String, f64)> {
-    let batch = &s.rollouts;
-    let n = batch.len() as f64;
-    let lens: Vec<f64> = batch
-        .rollouts
-        .iter()
-        .map(|r| r.tokens.len() as f64)
-        .collect();
-    let live_entropies: Vec<f32> = batch
-        .rollouts
-        .iter()
-        .filter(|r| is_live(r, mask_truncated))
-        .flat_map(|r| r.entropies.iter().copied())
-        .collect();
-    let entropy =
-        live_entropies.iter().map(|&h| h as f64).sum::<f64>() / live_entropies.len().max(1) as f64;
+/// distribution over the completion tokens that get a loss (`rows`: the shared figures).
+fn rollout_stats(rows: &[&[f64]]) -> Vec<(String, f64)> {
+    let n = rows.len().max(1) as f64;
+    let col = |c: usize| rows.iter().map(move |r| r[c]);
+    let entropy = col(ENTROPY).sum::<f64>() / col(ENTROPY + 1).sum::<f64>().max(1.0);
     vec![
-        ("completion_len_mean".into(), lens.iter().sum::<f64>() / n),
-        (
-            "completion_len_max".into(),
-            lens.iter().cloned().fold(0.0, f64::max),
-        ),
-        (
-            "truncated_frac".into(),
-            batch.rollouts.iter().filter(|r| r.truncated()).count() as f64 / n,
-        ),
-        (
-            "format_frac".into(),
-            batch.format_ok.iter().filter(|&&f| f).count() as f64 / n,
-        ),
+        ("completion_len_mean".into(), col(LEN).sum::<f64>() / n),
+        ("completion_len_max".into(), col(LEN).fold(0.0, f64::max)),
+        ("truncated_frac".into(), col(TRUNCATED).sum::<f64>() / n),
+        ("format_frac".into(), col(FORMAT_OK).sum::<f64>() / n),
         ("entropy".into(), entropy),
     ]
 }

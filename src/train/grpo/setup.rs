@@ -81,20 +81,20 @@ impl<'a, B: AutodiffBackend> Grpo<'a, B> {
     }
 }
 
-/// The corpus encoded by `model`'s document view.
+/// The corpus encoded by `model`'s document view (shared among data-parallel workers).
 pub(super) fn encode<B: AutodiffBackend>(
     cfg: &Config,
     ds: &Dataset,
     tr: &Trainer<B>,
     model: &Decoder<B::InnerBackend>,
 ) -> Result<DocIndex<B::InnerBackend>> {
-    DocIndex::build(
+    // data-parallel: each worker encodes its block of the corpus and gathers the rest
+    DocIndex::build_shared(
         model,
         &tr.tok,
         &ds.corpus,
         model_section(cfg)?.max_doc_tokens,
         cfg.raw.train.eval_batch_size,
-        |_| {},
     )
 }
 

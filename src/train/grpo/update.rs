@@ -10,8 +10,8 @@ use super::log::PhaseClock;
 use super::score::Scored;
 use super::{Grpo, Sampled};
 use crate::loss::{GrpoParams, corpus_nce, grpo_loss};
-use crate::rollout::{Completions, completions, logprobs, loss_tokens};
-use crate::train::micro::{StepPlan, rollout_plan};
+use crate::rollout::{Completions, completions, logprobs};
+use crate::train::micro::{MicroBatch, StepPlan, rollout_plan};
 
 /// The step's micro-batches, ready for the μ passes.
 pub(super) struct Prepared<B: AutodiffBackend> {
@@ -34,18 +34,18 @@ pub(super) struct Pass {
 }
 
 /// Micro-batches of `train.batch_size` queries' rollouts each, scaled by the loss type, with
-/// their tensors and reference log-probs.
-pub(super) fn prepare<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Prepared<B> {
+/// their tensors and reference log-probs. Data-parallel: the step's micro-batches are cut from
+/// every worker's rollouts (`scored.tokens`), and each worker keeps those of its own rollouts.
+pub(super) fn prepare<B: AutodiffBackend>(
+    g: &Grpo<B>,
+    s: &Sampled<B>,
+    scored: &Scored,
+) -> Prepared<B> {
     let batch = &s.rollouts;
     let mask = g.s3.mask_truncated;
-    let tokens: Vec<f64> = batch
-        .rollouts
-        .iter()
-        .map(|r| loss_tokens(r, mask) as f64)
-        .collect();
     let per = g.cfg.raw.train.batch_size * batch.group;
-    let plan = rollout_plan(&tokens, per, g.s3.loss_type);
-    if plan.num_items == 0.0 && mask {
+    let whole = rollout_plan(&scored.tokens, per, g.s3.loss_type);
+    if whole.num_items == 0.0 && mask {
         // nothing to learn from: say so, or a run trains nothing without a word
         g.tr.bar.println(format!(
             "stage3 step {}: every rollout reached model.max_reasoning_tokens = {} without \
@@ -55,6 +55,19 @@ pub(super) fn prepare<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Prepar
             g.m.max_reasoning_tokens
         ));
     }
+    let own = scored.first..scored.first + batch.len();
+    let plan = StepPlan {
+        micro: whole
+            .micro
+            .iter()
+            .filter(|mb| own.contains(&mb.rows.start))
+            .map(|mb| MicroBatch {
+                rows: mb.rows.start - own.start..mb.rows.end - own.start,
+                scale: mb.scale,
+            })
+            .collect(),
+        num_items: whole.num_items,
+    };
     let parts: Vec<Completions<B>> = plan
         .micro
         .iter()
@@ -70,7 +83,6 @@ pub(super) fn prepare<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Prepar
             )
         })
         .collect();
-    debug_assert_eq!(parts.iter().map(|c| c.tokens).sum::<f64>(), plan.num_items);
     let refs = parts
         .iter()
         .map(|c| {
@@ -93,7 +105,8 @@ pub(super) fn policy_pass<B: AutodiffBackend>(
     // its own clock: a later update must not count the previous one's step, eval and save
     let mut clock = PhaseClock::<B>::start(&g.device);
     let s3 = g.s3.clone();
-    let n = s.rollouts.len();
+    // the whole step's rollouts (every worker's)
+    let n = scored.tokens.len();
     let total_tokens = step.plan.num_items;
     let params = GrpoParams {
         epsilon_low: s3.epsilon,
@@ -140,7 +153,7 @@ pub(super) fn policy_pass<B: AutodiffBackend>(
         g.tr.backward(mb, out.loss, extra);
     }
     pass.policy_secs = clock.lap();
-    g.tr.tokens += total_tokens as usize;
+    g.tr.tokens += step.parts.iter().map(|c| c.tokens).sum::<f64>() as usize;
     pass
 }
 
