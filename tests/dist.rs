@@ -74,7 +74,9 @@ fn assert_same_stage(one: &Path, two: &Path, steps: u64, tags: &[&str]) {
         for ((s, x), (_, y)) in la.iter().zip(&lb) {
             assert!(
                 (x - y).abs() <= 1e-5 * x.abs().max(1.0),
-                "step {s}: {tag} {x} (one worker) vs {y} (two)"
+                "step {s}: {tag} {x} ({}) vs {y} ({})",
+                one.display(),
+                two.display()
             );
         }
     }
@@ -120,29 +122,41 @@ fn two_workers_reach_the_weights_of_one_worker_on_the_same_global_batch() {
 
 #[test]
 fn an_interrupted_data_parallel_run_resumes_to_the_uninterrupted_end() {
+    assert_resumes(
+        "stage1",
+        12,
+        "",
+        &["train.batch_size=4"],
+        &["stage1/loss"],
+        29620,
+    );
+}
+
+#[test]
+fn an_interrupted_data_parallel_stage3_resumes_to_the_uninterrupted_end() {
+    // re-encoded every 3 steps, cut at step 4 or 5: the resume ranks against the index of step 3
+    // that the checkpoint kept, as the uninterrupted run does
+    let extra = "[stage3]\ngroup_size = 2\nbeta = 0.04\nrefresh_every = 3\nmask_truncated = false\n\
+                 [[stage3.rewards]]\nname = \"reciprocal_rank\"\n";
+    let sets = ["train.batch_size=2", "model.max_reasoning_tokens=12"];
+    let tags = ["stage3/loss", "stage3/reward"];
+    assert_resumes("stage3", 8, extra, &sets, &tags, 29700);
+}
+
+/// `stage` on two workers to `steps`, once whole and once Ctrl-C'd after its first checkpoint
+/// (step 4) and resumed: the same figures and weights.
+fn assert_resumes(stage: &str, steps: u64, extra: &str, sets: &[&str], tags: &[&str], port: u16) {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    let steps = 12;
-    let cfg = config(dir.path(), &runs, "whole", steps, "");
-    let launch = [
-        "--workers",
-        "2",
-        "--coordinator",
-        "127.0.0.1:29620",
-        "--dist-timeout",
-        "120",
-    ];
-    let sets = ["train.batch_size=4"];
-    stage1(&cfg, &sets, &launch);
-    let mut args = vec![
-        "stage1",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--set",
-        "train.batch_size=4",
-    ];
+    let cfg = config(dir.path(), &runs, "whole", steps, extra);
+    let launch = two_workers(port);
+    run_stage(stage, &cfg, sets, &strs(&launch));
+    let mut args = vec![stage, "--config", cfg.to_str().unwrap()];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
     args.extend(["--set", "run.name=\"cut\""]);
-    args.extend(launch);
+    args.extend(strs(&launch));
     // Ctrl-C to the launcher once the first checkpoint exists: the workers stop together
     let child = spawn(&args);
     let ckpt = runs.join("cut/checkpoints/step-000004/state.json");
@@ -160,7 +174,7 @@ fn an_interrupted_data_parallel_run_resumes_to_the_uninterrupted_end() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("--resume"), "{err}");
-    let stopped = losses(&runs.join("cut")).len();
+    let stopped = series(&runs.join("cut"), tags[0]).len();
     assert!(
         stopped < steps as usize,
         "the run finished before the signal"
@@ -168,7 +182,7 @@ fn an_interrupted_data_parallel_run_resumes_to_the_uninterrupted_end() {
     args.push("--resume");
     let o = t1(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_same_run(&runs.join("whole"), &runs.join("cut"), steps);
+    assert_same_stage(&runs.join("whole"), &runs.join("cut"), steps, tags);
 }
 
 /// `child`'s output once it exits; killed, and the test failed, after `limit`.

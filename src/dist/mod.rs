@@ -176,7 +176,12 @@ pub fn init<B: Backend>(
         },
     )?;
     let world = WORLD.get_or_init(|| world);
-    world.same_everywhere::<B>("config", config_id, device)?;
+    world.agree::<B>(
+        "config",
+        config_id,
+        "start every worker with the same config and --set overrides",
+        device,
+    )?;
     Ok(world)
 }
 
@@ -301,14 +306,19 @@ impl World {
         self.all_reduce::<B>(what, padded, device)
     }
 
-    /// Refuses the run unless every worker holds the same `value` of `what` (a hash): each adds
-    /// its bytes and the count of workers holding them; a difference shows on every rank.
-    fn same_everywhere<B: Backend>(
+    /// Refuses the run unless every worker holds the same `value` of `what` (a hash, or a short
+    /// string): each adds its bytes and the count of workers holding them; a difference shows
+    /// on every rank, whose error ends with `hint`.
+    pub fn agree<B: Backend>(
         &self,
         what: &str,
         value: &str,
+        hint: &str,
         device: &B::Device,
     ) -> Result<()> {
+        if !self.is_distributed() {
+            return Ok(());
+        }
         let mine: Vec<f32> = value.bytes().map(f32::from).collect();
         let mut v = mine.clone();
         v.extend(mine.iter().map(|b| b * b));
@@ -322,8 +332,8 @@ impl World {
             Ok(())
         } else {
             Err(Error::Usage(format!(
-                "worker {} of {}: the workers were started with different {what}s (this one's \
-                 hash is {value}); start every worker with the same config and --set overrides",
+                "worker {} of {}: the workers hold different {what}s (this one's is {value}); \
+                 {hint}",
                 self.rank, self.size
             )))
         }

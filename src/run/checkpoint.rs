@@ -204,11 +204,12 @@ pub fn save<B: Backend, V: Record<B>>(
     tokenizer: &T1Tokenizer,
     optimizer: HashMap<ParamId, V>,
     state: &TrainState,
+    extra: Option<&StageFiles>,
 ) -> Result<String> {
     let root = root(run_dir);
     let name = format!("step-{:06}", state.step);
     let tmp = root.join(format!(".tmp-{name}"));
-    let written = write_folder(&tmp, model, adapter, tokenizer, optimizer, state)
+    let written = write_folder(&tmp, model, adapter, tokenizer, optimizer, state, extra)
         .and_then(|()| crate::fsio::replace_dir(&tmp, &root.join(&name)));
     if let Err(e) = written {
         // free what the half-written folder holds (a full disk is the usual cause)
@@ -241,6 +242,7 @@ fn write_folder<B: Backend, V: Record<B>>(
     tokenizer: &T1Tokenizer,
     optimizer: HashMap<ParamId, V>,
     state: &TrainState,
+    extra: Option<&StageFiles>,
 ) -> Result<()> {
     if tmp.exists() {
         std::fs::remove_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
@@ -261,8 +263,16 @@ fn write_folder<B: Backend, V: Record<B>>(
     let json = serde_json::to_string_pretty(state)
         .map_err(|e| Error::Runtime(format!("cannot serialise the train state: {e}")))?;
     write_atomic(&tmp.join("state.json"), json.as_bytes())?;
+    if let Some(write) = extra {
+        write(tmp, state.step)?;
+    }
     crate::checksums::write(tmp)
 }
+
+/// A stage's own files in a checkpoint (stage 3: the document index in force when the step is
+/// not one it re-encodes at), written into the checkpoint folder `(dir, step)` before its
+/// checksums.
+pub type StageFiles = Box<dyn Fn(&Path, u64) -> Result<()>>;
 
 /// The newest complete checkpoint of a run, if any: the highest `step-N` folder (a folder only
 /// gets that name once everything in it is written). The `latest` file is for people and tools;

@@ -117,6 +117,8 @@ pub struct Trainer<B: AutodiffBackend> {
     _polling: crate::run::PollGuard,
     /// Data-parallel: a worker saw Ctrl-C by the last step's exchange (all workers stop together).
     interrupted_anywhere: bool,
+    /// The stage's own files in each checkpoint (`checkpoint::StageFiles`).
+    pub stage_files: Option<checkpoint::StageFiles>,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -272,6 +274,15 @@ impl<B: AutodiffBackend> Trainer<B> {
                 state.step,
             )?;
         }
+        // data-parallel: every worker starts from the same point (a resume reads the checkpoint
+        // rank 0 wrote: the run folder must be the same one on every machine)
+        world.agree::<B::InnerBackend>(
+            "starting points (step/epoch/position)",
+            &format!("{}/{}/{}", state.step, state.epoch, state.position),
+            "a data-parallel --resume needs the run folder that rank 0 writes on every machine \
+             (a shared filesystem, or a copy of it)",
+            device,
+        )?;
         let rng = state.rng.restore()?;
         let (bar, sinks): (ProgressBar, Box<dyn MetricsSink>) = if world.is_main() {
             let bar = progress_bar(t.steps, stage, cfg.raw.logging.progress);
@@ -302,6 +313,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             step_loss: 0.0,
             _polling: crate::run::PollGuard::new(),
             interrupted_anywhere: false,
+            stage_files: None,
         })
     }
 
@@ -652,6 +664,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             &self.tok,
             self.optim.to_record(),
             &self.state,
+            self.stage_files.as_ref(),
         )?;
         checkpoint::prune(
             self.run_dir.root(),

@@ -137,7 +137,34 @@ impl<B: AutodiffBackend> Grpo<'_, B> {
         if every > 0 && step % every == 0 && step != self.built_at {
             self.index = setup::encode(self.cfg, self.ds, &self.tr, &self.tr.model.valid())?;
             self.built_at = step;
+            self.keep_index_in_checkpoints()?;
         }
+        Ok(())
+    }
+
+    /// A re-encoded index goes into every checkpoint taken before the next re-encoding (a
+    /// resume between two refreshes ranks against it rather than re-encoding with the
+    /// resumed model, which an uninterrupted run would not have done): `refreshed-index.safetensors`.
+    fn keep_index_in_checkpoints(&mut self) -> Result<()> {
+        if self.s3.refresh_every == 0 {
+            return Ok(());
+        }
+        let vectors = self.index.vectors.clone();
+        let truncated = self.index.truncated;
+        let ids = self.ds.corpus.ids.clone();
+        let meta = setup::checkpoint_index_meta(self.cfg, self.ds, self.built_at)?;
+        let built_at = self.built_at;
+        self.tr.stage_files = Some(Box::new(move |dir: &std::path::Path, step: u64| {
+            if step == built_at {
+                return Ok(()); // a resume at this step re-encodes it from the same weights
+            }
+            let index = DocIndex {
+                vectors: vectors.clone(),
+                truncated,
+            };
+            index.save(&dir.join(setup::CHECKPOINT_INDEX), &ids, meta.clone())?;
+            Ok(())
+        }));
         Ok(())
     }
 

@@ -55,17 +55,30 @@ impl<'a, B: AutodiffBackend> Grpo<'a, B> {
             top_k: s3.top_k,
             top_p: s3.top_p,
         };
-        let index = match (&s3.index, &starting, s3.refresh_every) {
-            (Some(path), _, _) => saved_index::<B>(cfg, ds, path, device)?,
-            (None, Some(start), 0) => encode(cfg, ds, &tr, start)?,
+        let step = tr.state.step;
+        let every = s3.refresh_every;
+        // the resume of a run between two re-encodings: the index in force, from the checkpoint
+        let between = every > 0 && step % every != 0;
+        let kept = match between {
+            true => checkpoint_index::<B>(&tr, ds, device)?,
+            false => None,
+        };
+        let built_at = match &kept {
+            Some(_) => step - step % every,
+            None => step,
+        };
+        let index = match (kept, &s3.index, &starting, every) {
+            (Some(kept), _, _, _) => kept,
+            (None, Some(path), _, _) => saved_index::<B>(cfg, ds, path, device)?,
+            (None, None, Some(start), 0) => encode(cfg, ds, &tr, start)?,
             _ => encode(cfg, ds, &tr, &tr.model.valid())?,
         };
-        let g = Grpo {
+        let mut g = Grpo {
             cfg,
             ds,
             s3,
             m,
-            built_at: tr.state.step,
+            built_at,
             rollouts_path: tr.run_root().join("rollouts.jsonl"),
             tr,
             device: device.clone(),
@@ -77,8 +90,70 @@ impl<'a, B: AutodiffBackend> Grpo<'a, B> {
             index,
             last_dev: Vec::new(),
         };
+        g.keep_index_in_checkpoints()?;
         Ok(g)
     }
+}
+
+/// The file a checkpoint keeps stage 3's re-encoded index in (`Grpo::keep_index_in_checkpoints`).
+pub(super) const CHECKPOINT_INDEX: &str = "refreshed-index.safetensors";
+
+/// What a checkpoint's index file says it was built from.
+pub(super) fn checkpoint_index_meta(
+    cfg: &Config,
+    ds: &Dataset,
+    built_at: u64,
+) -> Result<crate::index::IndexMeta> {
+    let m = model_section(cfg)?;
+    Ok(crate::index::IndexMeta {
+        format: crate::index::FORMAT,
+        model: format!("the stage-3 policy at step {built_at}"),
+        model_sha256: String::new(),
+        model_step: Some(built_at),
+        dataset: cfg.raw.data.dataset.display().to_string(),
+        corpus_sha256: crate::index::corpus_hash(&ds.corpus),
+        max_doc_tokens: m.max_doc_tokens,
+        max_query_tokens: m.max_query_tokens,
+        max_reasoning_tokens: m.max_reasoning_tokens,
+        num_docs: 0,
+        dim: 0,
+        vectors_sha256: String::new(),
+        written_by: format!("t1-train {}", env!("CARGO_PKG_VERSION")),
+    })
+}
+
+/// The re-encoded index the resumed checkpoint kept; `None` (with a note) for a checkpoint
+/// written before checkpoints kept it, which then re-encodes with the resumed weights.
+fn checkpoint_index<B: AutodiffBackend>(
+    tr: &Trainer<B>,
+    ds: &Dataset,
+    device: &B::Device,
+) -> Result<Option<DocIndex<B::InnerBackend>>> {
+    let Some(dir) = crate::run::checkpoint::latest(tr.run_root())? else {
+        return Ok(None);
+    };
+    let path = dir.join(CHECKPOINT_INDEX);
+    if !path.exists() {
+        tr.bar.println(format!(
+            "stage3: {} keeps no re-encoded index; the resume re-encodes the corpus with its \
+             weights (an uninterrupted run would have ranked against the index of the last \
+             re-encoding until the next)",
+            dir.display()
+        ));
+        return Ok(None);
+    }
+    let (index, meta, ids) = DocIndex::load(&path, device)?;
+    if ids != ds.corpus.ids || meta.corpus_sha256 != crate::index::corpus_hash(&ds.corpus) {
+        return Err(Error::Data {
+            file: path,
+            line: 0,
+            field: Some("t1.doc_ids".into()),
+            message: "the checkpoint's index was built from another corpus than the dataset's \
+                      corpus.jsonl"
+                .into(),
+        });
+    }
+    Ok(Some(index))
 }
 
 /// The corpus encoded by `model`'s document view (shared among data-parallel workers).
