@@ -62,18 +62,13 @@ run)
   if [ -n "${OUT:-}" ]; then log="$OUT/device-check.txt"; fi
   set -o pipefail
   timeout "${T1_DEVICE_CHECK_TIMEOUT:-290}" .device/backbone --device-check "$@" 2>&1 | tee "$log"
-  # multi-device line (T1_DEVICE_MULTI=1 builds .device/t1-train): stage 1 on the tiny preset,
-  # one worker × 2 micro-batches vs two workers (one GPU each, CUDA_VISIBLE_DEVICES per worker)
+  # multi-device lines (T1_DEVICE_MULTI=1 builds .device/t1-train): every stage on the tiny
+  # preset, the same global batch on one worker (one GPU) vs two workers (one GPU each, the
+  # launcher sets CUDA_VISIBLE_DEVICES per worker); "threads" in its lines are CPU threads
   gpus=$(nvidia-smi --list-gpus | wc -l)
   if [ -x .device/t1-train ] && [ "$gpus" -ge 2 ]; then
-    tmp=$(mktemp -d)
-    sed -e "s|^output_dir = .*|output_dir = \"$tmp\"|" -e "s|\.\./|$PWD/|g" configs/tiny-stage1.toml > "$tmp/s1.toml"
-    for w in 1 2; do
-      s=$(date +%s.%N)
-      .device/t1-train stage1 --config "$tmp/s1.toml" --set train.steps=50 --set train.grad_accum=$((3 - w)) \
-        --set "run.name=\"w$w\"" --workers "$w" > "$tmp/w$w.log" 2>&1 || { tail -5 "$tmp/w$w.log"; }
-      echo "multi-device: stage1 tiny, $w worker(s): $(python3 -c "import time; print(f'{time.time() - $s:.1f}')") s" | tee -a "$log"
-    done
+    echo "multi-device: scripts/dp_figures.sh on $gpus GPUs (one worker = GPU 0; two workers = GPUs 0 and 1)" | tee -a "$log"
+    bash scripts/dp_figures.sh .device/t1-train 2>&1 | tee -a "$log"
   else
     echo "multi-device: skipped ($gpus GPU(s); .device/t1-train $( [ -x .device/t1-train ] && echo present || echo absent))" | tee -a "$log"
   fi

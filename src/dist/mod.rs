@@ -4,9 +4,12 @@
 //! A run on several workers is one process per device (`t1-train stage1 --workers N`, or
 //! `--nodes M --node-rank R --coordinator HOST:PORT` on each of M machines; `run::launch` starts
 //! and watches them). Every worker reads the same config, draws the same examples in the same order,
-//! and runs its own share of each step's micro-batches ([`World::owns`]); [`World::all_reduce`]
-//! sums the gradients (and the step's logged figures) so that every worker takes the same
-//! optimizer step. Rank 0 alone writes the run folder: logs, TensorBoard, checkpoints, `best/`.
+//! and runs its own share of each step ([`World::owns`], [`World::block`]: stage 1's micro-batches,
+//! the contrastive stages' queries, stage 3's rollouts); [`World::all_gather`] shares what a step
+//! needs whole (contrastive vectors, stage 3's rewards, index blocks), and
+//! [`World::all_reduce_grads`] sums the gradients (and the step's logged figures) so that every
+//! worker takes the same optimizer step. Rank 0 alone writes the run folder: logs, TensorBoard,
+//! checkpoints, `best/`.
 //!
 //! burn-collective (pinned with burn) does the exchange: each process registers as one of its
 //! "nodes" with one device, rank 0 runs its global orchestrator on the coordinator's port, and

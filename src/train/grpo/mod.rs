@@ -21,7 +21,11 @@
 //!    with greedy reasoning (`stage3/dev/ndcg@10`, best model kept) and a few rollouts to
 //!    `rollouts.jsonl` and TensorBoard text; checkpoints every `train.save_every`.
 //!
-//! Deviations from TRL: one process; the micro-batches' losses are scaled so that the step's
+//! Data-parallel (`--workers`): each worker samples its block of the step's queries and scores
+//! its rollouts; their rewards and figures are shared (`score`), so advantages, the step's cut and
+//! the statistics are the whole batch's, and each worker runs the micro-batches of its own rows.
+//!
+//! Deviations from TRL: the micro-batches' losses are scaled so that the step's
 //! gradient equals the unsplit batch's (`train::micro`); `entropy` is that of the sampling
 //! distribution over the completion tokens (computed in the decode loop — the same policy TRL's
 //! training forward sees at μ = 1 — rather than from a second full-vocabulary pass).
