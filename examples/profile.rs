@@ -7,6 +7,7 @@
 //!     target/release/examples/profile steps   # SmolLM2-135M: decode steps alone (8 rows, 1-token prompts)
 //!     target/release/examples/profile index   # tiny preset: encode 256 documents × 64 tokens, batch 32
 //!     target/release/examples/profile grpo    # SmolLM2-135M: the bench's GRPO step (2 × 4 × 32), per phase
+//!     target/release/examples/profile gemm    # SmolLM2-135M's projection shapes: GFLOP/s of the CPU linear, split vs gemm's threading
 //!     RAYON_NUM_THREADS=1 perf record --call-graph dwarf target/release/examples/profile index
 //!
 //! (single-threaded, the GEMM work stays on the caller's stack and `perf report --children`
@@ -223,6 +224,65 @@ fn main() {
         Some("index") => index(),
         Some("grpo") => grpo(),
         Some("steps") => steps(),
-        _ => eprintln!("usage: profile train|decode|steps|index|grpo"),
+        Some("gemm") => gemm_shapes(),
+        _ => eprintln!("usage: profile train|decode|steps|index|grpo|gemm"),
     }
+}
+
+/// GFLOP/s of the CPU linear layer at SmolLM2-135M's shapes (d 576, MLP 1536, k/v 192): a
+/// training micro-batch's projections (2 × 128 tokens), a weight gradient (`xᵀ · dy`) and an index
+/// batch (64 documents × 128 tokens), one gemm per core (`T1_GEMM_SPLIT`, the default) against
+/// gemm's own threading, alternating: the median of 15 runs of ~0.1 s each.
+fn gemm_shapes() {
+    use burn::tensor::Distribution;
+    use t1_train::model::cpu::set_gemm_split;
+    let dev = Default::default();
+    println!(
+        "{} threads; GFLOP/s, median of 15",
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<24} {:<24} {:>9} {:>9} {:>6}",
+        "product", "shape", "split", "gemm's", "ratio"
+    );
+    let shapes: [(&str, usize, usize, usize); 6] = [
+        ("q/o proj 256 tok", 256, 576, 576),
+        ("k/v proj 256 tok", 256, 576, 192),
+        ("gate/up 256 tok", 256, 576, 1536),
+        ("down 256 tok", 256, 1536, 576),
+        ("dW gate/up", 576, 256, 1536),
+        ("index gate/up 8192 tok", 8192, 576, 1536),
+    ];
+    for (what, m, k, n) in shapes {
+        let x = Tensor::<Flex, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &dev);
+        let w = Tensor::<Flex, 2>::random([k, n], Distribution::Normal(0.0, 1.0), &dev);
+        let flops = 2.0 * (m * k * n) as f64;
+        let reps = ((1e8 / flops) as usize).max(1);
+        let run = |split: bool| {
+            set_gemm_split(split);
+            let t = Instant::now();
+            for _ in 0..reps {
+                let y =
+                    t1_train::model::cpu::linear_matmul(&x, &w).expect("the CPU linear applies");
+                std::hint::black_box(y);
+            }
+            flops * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+        };
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for _ in 0..15 {
+            on.push(run(true));
+            off.push(run(false));
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (a, b) = (median(on), median(off));
+        println!(
+            "{what:<24} {:<24} {a:>9.1} {b:>9.1} {:>5.2}x",
+            format!("[{m},{k}]x[{k},{n}]"),
+            a / b
+        );
+    }
+    set_gemm_split(true);
 }

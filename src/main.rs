@@ -422,6 +422,10 @@ fn run(cli: Cli) -> Result<(), Error> {
                     })?;
                 if world.is_main() {
                     println!("{}", report.markdown());
+                    println!(
+                        "report: {}",
+                        c.output_dir.join(&c.name).join("report.md").display()
+                    );
                 }
                 return Ok(());
             }

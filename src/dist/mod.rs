@@ -309,9 +309,9 @@ impl World {
         self.all_reduce::<B>(what, padded, device)
     }
 
-    /// Refuses the run unless every worker holds the same `value` of `what` (a hash, or a short
-    /// string): each adds its bytes and the count of workers holding them; a difference shows
-    /// on every rank, whose error ends with `hint`.
+    /// Refuses the run unless every worker holds the same `value` of `what`: each adds the bytes
+    /// of its value's SHA-256, their squares and the count of workers; a difference shows on every
+    /// rank, whose error ends with `hint`.
     pub fn agree<B: Backend>(
         &self,
         what: &str,
@@ -322,7 +322,13 @@ impl World {
         if !self.is_distributed() {
             return Ok(());
         }
-        let mine: Vec<f32> = value.bytes().map(f32::from).collect();
+        // the value's SHA-256: the same length on every worker whatever the value (the exchange
+        // needs equal lengths)
+        use sha2::{Digest, Sha256};
+        let mine: Vec<f32> = Sha256::digest(value.as_bytes())
+            .iter()
+            .map(|&b| f32::from(b))
+            .collect();
         let mut v = mine.clone();
         v.extend(mine.iter().map(|b| b * b));
         v.push(mine.len() as f32);

@@ -247,7 +247,16 @@ pub fn run<B: AutodiffBackend>(
         })?;
         let dir = cfg.run_dir.join("best");
         // an HF folder, or with [lora] an adapter folder (the next stage starts from its merge)
-        if !dir.join("config.json").exists() && !crate::model::is_adapter_dir(&dir) {
+        let kept = dir.join("config.json").exists() || crate::model::is_adapter_dir(&dir);
+        if !kept && !crate::dist::world().is_main() {
+            return Err(Error::Runtime(format!(
+                "worker {}: {} does not show the best model rank 0 kept: a data-parallel \
+                 curriculum needs its run folder on a filesystem every machine shares",
+                crate::dist::world().rank,
+                dir.display()
+            )));
+        }
+        if !kept {
             return Err(Error::Runtime(format!(
                 "{}: {} kept no best model (set train.eval_every > 0 in {})",
                 dir.display(),
@@ -276,14 +285,23 @@ pub fn run<B: AutodiffBackend>(
     report::<B>(c, &configs, stages, device, &mut say)
 }
 
-/// A hash of every stage's resolved config (what data-parallel workers compare before a
-/// curriculum: each must run the same stages with the same overrides).
+/// A hash of the curriculum (`c`, with its stages' overrides), every stage's config file and the
+/// command line's `extra` overrides: what data-parallel workers compare before a curriculum (each
+/// must run the same stages with the same settings). Files are hashed as written, since later
+/// stages' configs resolve only once the stage before has finished.
 pub fn config_id(c: &Curriculum, extra: &[String]) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    for i in 0..c.stage.len() {
-        let cfg = stage_config(c, i, None, extra)?;
-        h.update(crate::train::common::config_hash(&cfg)?.as_bytes());
+    h.update(c.name.as_bytes());
+    for s in &c.stage {
+        h.update(s.kind.name().as_bytes());
+        h.update(std::fs::read(&s.config).map_err(|e| Error::io(&s.config, e))?);
+        for o in &s.set {
+            h.update(o.as_bytes());
+        }
+    }
+    for o in extra {
+        h.update(o.as_bytes());
     }
     Ok(format!("{:x}", h.finalize()))
 }

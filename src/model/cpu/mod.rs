@@ -36,6 +36,12 @@ mod gemm;
 mod head;
 pub use head::LOGITS_BUDGET;
 mod linear;
+/// `T1_GEMM_SPLIT=0`: gemm's own threading for every product instead of one gemm per core.
+pub use gemm::{
+    SPLIT_ENV as GEMM_SPLIT_ENV, set_split as set_gemm_split, split_on as gemm_split_on,
+};
+/// The CPU linear layer (`x · w`, gemm into never-zeroed outputs; `examples/profile gemm` times it).
+pub use linear::matmul as linear_matmul;
 
 use std::any::Any;
 use std::cell::Cell;

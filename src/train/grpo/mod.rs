@@ -157,10 +157,10 @@ impl<B: AutodiffBackend> Grpo<'_, B> {
         let truncated = self.index.truncated;
         let ids = self.ds.corpus.ids.clone();
         let meta = setup::checkpoint_index_meta(self.cfg, self.ds, self.built_at)?;
-        let built_at = self.built_at;
+        let every = self.s3.refresh_every;
         self.tr.stage_files = Some(Box::new(move |dir: &std::path::Path, step: u64| {
-            if step == built_at {
-                return Ok(()); // a resume at this step re-encodes it from the same weights
+            if step % every == 0 {
+                return Ok(()); // a resume at a re-encoding step re-encodes, as the run does there
             }
             let index = DocIndex {
                 vectors: vectors.clone(),

@@ -67,10 +67,14 @@ impl<'a, B: AutodiffBackend> Grpo<'a, B> {
             Some(_) => step - step % every,
             None => step,
         };
-        let index = match (kept, &s3.index, &starting, every) {
-            (Some(kept), _, _, _) => kept,
-            (None, Some(path), _, _) => saved_index::<B>(cfg, ds, path, device)?,
-            (None, None, Some(start), 0) => encode(cfg, ds, &tr, start)?,
+        // before the first re-encoding (or with none) the starting index: `stage3.index`, or the
+        // starting model's; after it, the index in force, re-encoded with the resumed weights at
+        // a re-encoding step (as the uninterrupted run does there)
+        let first = every == 0 || step < every;
+        let index = match (kept, &s3.index, &starting) {
+            (Some(kept), _, _) => kept,
+            (None, Some(path), _) if first => saved_index::<B>(cfg, ds, path, device)?,
+            (None, None, Some(start)) if every == 0 => encode(cfg, ds, &tr, start)?,
             _ => encode(cfg, ds, &tr, &tr.model.valid())?,
         };
         let mut g = Grpo {
