@@ -29,6 +29,12 @@
 //!
 //! Without torch (or trl) the peer column says why and t1-train's figures still print.
 //!
+//! `-- --curve` prints how a stage-3 step's cost grows with the work instead (tiny preset):
+//! the `grpo` step against TRL's for G = 2, 4, 8, 16 (B = 2, 64 new tokens) and for 32, 64, 128
+//! new tokens (B = 2, G = 4), and t1-train's index refresh and ranking (`refresh`: encode N
+//! synthetic documents of 64 tokens, score B·G = 16 query vectors against them, sort each row)
+//! for N = 1k, 10k, 100k (TRL has no index), each with its peak memory.
+//!
 //! `-- --device-check` (a build with `--features cuda` or `wgpu`; `scripts/device-check.sh`)
 //! compares the GPU backend with the CPU one and times it against PyTorch on the same GPU:
 //! `device/check.rs`.
@@ -279,6 +285,98 @@ fn index<BK: Backend>(dir: &Path, reps: usize, docs: usize, len: usize, batch: u
     docs as f64 / secs
 }
 
+/// Seconds of an index refresh and the ranking of `queries` vectors against it: `docs`
+/// synthetic documents of `len` tokens encoded in batches of `batch` and normalised, the
+/// queries' cosine scores read back, each row sorted (what stage 3 does per rollout).
+fn refresh<BK: Backend>(
+    dir: &Path,
+    reps: usize,
+    docs: usize,
+    len: usize,
+    batch: usize,
+    queries: usize,
+) -> f64 {
+    let device = Default::default();
+    let model: Decoder<BK> = load_hf(dir, &device).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let seqs: Vec<Vec<u32>> = (0..docs)
+        .map(|_| random_ids(&mut rng, len, model.config().vocab_size))
+        .collect();
+    let d = model.config().hidden_size;
+    let q: Vec<f32> = (0..queries * d)
+        .map(|_| rng.random::<f32>() - 0.5)
+        .collect();
+    time(reps, || {
+        let index = t1_train::index::DocIndex {
+            vectors: t1_train::index::l2_normalize(embed_last(&model, &seqs, batch, 0, |_| {})),
+            truncated: 0,
+        };
+        let qv = Tensor::<BK, 2>::from_data(TensorData::new(q.clone(), [queries, d]), &device);
+        for row in index.scores(qv).unwrap() {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            std::hint::black_box(order);
+        }
+    })
+}
+
+/// `-- --curve`: the stage-3 step's cost against G, reasoning length and corpus size (see the
+/// module docs).
+fn curve(dir: &Path, reps: usize, threads: usize, versions: &mut Option<serde_json::Value>) {
+    let mut notes = Vec::new();
+    let s = |v: &[usize]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let name = "tiny (Qwen3)";
+    let grpo_line = |b: usize,
+                     g: usize,
+                     new: usize,
+                     notes: &mut Vec<String>,
+                     versions: &mut Option<serde_json::Value>| {
+        let bgpn = [b, g, 32, new];
+        let mut peer_args = s(&bgpn);
+        peer_args.push(((BETA * 1e6).round() as u64).to_string());
+        peer_args.push(LOSS.1.to_string());
+        eprintln!("[curve] grpo {b}x{g}x{new} …");
+        line(
+            name,
+            "grpo",
+            &format!("{b}x{g}x{new}"),
+            "s/step",
+            ours("grpo", dir, reps, &bgpn),
+            peer("grpo", dir, reps, threads, &peer_args, versions),
+            true,
+            notes,
+        );
+    };
+    for g in [2, 4, 8, 16] {
+        grpo_line(2, g, 64, &mut notes, versions);
+    }
+    for new in [32, 128] {
+        grpo_line(2, 4, new, &mut notes, versions);
+    }
+    for docs in [1_000, 10_000, 100_000] {
+        eprintln!("[curve] refresh {docs} …");
+        line(
+            name,
+            "refresh",
+            &format!("{docs}x64 q16"),
+            "s",
+            ours(
+                "refresh",
+                dir,
+                if docs > 10_000 { 1 } else { reps },
+                &[docs, 64, 64, 16],
+            ),
+            Err("TRL has no document index".into()),
+            true,
+            &mut notes,
+        );
+    }
+    notes.dedup();
+    for n in notes {
+        println!("note: {n}");
+    }
+}
+
 /// Peak resident memory of this process so far, MiB (Linux `VmHWM`; NaN elsewhere).
 fn peak_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -328,6 +426,7 @@ fn child<BK: Backend>(args: &[String]) {
         "grpo-lora" => grpo::<BK>(dir, reps, &sh(&n[1..]), LORA_RANK, false),
         "grpo-lora-ck" => grpo::<BK>(dir, reps, &sh(&n[1..]), LORA_RANK, true),
         "index" => index::<BK>(dir, reps, n[1], n[2], n[3]),
+        "refresh" => refresh::<BK>(dir, reps, n[1], n[2], n[3], n[4]),
         _ => panic!("unknown work {work}"),
     };
     println!(
@@ -611,6 +710,13 @@ fn main() {
     let tiny_dir = tmp.path().join("tiny");
     let tiny: Decoder<B> = DecoderConfig::tiny(1024).init(&Default::default());
     save_hf(&tiny, &tiny_dir).unwrap();
+    if args.iter().any(|a| a == "--curve") {
+        curve(&tiny_dir, reps, threads, &mut versions);
+        if let Some(v) = versions {
+            println!("peer versions: {v}");
+        }
+        return;
+    }
     let tiny_shapes = Shapes {
         train: [8, 128],
         b: 4,

@@ -487,6 +487,14 @@ name = "reciprocal_rank"
         "stage3/aux_infonce",
     ];
     assert_same_stage(&runs.join("one"), &runs.join("two"), steps, &tags);
+    // the re-encodings (steps 2 and 4: at the start of steps 3 and 5, so only 3 is logged) say how
+    // many documents they encoded and how fast
+    for run in ["one", "two"] {
+        let docs = series(&runs.join(run), "stage3/index/docs");
+        assert_eq!(docs, vec![(3, 378.0)], "{run}");
+        let speed = series(&runs.join(run), "stage3/index/docs_per_s");
+        assert!(speed.len() == 1 && speed[0].1 > 0.0, "{run}: {speed:?}");
+    }
 }
 
 #[test]

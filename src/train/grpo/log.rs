@@ -40,15 +40,22 @@ impl<'a, B: AutodiffBackend> PhaseClock<'a, B> {
 
 /// The seconds of a batch's own phases: index refresh, decode loop, ranking + rewards +
 /// advantages, reference log-probs.
-pub(super) struct BatchTimes([f64; 4]);
+pub(super) struct BatchTimes {
+    secs: [f64; 4],
+    /// The documents re-encoded this step (None: no refresh).
+    pub refreshed_docs: Option<usize>,
+}
 
 impl BatchTimes {
     pub fn new(refresh: f64, sample: f64, rank_reward: f64, reference: f64) -> Self {
-        Self([refresh, sample, rank_reward, reference])
+        Self {
+            secs: [refresh, sample, rank_reward, reference],
+            refreshed_docs: None,
+        }
     }
 
     fn sample(&self) -> f64 {
-        self.0[1]
+        self.secs[1]
     }
 }
 
@@ -78,10 +85,17 @@ pub(super) fn scalars<B: AutodiffBackend>(
     // the batch's own phases count once, on the first of its μ updates
     for (name, secs) in ["refresh_s", "sample_s", "rank_reward_s", "reference_s"]
         .iter()
-        .zip(times.0)
+        .zip(times.secs)
     {
         let secs = if iteration == 0 { secs } else { 0.0 };
         whole.push((format!("time/{name}"), secs));
+    }
+    if let (0, Some(docs)) = (iteration, times.refreshed_docs) {
+        whole.push(("index/docs".into(), docs as f64));
+        whole.push((
+            "index/docs_per_s".into(),
+            docs as f64 / times.secs[0].max(1e-9),
+        ));
     }
     (whole, shares)
 }

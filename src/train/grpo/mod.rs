@@ -40,7 +40,9 @@
 //! rollouts_per_s, lr, grad_norm, tokens_per_s}` and where a step's wall clock went:
 //! `stage3/time/{refresh_s, sample_s, rank_reward_s, reference_s, policy_s, optimizer_s}` (index
 //! rebuild, decode loop, ranking + rewards + advantages, reference log-probs, policy forward +
-//! backward, clip + AdamW).
+//! backward, clip + AdamW); on a step that re-encodes the index, `stage3/index/{docs,
+//! docs_per_s}` (the corpus size and the refresh's speed, so refresh cost reads against corpus
+//! size).
 
 mod log;
 mod score;
@@ -78,14 +80,15 @@ pub fn run<B: AutodiffBackend>(
     while g.tr.running() {
         g.tr.stop_if_interrupted()?;
         let mut clock = PhaseClock::<B>::start(device);
-        g.refresh_index()?;
+        let refreshed = g.refresh_index()?;
         let refresh = clock.lap();
         let batch = g.sample()?;
         let sample = clock.lap();
         let scored = score::score(&g, &batch)?;
         let rank_reward = clock.lap();
         let step = update::prepare(&g, &batch, &scored);
-        let times = BatchTimes::new(refresh, sample, rank_reward, clock.lap());
+        let mut times = BatchTimes::new(refresh, sample, rank_reward, clock.lap());
+        times.refreshed_docs = refreshed.then(|| g.ds.corpus.len());
         for iteration in 0..g.s3.iterations {
             if !g.tr.running() {
                 break;
@@ -134,16 +137,18 @@ struct Grpo<'a, B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> Grpo<'_, B> {
-    /// Re-encodes the corpus with the current policy every `stage3.refresh_every` steps.
-    fn refresh_index(&mut self) -> Result<()> {
+    /// Re-encodes the corpus with the current policy every `stage3.refresh_every` steps; whether
+    /// it did.
+    fn refresh_index(&mut self) -> Result<bool> {
         let every = self.s3.refresh_every;
         let step = self.tr.state.step;
         if every > 0 && step % every == 0 && step != self.built_at {
             self.index = setup::encode(self.cfg, self.ds, &self.tr, &self.tr.model.valid())?;
             self.built_at = step;
             self.keep_index_in_checkpoints()?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// A re-encoded index goes into every checkpoint taken before the next re-encoding (a

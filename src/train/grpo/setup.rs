@@ -18,7 +18,7 @@ use crate::train::common::Trainer;
 impl<'a, B: AutodiffBackend> Grpo<'a, B> {
     pub(super) fn setup(
         cfg: &'a Config,
-        tr: Trainer<B>,
+        mut tr: Trainer<B>,
         ds: &'a Dataset,
         device: &B::Device,
     ) -> Result<Self> {
@@ -71,12 +71,25 @@ impl<'a, B: AutodiffBackend> Grpo<'a, B> {
         // starting model's; after it, the index in force, re-encoded with the resumed weights at
         // a re-encoding step (as the uninterrupted run does there)
         let first = every == 0 || step < every;
-        let index = match (kept, &s3.index, &starting) {
-            (Some(kept), _, _) => kept,
-            (None, Some(path), _) if first => saved_index::<B>(cfg, ds, path, device)?,
-            (None, None, Some(start)) if every == 0 => encode(cfg, ds, &tr, start)?,
-            _ => encode(cfg, ds, &tr, &tr.model.valid())?,
+        let started = std::time::Instant::now();
+        let (index, encoded) = match (kept, &s3.index, &starting) {
+            (Some(kept), _, _) => (kept, false),
+            (None, Some(path), _) if first => (saved_index::<B>(cfg, ds, path, device)?, false),
+            (None, None, Some(start)) if every == 0 => (encode(cfg, ds, &tr, start)?, true),
+            _ => (encode(cfg, ds, &tr, &tr.model.valid())?, true),
         };
+        if encoded {
+            let secs = started.elapsed().as_secs_f64();
+            tr.sinks.text(
+                step,
+                "stage3/index",
+                &format!(
+                    "{} documents encoded in {secs:.1} s ({:.0} documents/s)",
+                    ds.corpus.len(),
+                    ds.corpus.len() as f64 / secs.max(1e-9)
+                ),
+            )?;
+        }
         let mut g = Grpo {
             cfg,
             ds,
