@@ -274,15 +274,18 @@ fn index<BK: Backend>(dir: &Path, reps: usize, docs: usize, len: usize, batch: u
     let device = Default::default();
     let model: Decoder<BK> = load_hf(dir, &device).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let seqs: Vec<Vec<u32>> = (0..docs)
-        .map(|_| random_ids(&mut rng, len, model.config().vocab_size))
-        .collect();
+    let seqs = random_docs(&mut rng, docs, len, model.config().vocab_size);
     let secs = time(reps, || {
         let v = embed_last(&model, &seqs, batch, 0, |_| {});
         std::hint::black_box(v.clone().div(v.powi_scalar(2).sum_dim(1).sqrt()));
         sync::<BK>(&device);
     });
     docs as f64 / secs
+}
+
+/// `docs` synthetic documents of `len` random token ids.
+fn random_docs(rng: &mut ChaCha8Rng, docs: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
+    (0..docs).map(|_| random_ids(rng, len, vocab)).collect()
 }
 
 /// Seconds of an index refresh and the ranking of `queries` vectors against it: `docs`
@@ -299,9 +302,7 @@ fn refresh<BK: Backend>(
     let device = Default::default();
     let model: Decoder<BK> = load_hf(dir, &device).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let seqs: Vec<Vec<u32>> = (0..docs)
-        .map(|_| random_ids(&mut rng, len, model.config().vocab_size))
-        .collect();
+    let seqs = random_docs(&mut rng, docs, len, model.config().vocab_size);
     let d = model.config().hidden_size;
     let q: Vec<f32> = (0..queries * d)
         .map(|_| rng.random::<f32>() - 0.5)

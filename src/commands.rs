@@ -500,21 +500,14 @@ pub fn index<B: Backend>(
         Some(p) => p.to_path_buf(),
         None => run_dir.subdir("index")?.join("index.safetensors"),
     };
-    let meta = crate::index::IndexMeta {
-        format: crate::index::FORMAT,
-        model: model_desc,
-        model_sha256: model_sha,
-        model_step: step,
-        dataset: cfg.raw.data.dataset.display().to_string(),
-        corpus_sha256: crate::index::corpus_hash(&ds.corpus),
-        max_doc_tokens: m.max_doc_tokens,
-        max_query_tokens: m.max_query_tokens,
-        max_reasoning_tokens: m.max_reasoning_tokens,
-        num_docs: 0,
-        dim: 0,
-        vectors_sha256: String::new(),
-        written_by: format!("t1-train {}", env!("CARGO_PKG_VERSION")),
-    };
+    let meta = crate::index::IndexMeta::new(
+        model_desc,
+        model_sha,
+        step,
+        &cfg.raw.data.dataset,
+        &ds.corpus,
+        m,
+    );
     let meta = index.save(&path, &ds.corpus.ids, meta)?;
     if index.truncated > 0 {
         eprintln!(

@@ -300,6 +300,36 @@ fn vectors_hash(flat: &[f32], ids: &[String]) -> String {
     format!("{:x}", h.finalize())
 }
 
+impl IndexMeta {
+    /// The header of an index of `corpus` (from `dataset`) encoded by `model` (its description,
+    /// weights hash and step) with `m`'s lengths; [`DocIndex::save`] fills in the sizes and the
+    /// vectors' checksum.
+    pub fn new(
+        model: String,
+        model_sha256: String,
+        model_step: Option<u64>,
+        dataset: &Path,
+        corpus: &Corpus,
+        m: &crate::config::ModelSection,
+    ) -> Self {
+        IndexMeta {
+            format: FORMAT,
+            model,
+            model_sha256,
+            model_step,
+            dataset: dataset.display().to_string(),
+            corpus_sha256: corpus_hash(corpus),
+            max_doc_tokens: m.max_doc_tokens,
+            max_query_tokens: m.max_query_tokens,
+            max_reasoning_tokens: m.max_reasoning_tokens,
+            num_docs: 0,
+            dim: 0,
+            vectors_sha256: String::new(),
+            written_by: format!("t1-train {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
 impl<B: Backend> DocIndex<B> {
     /// Writes the index as one safetensors file: tensor `vectors` `[N, d]` f32, header metadata
     /// `t1.meta` ([`IndexMeta`] as JSON, `vectors_sha256` filled in here) and `t1.doc_ids`

@@ -121,22 +121,14 @@ pub(super) fn checkpoint_index_meta(
     ds: &Dataset,
     built_at: u64,
 ) -> Result<crate::index::IndexMeta> {
-    let m = model_section(cfg)?;
-    Ok(crate::index::IndexMeta {
-        format: crate::index::FORMAT,
-        model: format!("the stage-3 policy at step {built_at}"),
-        model_sha256: String::new(),
-        model_step: Some(built_at),
-        dataset: cfg.raw.data.dataset.display().to_string(),
-        corpus_sha256: crate::index::corpus_hash(&ds.corpus),
-        max_doc_tokens: m.max_doc_tokens,
-        max_query_tokens: m.max_query_tokens,
-        max_reasoning_tokens: m.max_reasoning_tokens,
-        num_docs: 0,
-        dim: 0,
-        vectors_sha256: String::new(),
-        written_by: format!("t1-train {}", env!("CARGO_PKG_VERSION")),
-    })
+    Ok(crate::index::IndexMeta::new(
+        format!("the stage-3 policy at step {built_at}"),
+        String::new(),
+        Some(built_at),
+        &cfg.raw.data.dataset,
+        &ds.corpus,
+        model_section(cfg)?,
+    ))
 }
 
 /// The re-encoded index the resumed checkpoint kept; `None` (with a note) for a checkpoint
