@@ -79,12 +79,39 @@ fn curriculum_chains_stages_reports_and_skips_finished_ones() {
         labels,
         [
             "untrained backbone / bare",
+            "after stage1 / bare",
             "after stage1 / greedy reasoning",
             "after stage2 / bare",
             "after stage2 / greedy reasoning",
+            "after stage3 / bare",
             "after stage3 / greedy reasoning",
         ]
     );
+    // every trained model's reasoning row against its bare row: the means are the rows', the
+    // counts cover the split, and the verdict says what the p-value says
+    let cmp = report["comparisons"].as_array().unwrap();
+    let models: Vec<&str> = cmp.iter().map(|c| c["model"].as_str().unwrap()).collect();
+    assert_eq!(models, ["after stage1", "after stage2", "after stage3"]);
+    let ndcg = |model: &str, query: &str| {
+        rows.iter()
+            .find(|r| r["model"] == model && r["query"] == query)
+            .unwrap()["ndcg_at_10"]
+            .as_f64()
+            .unwrap()
+    };
+    for c in cmp {
+        let model = c["model"].as_str().unwrap();
+        let p = &c["paired"];
+        assert!((p["mean_a"].as_f64().unwrap() - ndcg(model, "bare")).abs() < 1e-9);
+        assert!((p["mean_b"].as_f64().unwrap() - ndcg(model, "greedy reasoning")).abs() < 1e-9);
+        let n: u64 = ["wins", "losses", "ties"]
+            .iter()
+            .map(|k| p[k].as_u64().unwrap())
+            .sum();
+        assert_eq!(n, report["num_queries"].as_u64().unwrap());
+        let pv = p["p_value"].as_f64().unwrap();
+        assert!(pv > 0.0 && pv <= 1.0, "{pv}");
+    }
     for r in rows {
         for k in ["ndcg_at_10", "recall_at_100", "mrr_at_10"] {
             let v = r[k].as_f64().unwrap();
@@ -93,6 +120,10 @@ fn curriculum_chains_stages_reports_and_skips_finished_ones() {
     }
     let md = std::fs::read_to_string(root.join("report.md")).unwrap();
     assert!(md.contains("| after stage3 | greedy reasoning |"), "{md}");
+    assert!(
+        md.contains("| p (paired randomisation) | verdict |"),
+        "{md}"
+    );
 
     // again: every stage is skipped and the report is the same
     let o = t1(&args);

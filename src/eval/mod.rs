@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 pub use crate::index::trec_order;
 
 pub mod dense;
+pub mod paired;
 
 /// Retrieved documents per query: (doc id, score), in any order.
 pub type Run = BTreeMap<String, Vec<(String, f64)>>;

@@ -67,6 +67,29 @@ pub struct ReportRow {
     pub ndcg_at_10: f64,
     pub recall_at_100: f64,
     pub mrr_at_10: f64,
+    /// Each query's nDCG@10 (for the paired comparisons).
+    #[serde(skip)]
+    pub per_query_ndcg: std::collections::BTreeMap<String, f64>,
+}
+
+/// A model's reasoning view against its bare query on the same queries (nDCG@10).
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub model: String,
+    /// The reasoning view (`greedy reasoning`, `latent (K steps)`).
+    pub query: String,
+    pub paired: crate::eval::paired::Paired,
+}
+
+impl Comparison {
+    /// What the comparison says, plainly (two-sided p < 0.05).
+    pub fn verdict(&self) -> &'static str {
+        match (self.paired.diff(), self.paired.p_value < 0.05) {
+            (d, true) if d > 0.0 => "reasoning helps",
+            (d, true) if d < 0.0 => "reasoning hurts",
+            _ => "no significant difference: reasoning does not help here",
+        }
+    }
 }
 
 /// One stage's outcome: name, steps done, best dev `(metric, value, step)`.
@@ -80,6 +103,8 @@ pub struct CurriculumReport {
     pub num_queries: usize,
     pub stages: Vec<StageOutcome>,
     pub rows: Vec<ReportRow>,
+    /// Every model's reasoning rows against its bare row.
+    pub comparisons: Vec<Comparison>,
 }
 
 impl CurriculumReport {
@@ -93,6 +118,25 @@ impl CurriculumReport {
                 "| {} | {} | {:.4} | {:.4} | {:.4} |\n",
                 r.model, r.query, r.ndcg_at_10, r.recall_at_100, r.mrr_at_10
             ));
+        }
+        if !self.comparisons.is_empty() {
+            s.push_str(
+                "\n| model | reasoning vs bare | Δ nDCG@10 | wins / losses / ties | p (paired randomisation) | verdict |\n|---|---|---|---|---|---|\n",
+            );
+            for c in &self.comparisons {
+                let p = &c.paired;
+                s.push_str(&format!(
+                    "| {} | {} | {:+.4} | {} / {} / {} | {:.4} | {} |\n",
+                    c.model,
+                    c.query,
+                    p.diff(),
+                    p.wins,
+                    p.losses,
+                    p.ties,
+                    p.p_value,
+                    c.verdict()
+                ));
+            }
         }
         s.push_str("\n| stage | steps | best dev checkpoint |\n|---|---|---|\n");
         for (stage, steps, best) in &self.stages {
@@ -280,9 +324,29 @@ pub fn run<B: AutodiffBackend>(
             num_queries: 0,
             stages,
             rows: Vec::new(),
+            comparisons: Vec::new(),
         });
     }
     report::<B>(c, &configs, stages, device, &mut say)
+}
+
+/// Each trained model's reasoning rows against its bare row (the untrained backbone has only a
+/// bare row).
+fn compare_to_bare(rows: &[ReportRow]) -> Vec<Comparison> {
+    let mut out = Vec::new();
+    for bare in rows.iter().filter(|r| r.query == "bare") {
+        for r in rows
+            .iter()
+            .filter(|r| r.model == bare.model && r.query != "bare")
+        {
+            out.push(Comparison {
+                model: r.model.clone(),
+                query: r.query.clone(),
+                paired: crate::eval::paired::paired(&bare.per_query_ndcg, &r.per_query_ndcg),
+            });
+        }
+    }
+    out
 }
 
 /// A hash of the curriculum (`c`, with its stages' overrides), every stage's config file and the
@@ -347,6 +411,11 @@ fn report<B: AutodiffBackend>(
                 ndcg_at_10,
                 recall_at_100,
                 mrr_at_10,
+                per_query_ndcg: report
+                    .per_query
+                    .iter()
+                    .map(|(q, m)| (q.clone(), m.ndcg_at_10))
+                    .collect(),
             });
             Ok(())
         };
@@ -366,20 +435,21 @@ fn report<B: AutodiffBackend>(
             m.tokenizer = None;
         }
         let label = format!("after {}", s.kind.name());
-        if matches!(s.kind, StageKind::Stage2 | StageKind::Latent) {
-            eval(&label, &cfg, QueryView::Bare, &mut rows)?;
-        }
+        // the bare query beside every reasoning row
+        eval(&label, &cfg, QueryView::Bare, &mut rows)?;
         eval(&label, &cfg, QueryView::Generated, &mut rows)?;
         if s.kind == StageKind::Latent {
             eval(&label, &cfg, QueryView::Latent, &mut rows)?;
         }
     }
+    let comparisons = compare_to_bare(&rows);
     let report = CurriculumReport {
         curriculum: c.name.clone(),
         split,
         num_queries,
         stages,
         rows,
+        comparisons,
     };
     let root = c.output_dir.join(&c.name);
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
