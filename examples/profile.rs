@@ -8,6 +8,7 @@
 //!     target/release/examples/profile index   # tiny preset: encode 256 documents × 64 tokens, batch 32
 //!     target/release/examples/profile grpo    # SmolLM2-135M: the bench's GRPO step (2 × 4 × 32), per phase
 //!     target/release/examples/profile gemm    # SmolLM2-135M's projection shapes: GFLOP/s of the CPU linear, split vs gemm's threading
+//!     target/release/examples/profile bandwidth   # the machine's memory bandwidth next to what a decode step streams
 //!     RAYON_NUM_THREADS=1 perf record --call-graph dwarf target/release/examples/profile index
 //!
 //! (single-threaded, the GEMM work stays on the caller's stack and `perf report --children`
@@ -225,7 +226,8 @@ fn main() {
         Some("grpo") => grpo(),
         Some("steps") => steps(),
         Some("gemm") => gemm_shapes(),
-        _ => eprintln!("usage: profile train|decode|steps|index|grpo|gemm"),
+        Some("bandwidth") => bandwidth(),
+        _ => eprintln!("usage: profile train|decode|steps|index|grpo|gemm|bandwidth"),
     }
 }
 
@@ -285,4 +287,52 @@ fn gemm_shapes() {
         );
     }
     set_gemm_split(true);
+}
+
+/// The machine's memory bandwidth (a 1 GiB f32 buffer summed by every rayon thread, best of 5)
+/// next to what SmolLM2-135M's decode step streams: every weight once per step (8 rows, greedy),
+/// weight bytes over the step's time. A decode step far below the machine's figure is bound by
+/// something else than streaming its weights.
+fn bandwidth() {
+    use rayon::prelude::*;
+    let n = 1usize << 28; // 1 GiB of f32
+    let buf: Vec<f32> = (0..n).into_par_iter().map(|i| (i % 7) as f32).collect();
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let s: f32 = buf.par_chunks(1 << 16).map(|c| c.iter().sum::<f32>()).sum();
+        std::hint::black_box(s);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    let read = (n * 4) as f64 / best / 1e9;
+    println!(
+        "memory read bandwidth, {} threads: {read:.1} GB/s",
+        rayon::current_num_threads()
+    );
+    drop(buf);
+    let model: Decoder<Flex> = load_hf(smollm2(), &Default::default()).unwrap();
+    let bytes = model.num_params() as f64 * 4.0;
+    let prompts: Vec<Vec<u32>> = (0..8).map(|r| vec![(r * 977 % 49152) as u32]).collect();
+    let opts = GenerateOptions {
+        sampler: Sampler::Greedy,
+        max_new_tokens: 64,
+        stop: vec![],
+        embed: None,
+        pad: 0,
+        seed: 0,
+        first_stream: 0,
+    };
+    let mut step = f64::INFINITY;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        generate(&model, &prompts, &opts, |_| {}).unwrap();
+        step = step.min(t0.elapsed().as_secs_f64() / 64.0);
+    }
+    println!(
+        "SmolLM2 decode, 8 rows: {:.1} ms/step, {:.0} MB of weights a step: {:.1} GB/s ({:.0} % of the read bandwidth)",
+        step * 1e3,
+        bytes / 1e6,
+        bytes / step / 1e9,
+        100.0 * bytes / step / 1e9 / read
+    );
 }

@@ -125,15 +125,18 @@ impl CurriculumReport {
             );
             for c in &self.comparisons {
                 let p = &c.paired;
+                let pv = match p.p_value {
+                    v if v < 1e-4 => "< 0.0001".to_string(),
+                    v => format!("{v:.4}"),
+                };
                 s.push_str(&format!(
-                    "| {} | {} | {:+.4} | {} / {} / {} | {:.4} | {} |\n",
+                    "| {} | {} | {:+.4} | {} / {} / {} | {pv} | {} |\n",
                     c.model,
                     c.query,
                     p.diff(),
                     p.wins,
                     p.losses,
                     p.ties,
-                    p.p_value,
                     c.verdict()
                 ));
             }
