@@ -33,10 +33,6 @@ fn series(run: &Path, tag: &str) -> Vec<(u64, f64)> {
     v
 }
 
-fn losses(run: &Path) -> Vec<(u64, f64)> {
-    series(run, "stage1/loss")
-}
-
 fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
     params(&load_hf::<Flex>(dir, &Default::default()).unwrap())
 }
