@@ -304,3 +304,107 @@ fn auxiliary_infonce_alone_moves_the_policy() {
         "{aux:?}"
     );
 }
+
+/// The bare query's ranks that stage 3 computes each step (for `beats_bare` and the
+/// `bare_*`/`beats_bare_frac` scalars) are those of eval's `bare` view of the same model: the
+/// first step's rollouts were scored by the starting model, which `t1-train eval` also loads.
+/// `beats_bare` on reciprocal rank pays exactly the rollouts whose best gold rank beats the bare
+/// one, so its logged mean equals `beats_bare_frac`, counted separately from the ranks.
+#[test]
+fn beats_bare_ranks_against_the_bare_view_of_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = stage3(
+        "[[stage3.rewards]]\nname = \"beats_bare\"\nmetric = \"reciprocal_rank\"\nweight = 0.5\n",
+    );
+    let cfg = config(dir.path(), &dir.path().join("runs"), "bb", 2, &extra);
+    let cfg = cfg.to_str().unwrap();
+    let o = t1(&[
+        "stage3",
+        "--config",
+        cfg,
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "model.max_reasoning_tokens=12",
+        "--set",
+        "train.eval_every=1",
+        "--set",
+        "train.warmup_steps=1",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = dir.path().join("runs/bb");
+    let frac = scalar(&run, "stage3/beats_bare_frac");
+    let paid = scalar(&run, "stage3/reward/beats_bare");
+    assert_eq!(frac.len(), 2);
+    assert_eq!(
+        frac, paid,
+        "beats_bare pays exactly the rollouts that beat the bare rank"
+    );
+    for (_, r) in scalar(&run, "stage3/bare_gold_rank_mean") {
+        assert!(r.is_finite() && r >= 1.0, "{r}");
+    }
+
+    // the first step's rollouts with their query's bare rank, as rollouts.jsonl wrote them
+    let first: Vec<serde_json::Value> = std::fs::read_to_string(run.join("rollouts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["step"] == 1)
+        .collect();
+    assert_eq!(first.len(), 2, "one group of G = 2");
+    let qid = first[0]["query_id"].as_str().unwrap().to_string();
+    let bare_rank = first[0]["bare_gold_rank"].as_u64().unwrap();
+    assert_eq!(first[1]["bare_gold_rank"].as_u64(), Some(bare_rank));
+    assert!(first[0]["gold_rank"].as_u64().is_some());
+
+    // eval's bare view of the starting model, the whole train split ranked to the corpus' depth
+    let o = t1(&[
+        "eval",
+        "--config",
+        cfg,
+        "--set",
+        "run.name=bb-eval",
+        "--set",
+        "train.warmup_steps=1",
+        "--set",
+        "eval.split=train",
+        "--set",
+        "eval.retriever=dense",
+        "--set",
+        "eval.query_view=bare",
+        "--set",
+        "eval.depth=1000",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let data = support::root().join("curricula/default/data");
+    let gold: Vec<String> = std::fs::read_to_string(data.join("qrels/train.tsv"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0] == qid && f[2] != "0").then(|| f[1].to_string())
+        })
+        .collect();
+    let excluded: Vec<String> = std::fs::read_to_string(data.join("queries.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|q| q["_id"] == qid.as_str())
+        .and_then(|q| q["excluded_ids"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    let ranked: Vec<String> =
+        std::fs::read_to_string(dir.path().join("runs/bb-eval/eval/train.run"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[0] == qid).then(|| f[2].to_string())
+            })
+            .filter(|d| !excluded.contains(d))
+            .collect();
+    let eval_rank = 1 + ranked.iter().position(|d| gold.contains(d)).unwrap();
+    assert_eq!(bare_rank, eval_rank as u64, "query {qid}");
+}

@@ -11,5 +11,5 @@ pub mod script;
 pub mod spec;
 pub mod types;
 
-pub use spec::{NAMES, RewardSpec, combine};
+pub use spec::{BareMetric, NAMES, RewardSpec, combine};
 pub use types::{Reward, RewardError, RolloutOutcome, ScoredDoc};

@@ -3,7 +3,9 @@
 //!
 //! The script defines `fn reward(o)` and returns a number, or `()` to abstain. `o` is a map:
 //! `gold` (array of `#{id, score, rank, grade}`), `top_k` (array of `#{id, score, rank}`),
-//! `num_docs`, `text`, `num_tokens`, `truncated`, `format_ok`. Sandboxed: Rhai has no file,
+//! `num_docs`, `text`, `num_tokens`, `truncated`, `format_ok`, and `bare_gold` (the same gold
+//! documents as ranked by the model's bare query vector at this step, as `gold`; `()` outside
+//! stage 3) — so a script can pay for the gain over the bare query. Sandboxed: Rhai has no file,
 //! network or process access unless the host registers it (we register nothing); `eval` is
 //! disabled; operations, call depth, string/array/map sizes are capped, so a runaway script
 //! fails with a clear error instead of hanging training. Syntax errors surface at config load,
@@ -79,18 +81,19 @@ impl ScriptReward {
 
 fn outcome_map(o: &RolloutOutcome) -> Map {
     let mut m = Map::new();
-    let gold: Array = o
-        .gold
-        .iter()
-        .map(|(d, g)| {
-            let mut x = Map::new();
-            x.insert("id".into(), d.id.clone().into());
-            x.insert("score".into(), (d.score as f64).into());
-            x.insert("rank".into(), (d.rank as i64).into());
-            x.insert("grade".into(), (*g as i64).into());
-            Dynamic::from_map(x)
-        })
-        .collect();
+    let judged = |gold: &[(crate::ScoredDoc, i32)]| -> Array {
+        gold.iter()
+            .map(|(d, g)| {
+                let mut x = Map::new();
+                x.insert("id".into(), d.id.clone().into());
+                x.insert("score".into(), (d.score as f64).into());
+                x.insert("rank".into(), (d.rank as i64).into());
+                x.insert("grade".into(), (*g as i64).into());
+                Dynamic::from_map(x)
+            })
+            .collect()
+    };
+    let gold = judged(&o.gold);
     let top: Array = o
         .top_k
         .iter()
@@ -103,6 +106,12 @@ fn outcome_map(o: &RolloutOutcome) -> Map {
         })
         .collect();
     m.insert("gold".into(), gold.into());
+    // the bare query's ranks of the same gold documents, `()` where not computed
+    let bare: Dynamic = match &o.bare_gold {
+        Some(b) => judged(b).into(),
+        None => Dynamic::UNIT,
+    };
+    m.insert("bare_gold".into(), bare);
     m.insert("top_k".into(), top.into());
     m.insert("num_docs".into(), (o.num_docs as i64).into());
     m.insert("text".into(), o.text.clone().into());

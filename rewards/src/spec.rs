@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::builtin::{
-    format::Format, hit::Hit, length_penalty::LengthPenalty, ndcg::Ndcg, rank_margin::RankMargin,
-    recall::Recall, reciprocal_rank::ReciprocalRank,
+    beats_bare::BeatsBare, format::Format, hit::Hit, length_penalty::LengthPenalty, ndcg::Ndcg,
+    rank_margin::RankMargin, recall::Recall, reciprocal_rank::ReciprocalRank,
 };
 use crate::script::{DEFAULT_MAX_OPERATIONS, ScriptReward};
 use crate::types::{Reward, RewardError};
@@ -81,6 +81,19 @@ pub enum RewardSpec {
         #[serde(default = "one")]
         weight: f32,
     },
+    /// 1 when the rollout's reasoning ranks the gold documents better than the same model's bare
+    /// query at this step (`metric(rollout) > metric(bare) + margin`), else 0. `metric`: one of
+    /// `ndcg`, `reciprocal_rank`, `recall`, `hit` (with `k`). Defaults ndcg, k 10, margin 0.
+    BeatsBare {
+        #[serde(default)]
+        metric: BareMetric,
+        #[serde(default = "ten")]
+        k: usize,
+        #[serde(default)]
+        margin: f32,
+        #[serde(default = "one")]
+        weight: f32,
+    },
     /// A Rhai script defining `fn reward(o)`; `path` relative to the config file.
     Script {
         path: PathBuf,
@@ -92,8 +105,19 @@ pub enum RewardSpec {
     },
 }
 
+/// The rank metric `beats_bare` compares the rollout and the bare query by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BareMetric {
+    #[default]
+    Ndcg,
+    ReciprocalRank,
+    Recall,
+    Hit,
+}
+
 /// Every reward name, for error messages.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 9] = [
     "reciprocal_rank",
     "ndcg",
     "recall",
@@ -101,6 +125,7 @@ pub const NAMES: [&str; 8] = [
     "rank_margin",
     "format",
     "length_penalty",
+    "beats_bare",
     "script",
 ];
 
@@ -114,6 +139,7 @@ impl RewardSpec {
             | RewardSpec::RankMargin { weight }
             | RewardSpec::Format { weight }
             | RewardSpec::LengthPenalty { weight, .. }
+            | RewardSpec::BeatsBare { weight, .. }
             | RewardSpec::Script { weight, .. } => *weight,
         }
     }
@@ -162,6 +188,34 @@ impl RewardSpec {
                 positive("length_penalty: max_tokens", *max_tokens)?;
                 Box::new(LengthPenalty {
                     max_tokens: *max_tokens,
+                })
+            }
+            RewardSpec::BeatsBare {
+                metric, k, margin, ..
+            } => {
+                if !margin.is_finite() {
+                    return Err(RewardError(format!(
+                        "beats_bare: margin must be finite, got {margin}"
+                    )));
+                }
+                let metric: Box<dyn Reward> = match metric {
+                    BareMetric::Ndcg => {
+                        positive("beats_bare: k", *k)?;
+                        Box::new(Ndcg { k: *k })
+                    }
+                    BareMetric::Recall => {
+                        positive("beats_bare: k", *k)?;
+                        Box::new(Recall { k: *k })
+                    }
+                    BareMetric::Hit => {
+                        positive("beats_bare: k", *k)?;
+                        Box::new(Hit { k: *k })
+                    }
+                    BareMetric::ReciprocalRank => Box::new(ReciprocalRank),
+                };
+                Box::new(BeatsBare {
+                    metric,
+                    margin: *margin,
                 })
             }
             RewardSpec::Script {

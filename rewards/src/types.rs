@@ -29,12 +29,30 @@ pub struct RolloutOutcome {
     pub truncated: bool,
     /// The rollout followed the expected format (closed `</think>` itself, nothing after it).
     pub format_ok: bool,
+    /// The same gold documents as ranked by the same model's *bare* query vector at this step
+    /// (the query followed directly by `</think><emb_token>`, no reasoning), against the same
+    /// index: what the rollout's reasoning is measured against (`beats_bare`). `None` where the
+    /// trainer did not compute it (outside stage 3).
+    #[serde(default)]
+    pub bare_gold: Option<Vec<(ScoredDoc, i32)>>,
 }
 
 impl RolloutOutcome {
     /// Rank of the best-ranked gold document, if any gold document exists.
     pub fn best_gold_rank(&self) -> Option<usize> {
         self.gold.iter().map(|(d, _)| d.rank).min()
+    }
+
+    /// The outcome as the bare query vector saw it (its gold ranks in place of the rollout's;
+    /// the rest unchanged), when the trainer computed them.
+    pub fn bare(&self) -> Option<RolloutOutcome> {
+        let gold = self.bare_gold.clone()?;
+        Some(RolloutOutcome {
+            gold,
+            top_k: Vec::new(),
+            bare_gold: None,
+            ..self.clone()
+        })
     }
 }
 
@@ -82,6 +100,7 @@ mod tests {
             num_tokens: 0,
             truncated: false,
             format_ok: true,
+            bare_gold: None,
         };
         assert_eq!(o.best_gold_rank(), Some(3));
         assert_eq!(RolloutOutcome { gold: vec![], ..o }.best_gold_rank(), None);

@@ -38,6 +38,7 @@ fn outcome(gold_ranks: &[usize], tokens: usize) -> RolloutOutcome {
         num_tokens: tokens,
         truncated: false,
         format_ok: true,
+        bare_gold: None,
     }
 }
 
@@ -226,4 +227,55 @@ fn failing_scripts_name_the_file_and_line() {
     };
     assert!(!refused.starts_with("scored"), "{refused}");
     assert!(refused.contains("import.rhai"), "{refused}");
+}
+
+#[test]
+fn beats_bare_parses_builds_and_reaches_scripts() {
+    let specs = parse(
+        "[[rewards]]\nname = \"beats_bare\"\n\n[[rewards]]\nname = \"beats_bare\"\n\
+         metric = \"reciprocal_rank\"\nmargin = 0.1\nweight = 0.5\n",
+    )
+    .unwrap();
+    assert_eq!(
+        specs[0],
+        RewardSpec::BeatsBare {
+            metric: t1_rewards::BareMetric::Ndcg,
+            k: 10,
+            margin: 0.0,
+            weight: 1.0
+        }
+    );
+    let bare = |own: &[usize], bare: &[usize]| RolloutOutcome {
+        bare_gold: Some(outcome(bare, 5).gold),
+        ..outcome(own, 5)
+    };
+    let rr = specs[1].build().unwrap();
+    // 1/2 − 1/4 = 0.25 > 0.1; 1/4 − 1/5 = 0.05 is not
+    assert_eq!(rr.try_score(&bare(&[2], &[4])).unwrap(), Some(1.0));
+    assert_eq!(rr.try_score(&bare(&[4], &[5])).unwrap(), Some(0.0));
+    let e = parse("[[rewards]]\nname = \"beats_bare\"\nmetric = \"map\"\n").unwrap_err();
+    assert!(
+        e.contains("unknown variant `map`") && e.contains("ndcg"),
+        "{e}"
+    );
+    let nan = RewardSpec::BeatsBare {
+        metric: t1_rewards::BareMetric::Hit,
+        k: 10,
+        margin: f32::NAN,
+        weight: 1.0,
+    };
+    assert!(nan.build().err().unwrap().0.contains("margin"));
+
+    // a script sees the bare ranks, and () without them
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        "gain.rhai",
+        "fn reward(o) { if o.bare_gold == () { return (); } \
+         1.0 / o.gold[0].rank - 1.0 / o.bare_gold[0].rank }",
+    )
+    .build()
+    .unwrap();
+    assert_eq!(s.try_score(&bare(&[2], &[4])).unwrap(), Some(0.25));
+    assert_eq!(s.try_score(&outcome(&[2], 5)).unwrap(), None);
 }

@@ -2,6 +2,7 @@
 //!
 //! [`RolloutOutcome`]: crate::RolloutOutcome
 
+pub mod beats_bare;
 pub mod format;
 pub mod hit;
 pub mod length_penalty;
@@ -33,5 +34,6 @@ pub(crate) fn test_outcome(gold: &[(usize, i32)]) -> crate::RolloutOutcome {
         num_tokens: 12,
         truncated: false,
         format_ok: true,
+        bare_gold: None,
     }
 }

@@ -139,6 +139,8 @@ fn dump_rollouts<B: AutodiffBackend>(
             "reasoning": batch.texts[i],
             "reward": scored.combined[i],
             "advantage": scored.adv.values[i],
+            "gold_rank": scored.ranks[i].0,
+            "bare_gold_rank": scored.ranks[i].1,
             "truncated": batch.rollouts[i].truncated(),
         });
         lines.push_str(&line.to_string());

@@ -8,7 +8,8 @@
 //! 2. **score** ([`score`]): cosine against the document index (built from the starting model;
 //!    rebuilt every `stage3.refresh_every` steps, or frozen), gold ranks and top-k in trec_eval
 //!    order with the query's `excluded_ids` removed (`index::rank_gold`); each configured reward
-//!    (`t1_rewards`), weighted sum with abstentions left out; group-relative advantages
+//!    (`t1_rewards`; each rollout's outcome also carries the gold ranks of its query's bare
+//!    vector, for `beats_bare`), weighted sum with abstentions left out; group-relative advantages
 //!    (`advantage::group_advantages`, TRL's `scale_rewards`); the batch's logged statistics, once;
 //! 3. **update** ([`update`]): the step's micro-batches (`train.batch_size` queries' rollouts
 //!    each, scaled by `train::micro`), their reference log-probs when β > 0, then `stage3.iterations`
@@ -35,7 +36,9 @@
 //! document index, its relevant documents as positives.
 //!
 //! Logs `stage3/{reward, reward_std, reward/<name>, frac_reward_zero_std, gold_rank_mean,
-//! gold_rank_median, hit@10, completion_len_mean, completion_len_max, truncated_frac,
+//! gold_rank_median, hit@10, bare_gold_rank_mean, bare_hit@10, beats_bare_frac (the same
+//! policy's bare query vector, ranked against the same index: how often the reasoning beat it),
+//! completion_len_mean, completion_len_max, truncated_frac,
 //! format_frac, clip_low, clip_high, clip_region, kl, entropy, loss, aux_infonce (when on),
 //! rollouts_per_s, lr, grad_norm, tokens_per_s}` and where a step's wall clock went:
 //! `stage3/time/{refresh_s, sample_s, rank_reward_s, reference_s, policy_s, optimizer_s}` (index

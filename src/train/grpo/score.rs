@@ -1,7 +1,13 @@
 //! Score a step's rollouts: rank each rollout's vector against the index, judge it with every
 //! configured reward, turn the group's rewards into advantages, and compute the batch's logged
 //! statistics once (the μ updates of the batch all log them).
+//!
+//! Each sampled query is also embedded bare (the query then `</think><emb_token>`, eval's `bare`
+//! view) by the same policy and ranked against the same index: one forward of the prompts,
+//! no decoding. Every rollout's outcome carries those ranks (`RolloutOutcome::bare_gold`, for the
+//! `beats_bare` reward and scripts), and the step logs how often the reasoning beat it.
 
+use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use t1_rewards::{RolloutOutcome, combine};
 
@@ -10,7 +16,7 @@ use crate::advantage::{Advantages, group_advantages};
 use crate::config::Config;
 use crate::data::Query;
 use crate::error::{Error, Result};
-use crate::index::rank_gold;
+use crate::index::{embed_last, rank_gold};
 use crate::rollout::{is_live, loss_tokens};
 
 /// A scored batch.
@@ -26,6 +32,8 @@ pub(super) struct Scored {
     pub tokens: Vec<f64>,
     /// This worker's first rollout among them.
     pub first: usize,
+    /// This worker's rollouts' best gold rank and their query's bare one (for `rollouts.jsonl`).
+    pub ranks: Vec<(Option<usize>, Option<usize>)>,
 }
 
 /// The per-rollout figures the workers share (the statistics and the cut of the step come from
@@ -37,7 +45,8 @@ const TRUNCATED: usize = 5;
 const FORMAT_OK: usize = 6;
 const ENTROPY: usize = 7; // sum over the loss-bearing tokens, their count
 const LOSS_TOKENS: usize = 9;
-const REWARDS: usize = 10;
+const BARE_RANK: usize = 10; // value, present
+const REWARDS: usize = 12;
 
 fn opt(v: Option<f64>) -> [f64; 2] {
     match v {
@@ -54,10 +63,20 @@ pub(super) fn score<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Result<S
     let batch = &s.rollouts;
     let n = batch.len();
     let scores = g.index.scores(batch.embeddings.clone())?;
+    // the bare query's ranks of its gold documents, once per query
+    let bare: Vec<_> = bare_scores(g, s)?
+        .iter()
+        .zip(&s.picked)
+        .map(|(row, &t)| {
+            let t = &g.targets[t];
+            rank_gold(row, &g.ds.corpus.ids, &t.gold, &t.excluded, 0).0
+        })
+        .collect();
     let mask = g.s3.mask_truncated;
     let width = REWARDS + 2 * g.rewards.len();
     let mut rows: Vec<f64> = Vec::with_capacity(n * width);
     let mut combined = Vec::with_capacity(n);
+    let mut ranks = Vec::with_capacity(n);
     for (i, row) in scores.iter().enumerate() {
         let target = s.target(g, i);
         let (gold, top_k, num_docs) = rank_gold(
@@ -68,6 +87,8 @@ pub(super) fn score<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Result<S
             g.s3.reward_top_k,
         );
         let ro = &batch.rollouts[i];
+        let bare_gold = bare[batch.query_of(i)].clone();
+        let bare_rank = bare_gold.iter().map(|(d, _)| d.rank).min();
         let outcome = RolloutOutcome {
             gold,
             top_k,
@@ -76,8 +97,9 @@ pub(super) fn score<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Result<S
             num_tokens: ro.tokens.len(),
             truncated: ro.truncated(),
             format_ok: batch.format_ok[i],
+            bare_gold: Some(bare_gold),
         };
-        let best_rank = outcome.best_gold_rank().map(|r| r as f64);
+        let best_rank = outcome.best_gold_rank();
         let values = g
             .rewards
             .iter()
@@ -108,7 +130,7 @@ pub(super) fn score<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Result<S
         let live = is_live(ro, mask);
         let entropy: f64 = ro.entropies.iter().map(|&h| h as f64).sum();
         rows.extend(opt(c.map(f64::from)));
-        rows.extend(opt(best_rank));
+        rows.extend(opt(best_rank.map(|r| r as f64)));
         rows.extend([
             ro.tokens.len() as f64,
             ro.truncated() as u8 as f64,
@@ -117,6 +139,8 @@ pub(super) fn score<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Result<S
             if live { ro.entropies.len() as f64 } else { 0.0 },
             loss_tokens(ro, mask) as f64,
         ]);
+        rows.extend(opt(bare_rank.map(|r| r as f64)));
+        ranks.push((best_rank, bare_rank));
         for v in &values {
             rows.extend(opt(v.map(f64::from)));
         }
@@ -147,6 +171,7 @@ pub(super) fn score<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Result<S
     }
     let best_ranks: Vec<f64> = all.iter().filter_map(|r| get(r, BEST_RANK)).collect();
     let mut stats = reward_stats(&every, &whole, &best_ranks);
+    stats.extend(bare_stats(&all));
     stats.extend(rollout_stats(&all));
     for (k, r) in g.rewards.iter().enumerate() {
         let v: Vec<f64> = all
@@ -168,7 +193,57 @@ pub(super) fn score<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Result<S
         stats,
         tokens: all.iter().map(|r| r[LOSS_TOKENS]).collect(),
         first,
+        ranks,
     })
+}
+
+/// Scores against the index of this worker's sampled queries embedded bare (the query, then
+/// `</think><emb_token>`: eval's `bare` view) by the policy that sampled the rollouts: `[queries][N]`.
+fn bare_scores<B: AutodiffBackend>(g: &Grpo<B>, s: &Sampled<B>) -> Result<Vec<Vec<f32>>> {
+    let tok = &g.tr.tok;
+    let seqs = s
+        .picked
+        .iter()
+        .map(|&t| {
+            let q = &g.targets[t].query;
+            tok.query_with_reasoning(&q.text, "", g.m.max_query_tokens, 0)
+                .map(|(ids, _)| ids)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let model = g.tr.model.valid();
+    let vectors = embed_last(
+        &model,
+        &seqs,
+        g.cfg.raw.train.eval_batch_size,
+        tok.pad,
+        |_| {},
+    );
+    g.index.scores(vectors)
+}
+
+/// The bare query's best gold rank (mean, hit@10) over the rollouts, and the fraction of
+/// rollouts whose best gold rank is strictly better than their query's bare one
+/// (`beats_bare_frac`; ties count as not beating it).
+fn bare_stats(rows: &[&[f64]]) -> Vec<(String, f64)> {
+    let both: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| Some((get(r, BEST_RANK)?, get(r, BARE_RANK)?)))
+        .collect();
+    let n = both.len().max(1) as f64;
+    vec![
+        (
+            "bare_gold_rank_mean".into(),
+            both.iter().map(|(_, b)| b).sum::<f64>() / n,
+        ),
+        (
+            "bare_hit@10".into(),
+            both.iter().filter(|(_, b)| *b <= 10.0).count() as f64 / n,
+        ),
+        (
+            "beats_bare_frac".into(),
+            both.iter().filter(|(own, b)| own < b).count() as f64 / n,
+        ),
+    ]
 }
 
 /// Every worker's `rows` in rank order (each holds as many); one process: `rows` itself.
