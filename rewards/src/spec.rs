@@ -198,21 +198,15 @@ impl RewardSpec {
                         "beats_bare: margin must be finite, got {margin}"
                     )));
                 }
-                let metric: Box<dyn Reward> = match metric {
-                    BareMetric::Ndcg => {
-                        positive("beats_bare: k", *k)?;
-                        Box::new(Ndcg { k: *k })
-                    }
-                    BareMetric::Recall => {
-                        positive("beats_bare: k", *k)?;
-                        Box::new(Recall { k: *k })
-                    }
-                    BareMetric::Hit => {
-                        positive("beats_bare: k", *k)?;
-                        Box::new(Hit { k: *k })
-                    }
-                    BareMetric::ReciprocalRank => Box::new(ReciprocalRank),
-                };
+                // the metric is the built-in rank reward of that name, built (and checked) as one
+                let metric = match metric {
+                    BareMetric::Ndcg => RewardSpec::Ndcg { k: *k, weight: 1.0 },
+                    BareMetric::Recall => RewardSpec::Recall { k: *k, weight: 1.0 },
+                    BareMetric::Hit => RewardSpec::Hit { k: *k, weight: 1.0 },
+                    BareMetric::ReciprocalRank => RewardSpec::ReciprocalRank { weight: 1.0 },
+                }
+                .build()
+                .map_err(|e| RewardError(format!("beats_bare: {e}")))?;
                 Box::new(BeatsBare {
                     metric,
                     margin: *margin,

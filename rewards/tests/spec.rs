@@ -265,6 +265,14 @@ fn beats_bare_parses_builds_and_reaches_scripts() {
         weight: 1.0,
     };
     assert!(nan.build().err().unwrap().0.contains("margin"));
+    let zero = RewardSpec::BeatsBare {
+        metric: t1_rewards::BareMetric::Ndcg,
+        k: 0,
+        margin: 0.0,
+        weight: 1.0,
+    };
+    let e = zero.build().err().unwrap().0;
+    assert!(e.contains("beats_bare: ndcg: k must be at least 1"), "{e}");
 
     // a script sees the bare ranks, and () without them
     let dir = tempfile::tempdir().unwrap();
