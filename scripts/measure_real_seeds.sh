@@ -1,0 +1,65 @@
+#!/bin/bash
+# Does the model's own reasoning beat its bare query on real data, and does stage 3 add? Over seeds,
+# on one of the real premise-selection sets (issue 27):
+#
+#   bash scripts/measure_real_seeds.sh coq        # assets/coq-premises (make_coq_premises.py)
+#   bash scripts/measure_real_seeds.sh metamath   # assets/metamath-premises (make_metamath_premises.py)
+#
+# 1. stage 1 once (configs/<set>-smollm2-stage1.toml, seed 42): supervised reasoning from
+#    SmolLM2-135M-Instruct;
+# 2. per seed (SEEDS, default "42 7 1234"): stage 2 from that model, then stage 3 from the seed's
+#    stage-2 model, the configs as shipped but for run.seed and no in-run dev evaluation (last
+#    checkpoints are evaluated, so no dev-set model selection either);
+# 3. every seed's stage-2 and stage-3 model on the test split, bare and with its own greedy
+#    reasoning; BM25 bare and with the gold reasoning;
+# 4. a Markdown table (runs/real-seeds/<set>/table.md): per seed and mean ± sd, and per seed the
+#    paired comparisons own reasoning vs bare (after stage 2, after stage 3) and stage 3 vs stage 2
+#    (own reasoning): Δ nDCG@10, per-query wins / losses / ties, paired randomisation p (100,000
+#    seeded sign flips); then the same on the seed-averaged per-query nDCG@10;
+# 5. the diagnosis of where own reasoning loses (runs/real-seeds/<set>/diagnosis.md): reasoning
+#    length, names copied from the gold / the query / invented, drift from the query, with examples.
+#
+# T1=path/to/t1-train reuses a build. Stage-1 seed fixed: it only orders the SFT batches; the
+# variance that matters is stage 2's and 3's (negatives, sampling). ≈ 20 min a seed on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SET=${1:?usage: measure_real_seeds.sh coq|metamath}
+case $SET in coq|metamath) ;; *) echo "unknown set $SET (coq or metamath)" >&2; exit 2 ;; esac
+C=configs/$SET-smollm2
+[ -f "assets/$SET-premises/corpus.jsonl" ] || { echo "assets/$SET-premises missing: see $C-stage1.toml" >&2; exit 2; }
+if [ -z "${T1:-}" ]; then
+  cargo build --release
+  T1=target/release/t1-train
+fi
+SEEDS=${SEEDS:-42 7 1234}
+R=$PWD/runs/real-seeds/$SET
+q() { printf '"%s"' "$1"; }
+last() { ls -d "$1"/checkpoints/step-* | sort -t- -k2 -n | tail -1; }
+common=(--set run.output_dir="$(q "$R")" --set train.eval_every=0 --set logging.progress='"never"')
+train() { # stage config name model seed
+  local steps
+  steps=$(sed -n 's/^steps = \([0-9]*\).*/\1/p' "$2" | head -1)
+  [ -f "$R/$3/done" ] && return
+  rm -rf "${R:?}/$3"
+  "$T1" "$1" --config "$2" "${common[@]}" --set run.name="$(q "$3")" --set run.seed="$5" \
+    --set train.save_every="$steps" ${4:+--set model.path="$(q "$4")"} > "$R/$3.log" 2>&1
+  touch "$R/$3/done"
+}
+ev() { # name model view [retriever]
+  [ -f "$R/$1/eval/test.json" ] && return
+  "$T1" eval --config "$C-stage3.toml" "${common[@]}" --set run.name="$(q "$1")" \
+    ${2:+--set model.path="$(q "$2")"} --set eval.query_view="\"$3\"" \
+    --set eval.retriever="\"${4:-dense}\"" > "$R/$1.log" 2>&1
+}
+mkdir -p "$R"
+train stage1 "$C-stage1.toml" s1 "" 42
+for s in $SEEDS; do
+  train stage2 "$C-stage2.toml" "s2-seed$s" "$(last "$R/s1")" "$s"
+  train stage3 "$C-stage3.toml" "s3-seed$s" "$(last "$R/s2-seed$s")" "$s"
+  for st in s2 s3; do
+    for v in bare generated; do ev "eval-$st-seed$s-$v" "$(last "$R/$st-seed$s")" $v; done
+  done
+done
+ev eval-bm25-bare "$(last "$R/s1")" bare bm25
+ev eval-bm25-gold "$(last "$R/s1")" gold_reasoning bm25
+python3 scripts/real_seeds_table.py "$R" $SEEDS

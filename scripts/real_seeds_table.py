@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""The tables and the diagnosis behind scripts/measure_real_seeds.sh (issue 27).
+
+    python3 scripts/real_seeds_table.py runs/real-seeds/<set> 42 7 1234
+
+Reads each run's `eval/test.json` (trec_eval-exact per-query metrics) and, for the generated
+view, `eval/test.reasoning.jsonl`; writes `table.md`, `diagnosis.md` and `summary.json` into the
+folder and prints table.md. Python 3 standard library only.
+"""
+
+import json
+import os
+import random
+import re
+import statistics as st
+import sys
+
+DRAWS = 100_000
+
+
+def per_query(r, name):
+    j = json.load(open(os.path.join(r, name, "eval", "test.json")))
+    return {q: m["ndcg_at_10"] for q, m in j["per_query"].items()}
+
+
+def mean(x):
+    return sum(x.values()) / len(x)
+
+
+def paired(a, b, seed=0):
+    """a − b on the same queries: mean Δ, wins, losses, ties, two-sided randomisation p."""
+    if sorted(a) != sorted(b):
+        sys.exit("paired comparison over different query sets")
+    d = [a[q] - b[q] for q in sorted(a)]
+    obs = abs(sum(d))
+    rng = random.Random(seed)
+    hits = sum(abs(sum(x if rng.random() < 0.5 else -x for x in d)) >= obs - 1e-12 for _ in range(DRAWS))
+    w = sum(x > 0 for x in d)
+    l = sum(x < 0 for x in d)
+    return {"delta": sum(d) / len(d), "wins": w, "losses": l, "ties": len(d) - w - l,
+            "p": (hits + 1) / (DRAWS + 1)}
+
+
+def fmt_p(c):
+    return f"{c['delta']:+.4f} | {c['wins']} / {c['losses']} / {c['ties']} | {c['p']:.3g}"
+
+
+def sd(xs):
+    return st.stdev(xs) if len(xs) > 1 else 0.0
+
+
+WORD = re.compile(r"[A-Za-z_][\w.'-]*[\w']|[A-Za-z_]")
+
+
+def names(text):
+    return {w.rstrip(".") for w in WORD.findall(text) if len(w) > 2}
+
+
+def diagnose(r, seeds, corpus_ids, gold_of, query_text):
+    """Own reasoning vs bare after stage 3 (and 2), per query, against features of the reasoning."""
+    rows = []
+    for s in seeds:
+        for st_ in ("s2", "s3"):
+            gen = per_query(r, f"eval-{st_}-seed{s}-generated")
+            bare = per_query(r, f"eval-{st_}-seed{s}-bare")
+            path = os.path.join(r, f"eval-{st_}-seed{s}-generated", "eval", "test.reasoning.jsonl")
+            for line in open(path):
+                x = json.loads(line)
+                qid, text = x["query_id"], x["reasoning"]
+                ns = names(text)
+                qn = names(query_text[qid])
+                gold = gold_of.get(qid, set())
+                rows.append({
+                    "seed": s, "stage": st_, "qid": qid, "reasoning": text, "gold_reasoning": x.get("gold_reasoning", ""),
+                    "delta": gen[qid] - bare[qid], "gen": gen[qid], "bare": bare[qid],
+                    "words": len(text.split()),
+                    "gold_named": len(ns & gold), "gold": len(gold),
+                    "corpus_named": len((ns & corpus_ids) - gold),
+                    "invented": len({n for n in ns - corpus_ids - qn
+                                     if re.search(r"[0-9_]|[a-z][A-Z]|^[a-z]+$", n) and len(n) > 3}),
+                    "query_overlap": len(ns & qn) / max(1, len(ns)),
+                })
+    return rows
+
+
+def bucket_table(rows, key, edges, label):
+    out = [f"| {label} | rollouts (queries × seeds) | mean Δ nDCG@10 (own − bare) | own wins | own loses |",
+           "|---|---|---|---|---|"]
+    for lo, hi in zip(edges, edges[1:]):
+        b = [x for x in rows if lo <= x[key] < hi]
+        if not b:
+            continue
+        out.append(f"| [{lo:g}, {hi:g}) | {len(b)} | {st.mean(x['delta'] for x in b):+.4f} | "
+                   f"{sum(x['delta'] > 0 for x in b)} | {sum(x['delta'] < 0 for x in b)} |")
+    return "\n".join(out)
+
+
+def main():
+    r, seeds = sys.argv[1], sys.argv[2:]
+    if not seeds:
+        sys.exit("usage: real_seeds_table.py RUNS_DIR SEED...")
+    cfg = open(os.path.join(r, "s1", "config.resolved.toml")).read()
+    dataset = re.search(r'^dataset = "([^"]+)"', cfg, re.M).group(1)
+    corpus_ids = {json.loads(l)["_id"] for l in open(os.path.join(dataset, "corpus.jsonl"))}
+    query_text = {}
+    for l in open(os.path.join(dataset, "queries.jsonl")):
+        x = json.loads(l)
+        query_text[x["_id"]] = x["text"]
+    gold_of = {}
+    for l in list(open(os.path.join(dataset, "qrels", "test.tsv")))[1:]:
+        q, d, _ = l.rstrip("\n").split("\t")
+        gold_of.setdefault(q, set()).add(d)
+
+    bm_bare, bm_gold = per_query(r, "eval-bm25-bare"), per_query(r, "eval-bm25-gold")
+    runs = {}
+    for s in seeds:
+        for st_ in ("s2", "s3"):
+            for v in ("bare", "generated"):
+                runs[(s, st_, v)] = per_query(r, f"eval-{st_}-seed{s}-{v}")
+    n = len(bm_bare)
+    out = [f"Test split, {n} queries; nDCG@10 (trec_eval's); last checkpoints; seeds {', '.join(seeds)}.",
+           f"BM25: bare {mean(bm_bare):.4f}, with the gold reasoning (oracle) {mean(bm_gold):.4f}.\n",
+           "| seed | after stage 2: bare | own reasoning | after stage 3: bare | own reasoning |",
+           "|---|---|---|---|---|"]
+    cols = {k: [] for k in ("s2b", "s2g", "s3b", "s3g")}
+    for s in seeds:
+        v = [mean(runs[(s, a, b)]) for a in ("s2", "s3") for b in ("bare", "generated")]
+        for k, x in zip(cols, v):
+            cols[k].append(x)
+        out.append(f"| {s} | " + " | ".join(f"{x:.4f}" for x in v) + " |")
+    out.append("| mean ± sd | " + " | ".join(f"{st.mean(c):.4f} ± {sd(c):.4f}" for c in cols.values()) + " |")
+    out += ["", "Paired, per query (Δ = first − second; wins / losses / ties; two-sided paired "
+            f"randomisation p, {DRAWS:,} sign flips):\n",
+            "| seed | comparison | Δ nDCG@10 | wins / losses / ties | p |", "|---|---|---|---|---|"]
+    comps = [("own reasoning vs bare, after stage 2", ("s2", "generated"), ("s2", "bare")),
+             ("own reasoning vs bare, after stage 3", ("s3", "generated"), ("s3", "bare")),
+             ("stage 3 vs stage 2, own reasoning", ("s3", "generated"), ("s2", "generated")),
+             ("stage 3 own reasoning vs stage 2 bare", ("s3", "generated"), ("s2", "bare"))]
+    summary = {"queries": n, "seeds": seeds, "bm25_bare": mean(bm_bare), "bm25_gold": mean(bm_gold),
+               "per_seed": {s: {f"{a}_{b}": mean(runs[(s, a, b)]) for a in ("s2", "s3")
+                                for b in ("bare", "generated")} for s in seeds}, "paired": {}}
+    for label, x, y in comps:
+        for s in seeds:
+            c = paired(runs[(s,) + x], runs[(s,) + y])
+            summary["paired"][f"{label} / seed {s}"] = c
+            out.append(f"| {s} | {label} | {fmt_p(c)} |")
+        avg = lambda k: {q: st.mean(runs[(s,) + k][q] for s in seeds) for q in bm_bare}
+        c = paired(avg(x), avg(y))
+        summary["paired"][f"{label} / seed mean"] = c
+        out.append(f"| mean of seeds | {label} | {fmt_p(c)} |")
+    table = "\n".join(out) + "\n"
+    open(os.path.join(r, "table.md"), "w").write(table)
+
+    rows = diagnose(r, seeds, corpus_ids, gold_of, query_text)
+    s3 = [x for x in rows if x["stage"] == "s3"]
+    d = ["# Where own reasoning loses to the bare query (after stage 3, all seeds)\n",
+         f"{len(s3)} (query, seed) pairs; Δ = own-reasoning nDCG@10 − bare nDCG@10 of the same model.\n",
+         bucket_table(s3, "words", [0, 10, 20, 30, 40, 60, 1000], "reasoning words"), "",
+         bucket_table(s3, "gold_named", [0, 1, 2, 3, 100], "gold labels named in the reasoning"), "",
+         bucket_table(s3, "corpus_named", [0, 1, 2, 4, 100], "other (non-gold) corpus labels named"), "",
+         bucket_table(s3, "invented", [0, 1, 2, 4, 100], "invented labels (in no document, not in the query)"), "",
+         bucket_table(s3, "query_overlap", [0, 0.2, 0.4, 0.6, 1.01], "share of its names taken from the query"), ""]
+    tot = lambda k: sum(x[k] for x in s3)
+    d.append(f"Over all pairs: {st.mean(x['words'] for x in s3):.1f} words a reasoning; it names "
+             f"{tot('gold_named')} gold labels of {tot('gold')} ({tot('gold_named') / max(1, tot('gold')):.1%}), "
+             f"{tot('corpus_named')} non-gold corpus labels and {tot('invented')} invented ones.\n")
+    worst = sorted((x for x in s3 if x["delta"] < 0), key=lambda x: x["delta"])[:4]
+    best = sorted((x for x in s3 if x["delta"] > 0), key=lambda x: -x["delta"])[:2]
+    for title, xs in (("Largest losses", worst), ("Largest wins", best)):
+        d.append(f"## {title}\n")
+        for x in xs:
+            d.append(f"- `{x['qid']}` seed {x['seed']}: bare {x['bare']:.3f} → own {x['gen']:.3f}. "
+                     f"Query: {query_text[x['qid']][:160]!r}. Own reasoning: {x['reasoning'][:240]!r}. "
+                     f"Gold: {sorted(gold_of.get(x['qid'], []))[:8]}.")
+        d.append("")
+    open(os.path.join(r, "diagnosis.md"), "w").write("\n".join(d))
+    summary["diagnosis_rows"] = len(s3)
+    json.dump(summary, open(os.path.join(r, "summary.json"), "w"), indent=2)
+    print(table)
+    print("\n".join(d))
+
+
+if __name__ == "__main__":
+    main()

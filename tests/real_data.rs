@@ -1,0 +1,81 @@
+//! The Metamath converter (scripts/make_metamath_premises.py) on a miniature of set.mm's layout:
+//! which proofs' references become gold, what the query and document texts keep, and that
+//! t1-train loads what it writes.
+
+use std::process::Command;
+
+use t1_train::data::Dataset;
+
+mod support;
+
+fn convert(args: &[&str]) -> (std::process::Output, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new("python3")
+        .arg(support::root().join("scripts/make_metamath_premises.py"))
+        .arg("--mm")
+        .arg(support::fixture_path("metamath/mini.mm"))
+        .arg("--out")
+        .arg(out.path())
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    (o, out)
+}
+
+#[test]
+fn metamath_proof_references_become_the_gold_and_the_folder_loads() {
+    let (o, out) = convert(&["--start", "a1i", "--count", "10"]);
+    assert!(o.status.success(), "{}", support::stderr(&o));
+    let ds = Dataset::load(out.path()).expect("the converter's folder loads");
+
+    // the corpus: the window (a1i, a1d, same) and what its proofs use (ax-1, ax-mp), in file
+    // order; syntax (wi), hypotheses and the OLD duplicate are not documents
+    assert_eq!(ds.corpus.ids, ["ax-1", "ax-mp", "a1i", "a1d", "same"]);
+    let doc =
+        |id: &str| ds.corpus.texts[ds.corpus.ids.iter().position(|d| d == id).unwrap()].clone();
+    assert_eq!(
+        doc("ax-mp"),
+        "ph & ( ph -> ps ) => ps Rule of Modus Ponens. p. 40."
+    );
+    assert_eq!(
+        doc("a1i"),
+        "ph => ( ps -> ph ) Inference introducing an antecedent, by ax-1."
+    );
+
+    // both proving queries land in one neighbourhood (one section, < 25 queries): test
+    let test = ds.split("test").unwrap();
+    let gold = |q: &str| test[q].keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        test.len(),
+        2,
+        "`same` uses only its own hypothesis: no query"
+    );
+    // compressed proof: the parenthesised labels, less the syntax constructor wi
+    assert_eq!(gold("q:a1i"), ["ax-1", "ax-mp"]);
+    // normal proof: every label, less $f/$e hypotheses, each once
+    assert_eq!(gold("q:a1d"), ["a1i", "ax-1", "ax-mp"]);
+
+    let q = ds.queries.iter().find(|q| q.id == "q:a1i").unwrap();
+    // the query loses the `~ ax-1` cross-reference (it names its own gold) and the credits
+    assert_eq!(
+        q.text,
+        "ph => ( ps -> ph ) Inference introducing an antecedent, by."
+    );
+    assert_eq!(q.excluded_ids, ["a1i"]);
+    let r = q.reasoning.as_deref().unwrap();
+    assert!(
+        r.starts_with("It follows from ax-1 (Axiom _Simp_.); ax-mp (Rule of Modus Ponens."),
+        "{r}"
+    );
+}
+
+#[test]
+fn metamath_converter_refuses_an_unknown_start_label() {
+    let (o, _out) = convert(&["--start", "nosuch"]);
+    assert!(!o.status.success());
+    let err = support::stderr(&o);
+    assert!(
+        err.contains("no |- assertion labelled 'nosuch' (--start)"),
+        "{err}"
+    );
+}
