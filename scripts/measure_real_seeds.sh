@@ -34,7 +34,7 @@ fi
 SEEDS=${SEEDS:-42 7 1234}
 R=$PWD/runs/real-seeds/$SET
 q() { printf '"%s"' "$1"; }
-last() { ls -d "$1"/checkpoints/step-* | sort -t- -k2 -n | tail -1; }
+last() { ls -d "$1"/checkpoints/step-* | sort | tail -1; }  # zero-padded step numbers
 common=(--set run.output_dir="$(q "$R")" --set train.eval_every=0 --set logging.progress='"never"')
 train() { # stage config name model seed
   local steps
