@@ -41,7 +41,13 @@ pub fn eval<B: Backend>(cfg: &Config, device: &B::Device) -> Result<Report> {
             for q in &queries {
                 let text = match (e.query_view, &q.reasoning) {
                     // validate() refuses `generated` with BM25
-                    (QueryView::Bare | QueryView::Generated | QueryView::Latent, _)
+                    (
+                        QueryView::Bare
+                        | QueryView::Generated
+                        | QueryView::Latent
+                        | QueryView::Mixed,
+                        _,
+                    )
                     | (QueryView::GoldReasoning, None) => q.text.clone(),
                     (QueryView::GoldReasoning, Some(r)) => format!("{} {}", q.text, r),
                 };
@@ -111,7 +117,7 @@ pub fn eval<B: Backend>(cfg: &Config, device: &B::Device) -> Result<Report> {
     Ok(report)
 }
 
-/// `eval/<split>.reasoning.jsonl` for the `generated` view: per query (split order) its id and
+/// `eval/<split>.reasoning.jsonl` for the `generated` and `mixed` views: per query (split order) its id and
 /// text, the model's greedy reasoning, the dataset's gold reasoning (null where it has none) and
 /// the query's nDCG@10 — for reading what the model wrote where retrieval failed.
 fn write_reasoning(

@@ -156,7 +156,7 @@ struct EvalArgs {
     #[command(flatten)]
     base: ConfigArgs,
     /// Compare query views of the config's model instead of one run: dense retrieval with each
-    /// (comma-separated: bare, gold_reasoning, generated, latent) and the time to encode a query,
+    /// (comma-separated: bare, gold_reasoning, generated, mixed, latent) and the time to encode a query,
     /// one at a time and batched. Writes runs/<name>/eval/views.{md,json}.
     #[arg(long, value_delimiter = ',', value_name = "VIEW,...")]
     views: Vec<String>,
@@ -367,7 +367,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                         .map_err(|_| Error::Config {
                             location: "--views".into(),
                             message: format!(
-                                "unknown query view '{v}'; views: bare, gold_reasoning, generated, latent"
+                                "unknown query view '{v}'; views: bare, gold_reasoning, generated, mixed, latent"
                             ),
                         })
                 })

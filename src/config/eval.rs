@@ -21,7 +21,9 @@ pub struct EvalSection {
     pub retriever: RetrieverKind,
     /// What stands for the query: `bare` (the query alone), `gold_reasoning` (query + its gold
     /// reasoning from `queries.jsonl`), `generated` (dense only: the model writes its own
-    /// reasoning, greedy: how T1 is used) or `latent` (dense only: K latent steps, `[latent]`).
+    /// reasoning, greedy: how T1 is used), `mixed` (dense only: the bare and the own-reasoning
+    /// vectors, each unit-length, added: cosine = the mean of the two views' cosines, up to a
+    /// per-query scale) or `latent` (dense only: K latent steps, `[latent]`).
     #[serde(default)]
     pub query_view: QueryView,
     /// BM25 k1 (term-frequency saturation; Pyserini's default).
@@ -57,6 +59,10 @@ pub enum QueryView {
     Generated,
     /// LaSER: K latent steps after the prompt, no decoding (dense retrieval only; `[latent]`).
     Latent,
+    /// The bare query's vector plus the own-reasoning vector, each scaled to unit length (dense
+    /// only): ranks by the sum of the two views' cosines, so neither the query nor the
+    /// reasoning alone decides.
+    Mixed,
 }
 
 impl EvalSection {
@@ -70,18 +76,19 @@ impl EvalSection {
             ));
         }
         if self.retriever == RetrieverKind::Bm25
-            && matches!(self.query_view, QueryView::Generated | QueryView::Latent)
+            && matches!(
+                self.query_view,
+                QueryView::Generated | QueryView::Latent | QueryView::Mixed
+            )
         {
+            let name = match self.query_view {
+                QueryView::Latent => "latent",
+                QueryView::Mixed => "mixed",
+                _ => "generated",
+            };
             return Err(c.err(
                 "eval.query_view",
-                format!(
-                    "`{}` needs a model: use it with retriever = \"dense\"",
-                    if self.query_view == QueryView::Latent {
-                        "latent"
-                    } else {
-                        "generated"
-                    }
-                ),
+                format!("`{name}` needs a model: use it with retriever = \"dense\""),
             ));
         }
         Ok(())

@@ -42,7 +42,8 @@ pub fn query_view_ids(
 
 /// Query vectors `[q, d]` (not normalised) for `queries` under `view`; `Generated` decodes
 /// greedily with the KV cache and reads `<emb_token>` in the same loop, and also returns the
-/// decoded reasoning (one per query); `Latent` runs the `latent` view's K steps after the prompt
+/// decoded reasoning (one per query); `Mixed` adds the unit-length bare and generated vectors
+/// (and returns the reasoning too); `Latent` runs the `latent` view's K steps after the prompt
 /// (`model::latent`).
 pub fn query_vectors<B: Backend>(
     model: &Decoder<B>,
@@ -61,6 +62,22 @@ pub fn query_vectors<B: Backend>(
         return Ok((
             latent_vectors(model, &prompts, tok.pad, latent, batch_size)?,
             None,
+        ));
+    }
+    if view == QueryView::Mixed {
+        let (own, reasoning) = query_vectors(
+            model,
+            tok,
+            queries,
+            QueryView::Generated,
+            m,
+            latent,
+            batch_size,
+        )?;
+        let (bare, _) = query_vectors(model, tok, queries, QueryView::Bare, m, latent, batch_size)?;
+        return Ok((
+            crate::index::l2_normalize(bare) + crate::index::l2_normalize(own),
+            reasoning,
         ));
     }
     if view != QueryView::Generated {

@@ -404,6 +404,7 @@ fn report<B: AutodiffBackend>(
                     QueryView::Bare => "bare".into(),
                     QueryView::GoldReasoning => "gold reasoning".into(),
                     QueryView::Generated => "greedy reasoning".into(),
+                    QueryView::Mixed => "bare + greedy reasoning (mixed)".into(),
                     QueryView::Latent => format!("latent ({} steps)", cfg.raw.latent.steps),
                 },
                 model_path: crate::model::load::model_section(cfg)?
