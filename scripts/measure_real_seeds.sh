@@ -10,11 +10,11 @@
 # 2. per seed (SEEDS, default "42 7 1234"): stage 2 from that model, then stage 3 from the seed's
 #    stage-2 model, the configs as shipped but for run.seed and no in-run dev evaluation (last
 #    checkpoints are evaluated, so no dev-set model selection either);
-# 3. every seed's stage-2 and stage-3 model on the test split, bare and with its own greedy
-#    reasoning; BM25 bare and with the gold reasoning;
+# 3. every seed's stage-2 and stage-3 model on the test split: bare, with its own greedy reasoning,
+#    and mixed (the two unit vectors added); BM25 bare and with the gold reasoning;
 # 4. a Markdown table (runs/real-seeds/<set>/table.md): per seed and mean ± sd, and per seed the
-#    paired comparisons own reasoning vs bare (after stage 2, after stage 3) and stage 3 vs stage 2
-#    (own reasoning): Δ nDCG@10, per-query wins / losses / ties, paired randomisation p (100,000
+#    paired comparisons own reasoning vs bare (after stage 2, after stage 3), stage 3 vs stage 2
+#    (own reasoning) and mixed vs bare / vs own reasoning: Δ nDCG@10, per-query wins / losses / ties, paired randomisation p (100,000
 #    seeded sign flips); then the same on the seed-averaged per-query nDCG@10;
 # 5. the diagnosis of where own reasoning loses (runs/real-seeds/<set>/diagnosis.md): reasoning
 #    length, names copied from the gold / the query / invented, drift from the query, with examples.
@@ -57,7 +57,7 @@ for s in $SEEDS; do
   train stage2 "$C-stage2.toml" "s2-seed$s" "$(last "$R/s1")" "$s"
   train stage3 "$C-stage3.toml" "s3-seed$s" "$(last "$R/s2-seed$s")" "$s"
   for st in s2 s3; do
-    for v in bare generated; do ev "eval-$st-seed$s-$v" "$(last "$R/$st-seed$s")" $v; done
+    for v in bare generated mixed; do ev "eval-$st-seed$s-$v" "$(last "$R/$st-seed$s")" $v; done
   done
 done
 ev eval-bm25-bare "$(last "$R/s1")" bare bm25

@@ -84,7 +84,7 @@ def diagnose(r, seeds, corpus_ids, gold_of, query_text):
 
 
 def bucket_table(rows, key, edges, label):
-    out = [f"| {label} | rollouts (queries × seeds) | mean Δ nDCG@10 (own − bare) | own wins | own loses |",
+    out = [f"| {label} | (query, seed) pairs | mean Δ nDCG@10 (own − bare) | own wins | own loses |",
            "|---|---|---|---|---|"]
     for lo, hi in zip(edges, edges[1:]):
         b = [x for x in rows if lo <= x[key] < hi]
@@ -112,19 +112,24 @@ def main():
         gold_of.setdefault(q, set()).add(d)
 
     bm_bare, bm_gold = per_query(r, "eval-bm25-bare"), per_query(r, "eval-bm25-gold")
+    views = ["bare", "generated"]
+    if all(os.path.exists(os.path.join(r, f"eval-{st_}-seed{s}-mixed", "eval", "test.json"))
+           for s in seeds for st_ in ("s2", "s3")):
+        views.append("mixed")
     runs = {}
     for s in seeds:
         for st_ in ("s2", "s3"):
-            for v in ("bare", "generated"):
+            for v in views:
                 runs[(s, st_, v)] = per_query(r, f"eval-{st_}-seed{s}-{v}")
     n = len(bm_bare)
+    label = {"bare": "bare", "generated": "own reasoning", "mixed": "mixed"}
+    heads = [f"after stage {st_[1]}: {label[v]}" for st_ in ("s2", "s3") for v in views]
     out = [f"Test split, {n} queries; nDCG@10 (trec_eval's); last checkpoints; seeds {', '.join(seeds)}.",
            f"BM25: bare {mean(bm_bare):.4f}, with the gold reasoning (oracle) {mean(bm_gold):.4f}.\n",
-           "| seed | after stage 2: bare | own reasoning | after stage 3: bare | own reasoning |",
-           "|---|---|---|---|---|"]
-    cols = {k: [] for k in ("s2b", "s2g", "s3b", "s3g")}
+           "| seed | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    cols = {(a, b): [] for a in ("s2", "s3") for b in views}
     for s in seeds:
-        v = [mean(runs[(s, a, b)]) for a in ("s2", "s3") for b in ("bare", "generated")]
+        v = [mean(runs[(s,) + k]) for k in cols]
         for k, x in zip(cols, v):
             cols[k].append(x)
         out.append(f"| {s} | " + " | ".join(f"{x:.4f}" for x in v) + " |")
@@ -136,18 +141,22 @@ def main():
              ("own reasoning vs bare, after stage 3", ("s3", "generated"), ("s3", "bare")),
              ("stage 3 vs stage 2, own reasoning", ("s3", "generated"), ("s2", "generated")),
              ("stage 3 own reasoning vs stage 2 bare", ("s3", "generated"), ("s2", "bare"))]
+    if "mixed" in views:
+        comps += [("mixed vs bare, after stage 3", ("s3", "mixed"), ("s3", "bare")),
+                  ("mixed vs own reasoning, after stage 3", ("s3", "mixed"), ("s3", "generated")),
+                  ("mixed vs bare, after stage 2", ("s2", "mixed"), ("s2", "bare"))]
     summary = {"queries": n, "seeds": seeds, "bm25_bare": mean(bm_bare), "bm25_gold": mean(bm_gold),
                "per_seed": {s: {f"{a}_{b}": mean(runs[(s, a, b)]) for a in ("s2", "s3")
-                                for b in ("bare", "generated")} for s in seeds}, "paired": {}}
-    for label, x, y in comps:
+                                for b in views} for s in seeds}, "paired": {}}
+    for label_, x, y in comps:
         for s in seeds:
             c = paired(runs[(s,) + x], runs[(s,) + y])
-            summary["paired"][f"{label} / seed {s}"] = c
-            out.append(f"| {s} | {label} | {fmt_p(c)} |")
+            summary["paired"][f"{label_} / seed {s}"] = c
+            out.append(f"| {s} | {label_} | {fmt_p(c)} |")
         avg = lambda k: {q: st.mean(runs[(s,) + k][q] for s in seeds) for q in bm_bare}
         c = paired(avg(x), avg(y))
-        summary["paired"][f"{label} / seed mean"] = c
-        out.append(f"| mean of seeds | {label} | {fmt_p(c)} |")
+        summary["paired"][f"{label_} / seed mean"] = c
+        out.append(f"| mean of seeds | {label_} | {fmt_p(c)} |")
     table = "\n".join(out) + "\n"
     open(os.path.join(r, "table.md"), "w").write(table)
 
