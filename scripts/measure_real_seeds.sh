@@ -19,6 +19,8 @@
 # 5. the diagnosis of where own reasoning loses (runs/real-seeds/<set>/diagnosis.md): reasoning
 #    length, names copied from the gold / the query / invented, drift from the query, with examples.
 #
+# BB=1 adds stage 3 with the beats_bare reward (reciprocal rank, weight W, default 0.5) from the
+# same stage-2 models, evaluated bare and with own reasoning (the table then compares it).
 # T1=path/to/t1-train reuses a build. Stage-1 seed fixed: it only orders the SFT batches; the
 # variance that matters is stage 2's and 3's (negatives, sampling). ≈ 20 min a seed on 2 cores.
 set -euo pipefail
@@ -36,13 +38,13 @@ R=$PWD/runs/real-seeds/$SET
 q() { printf '"%s"' "$1"; }
 last() { ls -d "$1"/checkpoints/step-* | sort | tail -1; }  # zero-padded step numbers
 common=(--set run.output_dir="$(q "$R")" --set train.eval_every=0 --set logging.progress='"never"')
-train() { # stage config name model seed
+train() { # stage config name model seed [more --set arguments]
   local steps
   steps=$(sed -n 's/^steps = \([0-9]*\).*/\1/p' "$2" | head -1)
   [ -f "$R/$3/done" ] && return
   rm -rf "${R:?}/$3"
   "$T1" "$1" --config "$2" "${common[@]}" --set run.name="$(q "$3")" --set run.seed="$5" \
-    --set train.save_every="$steps" ${4:+--set model.path="$(q "$4")"} > "$R/$3.log" 2>&1
+    --set train.save_every="$steps" ${4:+--set model.path="$(q "$4")"} "${@:6}" > "$R/$3.log" 2>&1
   touch "$R/$3/done"
 }
 ev() { # name model view [retriever]
@@ -60,6 +62,14 @@ for s in $SEEDS; do
     for v in bare generated mixed; do ev "eval-$st-seed$s-$v" "$(last "$R/$st-seed$s")" $v; done
   done
 done
+if [ "${BB:-0}" = 1 ]; then # issue 27 item 3: stage 3 with the beats_bare reward added (weight W)
+  W=${W:-0.5}
+  rewards="[{name=\"reciprocal_rank\",weight=1.0},{name=\"format\",weight=0.1},{name=\"beats_bare\",metric=\"reciprocal_rank\",weight=$W}]"
+  for s in $SEEDS; do
+    train stage3 "$C-stage3.toml" "s3bb-seed$s" "$(last "$R/s2-seed$s")" "$s" --set "stage3.rewards=$rewards"
+    for v in bare generated; do ev "eval-s3bb-seed$s-$v" "$(last "$R/s3bb-seed$s")" $v; done
+  done
+fi
 ev eval-bm25-bare "$(last "$R/s1")" bare bm25
 ev eval-bm25-gold "$(last "$R/s1")" gold_reasoning bm25
 python3 scripts/real_seeds_table.py "$R" $SEEDS

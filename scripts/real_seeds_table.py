@@ -37,12 +37,18 @@ def paired(a, b, seed=0):
     hits = sum(abs(sum(x if rng.random() < 0.5 else -x for x in d)) >= obs - 1e-12 for _ in range(DRAWS))
     w = sum(x > 0 for x in d)
     l = sum(x < 0 for x in d)
-    return {"delta": sum(d) / len(d), "wins": w, "losses": l, "ties": len(d) - w - l,
-            "p": (hits + 1) / (DRAWS + 1)}
+    m = sum(d) / len(d)
+    # queries a paired test would need to detect this mean Δ at α = 0.05 with 80 % power
+    # (normal approximation: n = ((1.96 + 0.84) · sd / Δ)²)
+    need = ((1.96 + 0.84) * st.stdev(d) / abs(m)) ** 2 if m and len(d) > 1 else float("inf")
+    return {"delta": m, "wins": w, "losses": l, "ties": len(d) - w - l,
+            "p": (hits + 1) / (DRAWS + 1), "queries_for_80pct_power": need}
 
 
 def fmt_p(c):
-    return f"{c['delta']:+.4f} | {c['wins']} / {c['losses']} / {c['ties']} | {c['p']:.3g}"
+    need = c["queries_for_80pct_power"]
+    need = f"{need:,.0f}" if need < 1e7 else "∞"
+    return f"{c['delta']:+.4f} | {c['wins']} / {c['losses']} / {c['ties']} | {c['p']:.3g} | {need}"
 
 
 def sd(xs):
@@ -116,27 +122,31 @@ def main():
     if all(os.path.exists(os.path.join(r, f"eval-{st_}-seed{s}-mixed", "eval", "test.json"))
            for s in seeds for st_ in ("s2", "s3")):
         views.append("mixed")
-    runs = {}
-    for s in seeds:
-        for st_ in ("s2", "s3"):
-            for v in views:
-                runs[(s, st_, v)] = per_query(r, f"eval-{st_}-seed{s}-{v}")
+    have = lambda name: os.path.exists(os.path.join(r, name, "eval", "test.json"))
+    cells = [(a, b) for a in ("s2", "s3") for b in views]
+    bb = all(have(f"eval-s3bb-seed{s}-{v}") for s in seeds for v in ("bare", "generated"))
+    if bb:  # BB=1: stage 3 with the beats_bare reward
+        cells += [("s3bb", "bare"), ("s3bb", "generated")]
+    runs = {(s,) + c: per_query(r, f"eval-{c[0]}-seed{s}-{c[1]}") for s in seeds for c in cells}
     n = len(bm_bare)
     label = {"bare": "bare", "generated": "own reasoning", "mixed": "mixed"}
-    heads = [f"after stage {st_[1]}: {label[v]}" for st_ in ("s2", "s3") for v in views]
+    stage = {"s2": "after stage 2", "s3": "after stage 3", "s3bb": "after stage 3 + beats_bare"}
     out = [f"Test split, {n} queries; nDCG@10 (trec_eval's); last checkpoints; seeds {', '.join(seeds)}.",
            f"BM25: bare {mean(bm_bare):.4f}, with the gold reasoning (oracle) {mean(bm_gold):.4f}.\n",
-           "| seed | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
-    cols = {(a, b): [] for a in ("s2", "s3") for b in views}
-    for s in seeds:
-        v = [mean(runs[(s,) + k]) for k in cols]
-        for k, x in zip(cols, v):
-            cols[k].append(x)
-        out.append(f"| {s} | " + " | ".join(f"{x:.4f}" for x in v) + " |")
-    out.append("| mean ± sd | " + " | ".join(f"{st.mean(c):.4f} ± {sd(c):.4f}" for c in cols.values()) + " |")
-    out += ["", "Paired, per query (Δ = first − second; wins / losses / ties; two-sided paired "
-            f"randomisation p, {DRAWS:,} sign flips):\n",
-            "| seed | comparison | Δ nDCG@10 | wins / losses / ties | p |", "|---|---|---|---|---|"]
+           "| model | query | " + " | ".join(f"seed {x}" for x in seeds) + " | mean ± sd |",
+           "|---" * (len(seeds) + 3) + "|"]
+    for a, b in cells:
+        v = [mean(runs[(s, a, b)]) for s in seeds]
+        out.append(f"| {stage[a]} | {label[b]} | " + " | ".join(f"{x:.4f}" for x in v)
+                   + f" | {st.mean(v):.4f} ± {sd(v):.4f} |")
+    out += ["", "Paired, per query (Δ = first − second). Per seed: Δ nDCG@10 (two-sided paired "
+            f"randomisation p, {DRAWS:,} sign flips). Seed mean: the same on each query's nDCG@10 "
+            "averaged over the seeds, with wins / losses / ties and the test queries a paired "
+            "test would need to detect that Δ at α = 0.05 with 80 % power (from the per-query "
+            "spread).\n",
+            "| comparison | " + " | ".join(f"seed {x}" for x in seeds)
+            + " | seed mean: Δ | wins / losses / ties | p | queries for 80 % power |",
+            "|---" * (len(seeds) + 5) + "|"]
     comps = [("own reasoning vs bare, after stage 2", ("s2", "generated"), ("s2", "bare")),
              ("own reasoning vs bare, after stage 3", ("s3", "generated"), ("s3", "bare")),
              ("stage 3 vs stage 2, own reasoning", ("s3", "generated"), ("s2", "generated")),
@@ -145,18 +155,22 @@ def main():
         comps += [("mixed vs bare, after stage 3", ("s3", "mixed"), ("s3", "bare")),
                   ("mixed vs own reasoning, after stage 3", ("s3", "mixed"), ("s3", "generated")),
                   ("mixed vs bare, after stage 2", ("s2", "mixed"), ("s2", "bare"))]
+    if bb:
+        comps += [("stage 3 + beats_bare vs stage 3, own reasoning", ("s3bb", "generated"), ("s3", "generated")),
+                  ("own reasoning vs bare, after stage 3 + beats_bare", ("s3bb", "generated"), ("s3bb", "bare"))]
     summary = {"queries": n, "seeds": seeds, "bm25_bare": mean(bm_bare), "bm25_gold": mean(bm_gold),
-               "per_seed": {s: {f"{a}_{b}": mean(runs[(s, a, b)]) for a in ("s2", "s3")
-                                for b in views} for s in seeds}, "paired": {}}
+               "per_seed": {s: {f"{a}_{b}": mean(runs[(s, a, b)]) for a, b in cells} for s in seeds},
+               "paired": {}}
+    avg = lambda k: {q: st.mean(runs[(s,) + k][q] for s in seeds) for q in bm_bare}
     for label_, x, y in comps:
+        row = [label_]
         for s in seeds:
             c = paired(runs[(s,) + x], runs[(s,) + y])
             summary["paired"][f"{label_} / seed {s}"] = c
-            out.append(f"| {s} | {label_} | {fmt_p(c)} |")
-        avg = lambda k: {q: st.mean(runs[(s,) + k][q] for s in seeds) for q in bm_bare}
+            row.append(f"{c['delta']:+.4f} ({c['p']:.2g})")
         c = paired(avg(x), avg(y))
         summary["paired"][f"{label_} / seed mean"] = c
-        out.append(f"| mean of seeds | {label_} | {fmt_p(c)} |")
+        out.append("| " + " | ".join(row) + f" | {fmt_p(c)} |")
     table = "\n".join(out) + "\n"
     open(os.path.join(r, "table.md"), "w").write(table)
 
