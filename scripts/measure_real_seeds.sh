@@ -14,15 +14,17 @@
 #    and mixed (the two unit vectors added); BM25 bare and with the gold reasoning;
 # 4. a Markdown table (runs/real-seeds/<set>/table.md): per seed and mean ± sd, and per seed the
 #    paired comparisons own reasoning vs bare (after stage 2, after stage 3), stage 3 vs stage 2
-#    (own reasoning) and mixed vs bare / vs own reasoning: Δ nDCG@10, per-query wins / losses / ties, paired randomisation p (100,000
-#    seeded sign flips); then the same on the seed-averaged per-query nDCG@10;
+#    (own reasoning) and mixed vs bare / vs own reasoning: Δ nDCG@10 and a paired randomisation
+#    p (100,000 seeded sign flips); on the seed-averaged per-query nDCG@10 also the per-query
+#    wins / losses / ties and the queries a test would need for 80 % power;
 # 5. the diagnosis of where own reasoning loses (runs/real-seeds/<set>/diagnosis.md): reasoning
 #    length, names copied from the gold / the query / invented, drift from the query, with examples.
 #
 # BB=1 adds stage 3 with the beats_bare reward (reciprocal rank, weight W, default 0.5) from the
 # same stage-2 models, evaluated bare and with own reasoning (the table then compares it).
 # T1=path/to/t1-train reuses a build. Stage-1 seed fixed: it only orders the SFT batches; the
-# variance that matters is stage 2's and 3's (negatives, sampling). ≈ 20 min a seed on 2 cores.
+# variance that matters is stage 2's and 3's (negatives, sampling). Each model is evaluated with
+# `eval --views … --latency-queries 0`: one document index for its views, per-query reports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SET=${1:?usage: measure_real_seeds.sh coq|metamath}
@@ -47,29 +49,33 @@ train() { # stage config name model seed [more --set arguments]
     --set train.save_every="$steps" ${4:+--set model.path="$(q "$4")"} "${@:6}" > "$R/$3.log" 2>&1
   touch "$R/$3/done"
 }
-ev() { # name model view [retriever]
+ev() { # name model view: BM25 (no model needed beyond its tokenizer)
   [ -f "$R/$1/eval/test.json" ] && return
   "$T1" eval --config "$C-stage3.toml" "${common[@]}" --set run.name="$(q "$1")" \
-    ${2:+--set model.path="$(q "$2")"} --set eval.query_view="\"$3\"" \
-    --set eval.retriever="\"${4:-dense}\"" > "$R/$1.log" 2>&1
+    --set model.path="$(q "$2")" --set eval.query_view="\"$3\"" --set eval.retriever='"bm25"' \
+    > "$R/$1.log" 2>&1
+}
+evd() { # name model views: dense, one document index for all views, no timing
+  [ -f "$R/$1/eval/views.json" ] && return
+  "$T1" eval --config "$C-stage3.toml" "${common[@]}" --set run.name="$(q "$1")" \
+    --set model.path="$(q "$2")" --set eval.retriever='"dense"' --views "$3" --latency-queries 0 \
+    > "$R/$1.log" 2>&1
 }
 mkdir -p "$R"
 train stage1 "$C-stage1.toml" s1 "" 42
 for s in $SEEDS; do
   train stage2 "$C-stage2.toml" "s2-seed$s" "$(last "$R/s1")" "$s"
   train stage3 "$C-stage3.toml" "s3-seed$s" "$(last "$R/s2-seed$s")" "$s"
-  for st in s2 s3; do
-    for v in bare generated mixed; do ev "eval-$st-seed$s-$v" "$(last "$R/$st-seed$s")" $v; done
-  done
+  for st in s2 s3; do evd "eval-$st-seed$s" "$(last "$R/$st-seed$s")" bare,generated,mixed; done
 done
 if [ "${BB:-0}" = 1 ]; then # issue 27 item 3: stage 3 with the beats_bare reward added (weight W)
   W=${W:-0.5}
   rewards="[{name=\"reciprocal_rank\",weight=1.0},{name=\"format\",weight=0.1},{name=\"beats_bare\",metric=\"reciprocal_rank\",weight=$W}]"
   for s in $SEEDS; do
     train stage3 "$C-stage3.toml" "s3bb-seed$s" "$(last "$R/s2-seed$s")" "$s" --set "stage3.rewards=$rewards"
-    for v in bare generated; do ev "eval-s3bb-seed$s-$v" "$(last "$R/s3bb-seed$s")" $v; done
+    evd "eval-s3bb-seed$s" "$(last "$R/s3bb-seed$s")" bare,generated
   done
 fi
-ev eval-bm25-bare "$(last "$R/s1")" bare bm25
-ev eval-bm25-gold "$(last "$R/s1")" gold_reasoning bm25
+ev eval-bm25-bare "$(last "$R/s1")" bare
+ev eval-bm25-gold "$(last "$R/s1")" gold_reasoning
 python3 scripts/real_seeds_table.py "$R" $SEEDS

@@ -18,8 +18,17 @@ import sys
 DRAWS = 100_000
 
 
+def report(r, name):
+    """`eval-bm25-*` → a plain eval's test.json; `eval-<stage>-seed<s>-<view>` → that `eval
+    --views` run's test-<view>.json."""
+    m = re.fullmatch(r"(eval-.+-seed\d+)-(bare|generated|mixed)", name)
+    if m:
+        return os.path.join(r, m.group(1), "eval", f"test-{m.group(2)}")
+    return os.path.join(r, name, "eval", "test")
+
+
 def per_query(r, name):
-    j = json.load(open(os.path.join(r, name, "eval", "test.json")))
+    j = json.load(open(report(r, name) + ".json"))
     return {q: m["ndcg_at_10"] for q, m in j["per_query"].items()}
 
 
@@ -69,7 +78,7 @@ def diagnose(r, seeds, corpus_ids, gold_of, query_text):
         for st_ in ("s2", "s3"):
             gen = per_query(r, f"eval-{st_}-seed{s}-generated")
             bare = per_query(r, f"eval-{st_}-seed{s}-bare")
-            path = os.path.join(r, f"eval-{st_}-seed{s}-generated", "eval", "test.reasoning.jsonl")
+            path = report(r, f"eval-{st_}-seed{s}-generated") + ".reasoning.jsonl"
             for line in open(path):
                 x = json.loads(line)
                 qid, text = x["query_id"], x["reasoning"]
@@ -119,10 +128,10 @@ def main():
 
     bm_bare, bm_gold = per_query(r, "eval-bm25-bare"), per_query(r, "eval-bm25-gold")
     views = ["bare", "generated"]
-    if all(os.path.exists(os.path.join(r, f"eval-{st_}-seed{s}-mixed", "eval", "test.json"))
+    if all(os.path.exists(report(r, f"eval-{st_}-seed{s}-mixed") + ".json")
            for s in seeds for st_ in ("s2", "s3")):
         views.append("mixed")
-    have = lambda name: os.path.exists(os.path.join(r, name, "eval", "test.json"))
+    have = lambda name: os.path.exists(report(r, name) + ".json")
     cells = [(a, b) for a in ("s2", "s3") for b in views]
     bb = all(have(f"eval-s3bb-seed{s}-{v}") for s in seeds for v in ("bare", "generated"))
     if bb:  # BB=1: stage 3 with the beats_bare reward

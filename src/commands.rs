@@ -148,11 +148,12 @@ pub struct ViewRow {
     pub view: String,
     pub metrics: crate::eval::Metrics,
     /// Wall time to turn one query into its vector, one query at a time: the median over
-    /// `latency_queries` queries (after one untimed warm-up query).
-    pub ms_per_query_batch1: f64,
+    /// `latency_queries` queries (after one untimed warm-up query); `None` with
+    /// `--latency-queries 0` (no timing).
+    pub ms_per_query_batch1: Option<f64>,
     /// The whole split encoded `batch_size` queries at a time, per query: the median of
-    /// three passes.
-    pub ms_per_query_batched: f64,
+    /// three passes; `None` without timing.
+    pub ms_per_query_batched: Option<f64>,
 }
 
 /// What `t1-train eval --views` measured, written to `runs/<name>/eval/views.{json,md}`.
@@ -185,15 +186,16 @@ impl ViewsReport {
             self.threads,
             self.batch_size
         );
+        let ms = |x: Option<f64>| x.map_or_else(|| "—".to_string(), |x| format!("{x:.2}"));
         for r in &self.rows {
             out.push_str(&format!(
-                "| {} | {:.4} | {:.4} | {:.4} | {:.2} | {:.2} |\n",
+                "| {} | {:.4} | {:.4} | {:.4} | {} | {} |\n",
                 r.view,
                 r.metrics.ndcg_at_10,
                 r.metrics.recall_at_100,
                 r.metrics.mrr_at_10,
-                r.ms_per_query_batch1,
-                r.ms_per_query_batched
+                ms(r.ms_per_query_batch1),
+                ms(r.ms_per_query_batched)
             ));
         }
         out
@@ -205,8 +207,10 @@ const BATCHED_REPEATS: usize = 3;
 
 /// `t1-train eval --config FILE --views bare,generated,latent`: dense retrieval on the eval split
 /// with each query view of the config's model (one document index for all), plus the cost of
-/// encoding a query under each view. Writes `runs/<name>/eval/views.{json,md}` and a TREC run
-/// per view.
+/// encoding a query under each view. Writes `runs/<name>/eval/views.{json,md}` and, per view,
+/// a TREC run, the per-query report (`<split>-<view>.json`) and, for `generated` / `mixed`, the
+/// reasoning (`<split>-<view>.reasoning.jsonl`). `latency_queries = 0` skips the timing: one
+/// pass per view, `mixed` from the bare and generated vectors already computed.
 pub fn eval_views<B: Backend>(
     cfg: &Config,
     views: &[QueryView],
@@ -237,42 +241,64 @@ pub fn eval_views<B: Backend>(
         })?;
     bar.finish_and_clear();
     let out = run_dir.subdir("eval")?;
+    // 0 = no timing: each view encoded once, and `mixed` reuses the bare and generated vectors
+    // when those views come first (the same sum query_vectors computes)
+    let timed = latency_queries > 0;
     let n1 = latency_queries.clamp(1, queries.len());
     let bar = progress_bar(views.len() as u64, "views", cfg.raw.logging.progress);
     let mut rows = Vec::new();
+    let mut done: HashMap<QueryView, (burn::tensor::Tensor<B, 2>, Option<Vec<String>>)> =
+        HashMap::new();
     for &view in views {
         let name = serde_json::to_value(view)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_else(|| format!("{view:?}"));
         bar.set_message(name.clone());
-        let encode = |qs: &[&crate::data::Query], b: usize| -> Result<burn::tensor::Tensor<B, 2>> {
-            let (v, _) = query_vectors(&model, &tok, qs, view, m, &latent, b)?;
+        let encode = |qs: &[&crate::data::Query],
+                      b: usize|
+         -> Result<(burn::tensor::Tensor<B, 2>, Option<Vec<String>>)> {
+            let (v, r) = query_vectors(&model, &tok, qs, view, m, &latent, b)?;
             let _ = v.clone().into_data(); // wait for the device
-            Ok(v)
+            Ok((v, r))
         };
         // medians: a shared machine's hiccups hit single timings, not the middle of many
         let median = |mut xs: Vec<f64>| {
             xs.sort_by(f64::total_cmp);
             xs[xs.len() / 2]
         };
-        encode(&queries[..1], 1)?; // warm-up
-        let mut one = Vec::with_capacity(n1);
-        for q in &queries[..n1] {
-            let t0 = std::time::Instant::now();
-            encode(std::slice::from_ref(q), 1)?;
-            one.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-        let batch1 = median(one);
-        let mut all = Vec::with_capacity(BATCHED_REPEATS);
-        let mut qv = None;
-        for _ in 0..BATCHED_REPEATS {
-            let t0 = std::time::Instant::now();
-            qv = Some(encode(&queries, batch)?);
-            all.push(t0.elapsed().as_secs_f64() * 1e3 / queries.len() as f64);
-        }
-        let batched = median(all);
-        let qv = qv.expect("at least one repeat");
+        let (qv, reasoning, batch1, batched) = if timed {
+            encode(&queries[..1], 1)?; // warm-up
+            let mut one = Vec::with_capacity(n1);
+            for q in &queries[..n1] {
+                let t0 = std::time::Instant::now();
+                encode(std::slice::from_ref(q), 1)?;
+                one.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+            let mut all = Vec::with_capacity(BATCHED_REPEATS);
+            let mut last = None;
+            for _ in 0..BATCHED_REPEATS {
+                let t0 = std::time::Instant::now();
+                last = Some(encode(&queries, batch)?);
+                all.push(t0.elapsed().as_secs_f64() * 1e3 / queries.len() as f64);
+            }
+            let (qv, r) = last.expect("at least one repeat");
+            (qv, r, Some(median(one)), Some(median(all)))
+        } else {
+            let (qv, r) = match (
+                view,
+                done.get(&QueryView::Bare),
+                done.get(&QueryView::Generated),
+            ) {
+                (QueryView::Mixed, Some((b, _)), Some((g, r))) => (
+                    crate::index::l2_normalize(b.clone()) + crate::index::l2_normalize(g.clone()),
+                    r.clone(),
+                ),
+                _ => encode(&queries, batch)?,
+            };
+            (qv, r, None, None)
+        };
+        done.insert(view, (qv.clone(), reasoning.clone()));
         let (report, run) = rank_and_score(&index, qv, &ds, split, &queries, cfg)?;
         write_trec_run(
             &out.join(format!("{split}-{name}.run")),
@@ -280,6 +306,18 @@ pub fn eval_views<B: Backend>(
             &format!("t1-{name}"),
             cfg.raw.eval.depth,
         )?;
+        // the per-query report, as a plain `eval` writes it
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|err| Error::Runtime(format!("cannot serialise the report: {err}")))?;
+        crate::fsio::write_atomic(&out.join(format!("{split}-{name}.json")), json.as_bytes())?;
+        if let Some(r) = &reasoning {
+            write_reasoning(
+                &out.join(format!("{split}-{name}.reasoning.jsonl")),
+                &queries,
+                r,
+                &report,
+            )?;
+        }
         rows.push(ViewRow {
             view: name,
             metrics: report.mean,
@@ -299,7 +337,7 @@ pub fn eval_views<B: Backend>(
             .or_else(|| m.preset.clone())
             .unwrap_or_default(),
         batch_size: batch,
-        latency_queries: n1,
+        latency_queries: if timed { n1 } else { 0 },
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         rows,
     };

@@ -160,7 +160,8 @@ struct EvalArgs {
     /// one at a time and batched. Writes runs/<name>/eval/views.{md,json}.
     #[arg(long, value_delimiter = ',', value_name = "VIEW,...")]
     views: Vec<String>,
-    /// With --views: queries timed one at a time (the first N of the split).
+    /// With --views: queries timed one at a time (the first N of the split); 0 = no timing (one
+    /// pass per view, for quality alone).
     #[arg(long, default_value_t = 32, value_name = "N")]
     latency_queries: usize,
 }

@@ -132,6 +132,39 @@ fn mixed_view_scores_are_the_sum_of_the_bare_and_own_reasoning_scores() {
         );
     }
 
+    // untimed (`--latency-queries 0`): one pass per view, `mixed` from the bare and generated
+    // vectors already computed — the same per-query results as the timed run's fresh encoding
+    let report = |view: &str| -> serde_json::Value {
+        let p = dir.path().join(format!("mixed/eval/test-{view}.json"));
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let timed = report("mixed");
+    let o = support::t1(&[
+        "eval",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--views",
+        "bare,generated,mixed",
+        "--latency-queries",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", support::stderr(&o));
+    assert_eq!(report("mixed")["per_query"], timed["per_query"]);
+    let views: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("mixed/eval/views.json")).unwrap(),
+    )
+    .unwrap();
+    for r in views["rows"].as_array().unwrap() {
+        assert!(r["ms_per_query_batch1"].is_null(), "untimed: {r}");
+    }
+    let reasoning =
+        std::fs::read_to_string(dir.path().join("mixed/eval/test-generated.reasoning.jsonl"))
+            .unwrap();
+    assert_eq!(
+        reasoning.lines().count(),
+        timed["num_queries"].as_u64().unwrap() as usize
+    );
+
     // a mixed view needs a model: BM25 refuses it, naming the key
     let o = support::t1(&[
         "eval",
