@@ -39,9 +39,11 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import sys
 from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from debian_source import fetch, sha256  # noqa: E402
 
 KINDS = ("Lemma", "Theorem", "Corollary", "Fact", "Remark", "Proposition")
 ENDS = ("Qed", "Defined", "Admitted", "Abort", "Save")
@@ -61,31 +63,6 @@ contradict lazy cbv refine exact_no_check nra psatz setoid_rewrite rewrite_all f
 TERM_BEFORE = {"apply", "eapply", "rewrite", "erewrite", "exact", "eexact", "pose", "specialize",
                "generalize", "using", "with", "refine", "setoid_rewrite", "exploit", "by", "(", ",",
                "<-", "->", "!", "?", "@"}
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def fetch(cache):
-    """apt-get download + dpkg-deb -x; returns (theories dir, .deb path)."""
-    os.makedirs(cache, exist_ok=True)
-    debs = sorted(glob.glob(os.path.join(cache, f"{DEB}_*.deb")))
-    if not debs:
-        subprocess.run(["apt-get", "download", DEB], cwd=cache, check=True, stdout=sys.stderr)
-        debs = sorted(glob.glob(os.path.join(cache, f"{DEB}_*.deb")))
-    deb = debs[-1]
-    root = os.path.join(cache, "x")
-    if not os.path.isdir(root):
-        subprocess.run(["dpkg-deb", "-x", deb, root], check=True, stdout=sys.stderr)
-    found = glob.glob(os.path.join(root, "usr/lib/ocaml/coq/theories"))
-    if not found:
-        sys.exit(f"{deb}: no usr/lib/ocaml/coq/theories inside")
-    return found[0], deb
 
 
 def strip_comments(src):
@@ -234,7 +211,8 @@ def main():
     deb = None
     theories = a.theories
     if not theories:
-        theories, deb = fetch(os.path.join(os.path.dirname(a.out) or ".", ".coq-deb"))
+        theories, deb = fetch(DEB, os.path.join(os.path.dirname(a.out) or ".", ".coq-deb"),
+                              "usr/lib/ocaml/coq/theories")
     keep = set(filter(None, a.dirs.split(",")))
     files = sorted(
         os.path.relpath(p, theories)

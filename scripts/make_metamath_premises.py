@@ -39,14 +39,15 @@ Deterministic: the same package gives byte-identical files. Needs only Python 3 
 """
 
 import argparse
-import glob
 import hashlib
 import json
 import os
 import re
-import subprocess
 import sys
 from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from debian_source import fetch, sha256  # noqa: E402
 
 DEB = "metamath-databases"
 CREDIT = re.compile(
@@ -54,31 +55,6 @@ CREDIT = re.compile(
     r"Shortened|Proof modified|Mathbox|Inferred|Moved|Recommended)[^()]*(?:\([^()]*\)[^()]*)*\)")
 CHUNK = 25
 SECTION = re.compile(r"^\s*(?:#\*#\*|=-=-|-\.-\.|\.-\.-)")
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def fetch(cache):
-    """apt-get download + dpkg-deb -x; returns (set.mm path, .deb path)."""
-    os.makedirs(cache, exist_ok=True)
-    debs = sorted(glob.glob(os.path.join(cache, f"{DEB}_*.deb")))
-    if not debs:
-        subprocess.run(["apt-get", "download", DEB], cwd=cache, check=True, stdout=sys.stderr)
-        debs = sorted(glob.glob(os.path.join(cache, f"{DEB}_*.deb")))
-    deb = debs[-1]
-    root = os.path.join(cache, "x")
-    if not os.path.isdir(root):
-        subprocess.run(["dpkg-deb", "-x", deb, root], check=True, stdout=sys.stderr)
-    mm = os.path.join(root, "usr/share/metamath/databases/set.mm")
-    if not os.path.isfile(mm):
-        sys.exit(f"{deb}: no usr/share/metamath/databases/set.mm inside")
-    return mm, deb
 
 
 def clean_comment(c):
@@ -103,6 +79,8 @@ def section_title(c):
 def parse(path):
     """Yields assertions in file order: dict(label, kind, typecode, hyps, statement, comment,
     section, refs)."""
+    if not os.path.isfile(path):
+        sys.exit(f"{path}: no such file (--mm)")
     text = open(path, encoding="utf-8", errors="replace").read()
     toks = re.finditer(r"\S+", text)
     scopes = [[]]  # active $e hypotheses per scope: (label, statement)
@@ -227,7 +205,8 @@ def main():
     deb = None
     mm = a.mm
     if not mm:
-        mm, deb = fetch(os.path.join(os.path.dirname(a.out) or ".", ".metamath-deb"))
+        mm, deb = fetch(DEB, os.path.join(os.path.dirname(a.out) or ".", ".metamath-deb"),
+                        "usr/share/metamath/databases/set.mm")
     asserts = [x for x in parse(mm)
                if x["typecode"] == "|-" and not re.search(r"(OLD|ALT)$", x["label"])]
     by_label = {x["label"]: x for x in asserts}

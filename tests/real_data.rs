@@ -93,16 +93,19 @@ fn mixed_view_scores_are_the_sum_of_the_bare_and_own_reasoning_scores() {
         4,
         "[eval]\nretriever = \"dense\"\ndepth = 400\n",
     );
-    let o = support::t1(&[
-        "eval",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--views",
-        "bare,generated,mixed",
-        "--latency-queries",
-        "1",
-    ]);
-    assert!(o.status.success(), "{}", support::stderr(&o));
+    let views = |latency: &str| {
+        let o = support::t1(&[
+            "eval",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--views",
+            "bare,generated,mixed",
+            "--latency-queries",
+            latency,
+        ]);
+        assert!(o.status.success(), "{}", support::stderr(&o));
+    };
+    views("1");
     let read = |view: &str| {
         let mut run: std::collections::HashMap<(String, String), f64> = Default::default();
         let text = std::fs::read_to_string(dir.path().join(format!("mixed/eval/test-{view}.run")))
@@ -139,16 +142,7 @@ fn mixed_view_scores_are_the_sum_of_the_bare_and_own_reasoning_scores() {
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
     };
     let timed = report("mixed");
-    let o = support::t1(&[
-        "eval",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--views",
-        "bare,generated,mixed",
-        "--latency-queries",
-        "0",
-    ]);
-    assert!(o.status.success(), "{}", support::stderr(&o));
+    views("0");
     assert_eq!(report("mixed")["per_query"], timed["per_query"]);
     let views: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("mixed/eval/views.json")).unwrap(),
