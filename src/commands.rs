@@ -171,20 +171,21 @@ pub struct ViewsReport {
 
 impl ViewsReport {
     pub fn markdown(&self) -> String {
+        let latency = if self.latency_queries == 0 {
+            "Latency not measured (`--latency-queries 0`): one pass per view.".to_string()
+        } else {
+            format!(
+                "Latency: time to turn a query into its vector (document encoding and ranking \
+                 excluded); batch 1: median over {} queries; batched: all queries at {} per batch, \
+                 median of 3 passes; {} threads.",
+                self.latency_queries, self.batch_size, self.threads
+            )
+        };
         let mut out = format!(
-            "# Query views on {} ({} queries), model `{}`\n\n\
-             Latency: time to turn a query into its vector (document encoding and ranking excluded); \
-             batch 1: median over {} queries; batched: all queries at {} per batch, median of 3 passes; \
-             {} threads.\n\n\
+            "# Query views on {} ({} queries), model `{}`\n\n{latency}\n\n\
              | query view | nDCG@10 | Recall@100 | MRR@10 | ms/query (batch 1) | ms/query (batch {}) |\n\
              |---|---|---|---|---|---|\n",
-            self.split,
-            self.num_queries,
-            self.model,
-            self.latency_queries,
-            self.batch_size,
-            self.threads,
-            self.batch_size
+            self.split, self.num_queries, self.model, self.batch_size
         );
         let ms = |x: Option<f64>| x.map_or_else(|| "—".to_string(), |x| format!("{x:.2}"));
         for r in &self.rows {

@@ -148,6 +148,8 @@ fn mixed_view_scores_are_the_sum_of_the_bare_and_own_reasoning_scores() {
         &std::fs::read_to_string(dir.path().join("mixed/eval/views.json")).unwrap(),
     )
     .unwrap();
+    let md = std::fs::read_to_string(dir.path().join("mixed/eval/views.md")).unwrap();
+    assert!(md.contains("Latency not measured"), "{md}");
     for r in views["rows"].as_array().unwrap() {
         assert!(r["ms_per_query_batch1"].is_null(), "untimed: {r}");
     }
