@@ -408,3 +408,33 @@ fn beats_bare_ranks_against_the_bare_view_of_the_same_model() {
     let eval_rank = 1 + ranked.iter().position(|d| gold.contains(d)).unwrap();
     assert_eq!(bare_rank, eval_rank as u64, "query {qid}");
 }
+
+/// Every rollout truncated with `mask_truncated = true`: the step updates nothing, and the run
+/// says so on stderr even with progress bars off (indicatif prints nothing through a hidden
+/// bar) — the silent no-op stage 3 of the Coq and Metamath runs on 2026-12-07.
+#[test]
+fn all_rollouts_masked_is_said_on_stderr_without_a_progress_bar() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = stage3("").replace("mask_truncated = false", "mask_truncated = true");
+    let cfg = config(dir.path(), &dir.path().join("runs"), "masked", 1, &extra);
+    let o = t1(&[
+        "stage3",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.warmup_steps=0",
+        "--set",
+        "model.max_reasoning_tokens=2",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("stage3 step 1: every rollout reached model.max_reasoning_tokens = 2")
+            && err.contains("this step updates nothing"),
+        "{err}"
+    );
+    let norm = scalar(&dir.path().join("runs/masked"), "stage3/grad_norm");
+    assert_eq!(norm, [(1, 0.0)], "no rollout left, no gradient");
+}

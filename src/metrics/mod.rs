@@ -264,6 +264,16 @@ pub enum ProgressMode {
     Never,
 }
 
+/// A warning above the progress bar — or on stderr when the bar is hidden (`logging.progress =
+/// "never"`, or not a terminal), where indicatif's `println` would print nothing.
+pub fn warn(bar: &ProgressBar, msg: impl AsRef<str>) {
+    if bar.is_hidden() {
+        eprintln!("{}", msg.as_ref());
+    } else {
+        bar.println(msg.as_ref());
+    }
+}
+
 pub fn progress_bar(len: u64, label: &str, mode: ProgressMode) -> ProgressBar {
     let visible = match mode {
         ProgressMode::Always => true,

@@ -522,9 +522,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.sinks.flush()?;
         let limit = self.cfg.raw.train.max_nonfinite_steps;
         let row = self.state.nonfinite_in_a_row;
-        self.bar.println(format!(
-            "{stage} step {step}: loss {loss}, gradient norm {norm} — update skipped ({row} in a row,              train.max_nonfinite_steps = {limit})"
-        ));
+        crate::metrics::warn(
+            &self.bar,
+            format!(
+                "{stage} step {step}: loss {loss}, gradient norm {norm} — update skipped ({row} in a row,              train.max_nonfinite_steps = {limit})"
+            ),
+        );
         self.bar.set_position(step);
         self.tokens = 0;
         self.step_started = Instant::now();
@@ -567,10 +570,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         if !value.is_finite() {
             // a NaN/inf dev metric is never the best (and never blocks a finite one later)
-            self.bar.println(format!(
-                "{} step {}: dev {} is {value}: not a candidate for best/",
-                self.stage, self.state.step, self.metric
-            ));
+            crate::metrics::warn(
+                &self.bar,
+                format!(
+                    "{} step {}: dev {} is {value}: not a candidate for best/",
+                    self.stage, self.state.step, self.metric
+                ),
+            );
             return Ok(());
         }
         let better = match &self.state.best {

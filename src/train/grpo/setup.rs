@@ -143,12 +143,15 @@ fn checkpoint_index<B: AutodiffBackend>(
     };
     let path = dir.join(CHECKPOINT_INDEX);
     if !path.exists() {
-        tr.bar.println(format!(
-            "stage3: {} keeps no re-encoded index; the resume re-encodes the corpus with its \
+        crate::metrics::warn(
+            &tr.bar,
+            format!(
+                "stage3: {} keeps no re-encoded index; the resume re-encodes the corpus with its \
              weights (an uninterrupted run would have ranked against the index of the last \
              re-encoding until the next)",
-            dir.display()
-        ));
+                dir.display()
+            ),
+        );
         return Ok(None);
     }
     let (index, meta, ids) = DocIndex::load(&path, device)?;

@@ -47,13 +47,16 @@ pub(super) fn prepare<B: AutodiffBackend>(
     let whole = rollout_plan(&scored.tokens, per, g.s3.loss_type);
     if whole.num_items == 0.0 && mask {
         // nothing to learn from: say so, or a run trains nothing without a word
-        g.tr.bar.println(format!(
-            "stage3 step {}: every rollout reached model.max_reasoning_tokens = {} without \
+        crate::metrics::warn(
+            &g.tr.bar,
+            format!(
+                "stage3 step {}: every rollout reached model.max_reasoning_tokens = {} without \
              </think> and stage3.mask_truncated drops them all: this step updates nothing (raise \
              the limit, or set mask_truncated = false)",
-            g.tr.state.step + 1,
-            g.m.max_reasoning_tokens
-        ));
+                g.tr.state.step + 1,
+                g.m.max_reasoning_tokens
+            ),
+        );
     }
     let own = scored.first..scored.first + batch.len();
     let plan = StepPlan {
