@@ -84,13 +84,17 @@ def diagnose(r, seeds, corpus_ids, gold_of, query_text):
                 qid, text = x["query_id"], x["reasoning"]
                 ns = names(text)
                 qn = names(query_text[qid])
-                gold = gold_of.get(qid, set())
+                # a Coq id is qualified (Arith.PeanoNat.Nat.sub_0_r), reasoning says sub_0_r
+                gold = {g.split(".")[-1] for g in gold_of.get(qid, set())}
+                sents = [x.strip() for x in re.split(r"[.;]", text) if x.strip()]
+                top = max((sents.count(x) for x in set(sents)), default=0)
                 rows.append({
                     "seed": s, "stage": st_, "qid": qid, "reasoning": text, "gold_reasoning": x.get("gold_reasoning", ""),
                     "delta": gen[qid] - bare[qid], "gen": gen[qid], "bare": bare[qid],
                     "words": len(text.split()),
                     "gold_named": len(ns & gold), "gold": len(gold),
                     "corpus_named": len((ns & corpus_ids) - gold),
+                    "loops": int(top >= 3),
                     "invented": len({n for n in ns - corpus_ids - qn
                                      if re.search(r"[0-9_]|[a-z][A-Z]|^[a-z]+$", n) and len(n) > 3}),
                     "query_overlap": len(ns & qn) / max(1, len(ns)),
@@ -116,7 +120,7 @@ def main():
         sys.exit("usage: real_seeds_table.py RUNS_DIR SEED...")
     cfg = open(os.path.join(r, "s1", "config.resolved.toml")).read()
     dataset = re.search(r'^dataset = "([^"]+)"', cfg, re.M).group(1)
-    corpus_ids = {json.loads(l)["_id"] for l in open(os.path.join(dataset, "corpus.jsonl"))}
+    corpus_ids = {json.loads(l)["_id"].split(".")[-1] for l in open(os.path.join(dataset, "corpus.jsonl"))}
     query_text = {}
     for l in open(os.path.join(dataset, "queries.jsonl")):
         x = json.loads(l)
@@ -187,13 +191,15 @@ def main():
     s3 = [x for x in rows if x["stage"] == "s3"]
     d = ["# Where own reasoning loses to the bare query (after stage 3, all seeds)\n",
          f"{len(s3)} (query, seed) pairs; Δ = own-reasoning nDCG@10 − bare nDCG@10 of the same model.\n",
+         bucket_table(s3, "loops", [0, 1, 2], "loops (a sentence said 3 or more times)"), "",
          bucket_table(s3, "words", [0, 10, 20, 30, 40, 60, 1000], "reasoning words"), "",
          bucket_table(s3, "gold_named", [0, 1, 2, 3, 100], "gold labels named in the reasoning"), "",
          bucket_table(s3, "corpus_named", [0, 1, 2, 4, 100], "other (non-gold) corpus labels named"), "",
          bucket_table(s3, "invented", [0, 1, 2, 4, 100], "invented labels (in no document, not in the query)"), "",
          bucket_table(s3, "query_overlap", [0, 0.2, 0.4, 0.6, 1.01], "share of its names taken from the query"), ""]
     tot = lambda k: sum(x[k] for x in s3)
-    d.append(f"Over all pairs: {st.mean(x['words'] for x in s3):.1f} words a reasoning; it names "
+    d.append(f"Over all pairs: {sum(x['loops'] for x in s3)} of {len(s3)} reasonings loop; "
+             f"{st.mean(x['words'] for x in s3):.1f} words a reasoning; it names "
              f"{tot('gold_named')} gold labels of {tot('gold')} ({tot('gold_named') / max(1, tot('gold')):.1%}), "
              f"{tot('corpus_named')} non-gold corpus labels and {tot('invented')} invented ones.\n")
     worst = sorted((x for x in s3 if x["delta"] < 0), key=lambda x: x["delta"])[:4]
