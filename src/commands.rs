@@ -218,7 +218,7 @@ pub fn eval_views<B: Backend>(
     latency_queries: usize,
     device: &B::Device,
 ) -> Result<ViewsReport> {
-    use crate::eval::dense::{query_vectors, rank_and_score};
+    use crate::eval::dense::{mixed_vectors, query_vectors, rank_and_score};
     use crate::model::load::{load_backbone, model_section};
     let m = model_section(cfg)?;
     let run_dir = RunDir::create(cfg)?;
@@ -243,7 +243,7 @@ pub fn eval_views<B: Backend>(
     bar.finish_and_clear();
     let out = run_dir.subdir("eval")?;
     // 0 = no timing: each view encoded once, and `mixed` reuses the bare and generated vectors
-    // when those views come first (the same sum query_vectors computes)
+    // when those views come first (kept for that alone)
     let timed = latency_queries > 0;
     let n1 = latency_queries.clamp(1, queries.len());
     let bar = progress_bar(views.len() as u64, "views", cfg.raw.logging.progress);
@@ -291,15 +291,16 @@ pub fn eval_views<B: Backend>(
                 done.get(&QueryView::Bare),
                 done.get(&QueryView::Generated),
             ) {
-                (QueryView::Mixed, Some((b, _)), Some((g, r))) => (
-                    crate::index::l2_normalize(b.clone()) + crate::index::l2_normalize(g.clone()),
-                    r.clone(),
-                ),
+                (QueryView::Mixed, Some((b, _)), Some((g, r))) => {
+                    (mixed_vectors(b.clone(), g.clone()), r.clone())
+                }
                 _ => encode(&queries, batch)?,
             };
+            if matches!(view, QueryView::Bare | QueryView::Generated) {
+                done.insert(view, (qv.clone(), r.clone()));
+            }
             (qv, r, None, None)
         };
-        done.insert(view, (qv.clone(), reasoning.clone()));
         let (report, run) = rank_and_score(&index, qv, &ds, split, &queries, cfg)?;
         write_trec_run(
             &out.join(format!("{split}-{name}.run")),

@@ -75,10 +75,7 @@ pub fn query_vectors<B: Backend>(
             batch_size,
         )?;
         let (bare, _) = query_vectors(model, tok, queries, QueryView::Bare, m, latent, batch_size)?;
-        return Ok((
-            crate::index::l2_normalize(bare) + crate::index::l2_normalize(own),
-            reasoning,
-        ));
+        return Ok((mixed_vectors(bare, own), reasoning));
     }
     if view != QueryView::Generated {
         let seqs = queries
@@ -97,6 +94,12 @@ pub fn query_vectors<B: Backend>(
         batch_size,
     )?;
     Ok((vectors, Some(reasoning)))
+}
+
+/// The `mixed` view from the bare and own-reasoning vectors `[q, d]`: each row scaled to unit
+/// length, then added.
+pub fn mixed_vectors<B: Backend>(bare: Tensor<B, 2>, own: Tensor<B, 2>) -> Tensor<B, 2> {
+    crate::index::l2_normalize(bare) + crate::index::l2_normalize(own)
 }
 
 /// The model's greedy reasoning for each query text (query view, KV cache, `batch_size` at a
