@@ -36,13 +36,13 @@ Deterministic: the same package gives byte-identical files. Needs only Python 3 
 import argparse
 import glob
 import hashlib
-import json
 import os
 import re
 import sys
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import beir_out  # noqa: E402
 from debian_source import fetch, sha256  # noqa: E402
 
 KINDS = ("Lemma", "Theorem", "Corollary", "Fact", "Remark", "Proposition")
@@ -296,24 +296,6 @@ def main():
     kept_ids = {q[1]["_id"] for q in kept}
     negatives = [n for n in negatives if n["query_id"] in kept_ids]
 
-    os.makedirs(os.path.join(a.out, "qrels"), exist_ok=True)
-    def dump(name, rows):
-        with open(os.path.join(a.out, name), "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    dump("corpus.jsonl", corpus)
-    dump("queries.jsonl", [q[1] for q in kept])
-    dump("hard_negatives.jsonl", negatives)
-    counts = {}
-    for split in ("train", "dev", "test"):
-        rows = [q for q in kept if q[0] == split]
-        with open(os.path.join(a.out, "qrels", f"{split}.tsv"), "w") as f:
-            f.write("query-id\tcorpus-id\tscore\n")
-            for _, q, used in rows:
-                for doc in used:
-                    f.write(f"{q['_id']}\t{doc}\t1\n")
-        counts[split] = {"queries": len(rows), "judgments": sum(len(u) for *_, u in rows),
-                         "files": len({file_of[q['excluded_ids'][0]] for _, q, _ in rows})}
     source = {
         "package": DEB,
         "deb": os.path.basename(deb) if deb else None,
@@ -323,15 +305,12 @@ def main():
         "files": len(files),
         "declarations": len(decls),
         "documents": len(corpus),
-        "splits": counts,
+        "splits": None,  # filled by beir_out.write
         "left_out": dict(sorted(skipped.items())),
         "written_by": "scripts/make_coq_premises.py",
     }
-    with open(os.path.join(a.out, "SOURCE.json"), "w") as f:
-        json.dump(source, f, indent=2)
-        f.write("\n")
-    json.dump(source, sys.stdout, indent=2)
-    print()
+    beir_out.write(a.out, corpus, kept, negatives, source, lambda rows: {
+        "files": len({file_of[q["excluded_ids"][0]] for _, q, _ in rows})})
 
 
 if __name__ == "__main__":

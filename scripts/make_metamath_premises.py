@@ -40,13 +40,13 @@ Deterministic: the same package gives byte-identical files. Needs only Python 3 
 
 import argparse
 import hashlib
-import json
 import os
 import re
 import sys
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import beir_out  # noqa: E402
 from debian_source import fetch, sha256  # noqa: E402
 
 DEB = "metamath-databases"
@@ -275,32 +275,6 @@ def main():
         if same:
             negatives.append({"query_id": q["_id"], "doc_ids": same[-4:]})
 
-    os.makedirs(os.path.join(a.out, "qrels"), exist_ok=True)
-
-    def dump(name, rows):
-        with open(os.path.join(a.out, name), "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    dump("corpus.jsonl", corpus)
-    dump("queries.jsonl", [q[1] for q in kept])
-    dump("hard_negatives.jsonl", negatives)
-    counts = {}
-    for split in ("train", "dev", "test"):
-        rows = [q for q in kept if q[0] == split]
-        path = os.path.join(a.out, "qrels", f"{split}.tsv")
-        if not rows:  # t1-train refuses a split file without judgments
-            if os.path.exists(path):
-                os.remove(path)
-            counts[split] = {"queries": 0}
-            continue
-        with open(path, "w") as f:
-            f.write("query-id\tcorpus-id\tscore\n")
-            for _, q, used in rows:
-                for doc in used:
-                    f.write(f"{q['_id']}\t{doc}\t1\n")
-        counts[split] = {"queries": len(rows), "judgments": sum(len(u) for *_, u in rows),
-                         "sections": len({by_label[q["excluded_ids"][0]]["section"] for _, q, _ in rows}),
-                         "neighbourhoods": len({chunk_of[q["_id"]] for _, q, _ in rows})}
     source = {
         "package": DEB,
         "deb": os.path.basename(deb) if deb else None,
@@ -309,15 +283,13 @@ def main():
         "window": {"start": a.start, "count": len(window), "last": window[-1]["label"]},
         "assertions": len(asserts),
         "documents": len(corpus),
-        "splits": counts,
+        "splits": None,  # filled by beir_out.write
         "left_out": dict(sorted(skipped.items())),
         "written_by": "scripts/make_metamath_premises.py",
     }
-    with open(os.path.join(a.out, "SOURCE.json"), "w") as f:
-        json.dump(source, f, indent=2)
-        f.write("\n")
-    json.dump(source, sys.stdout, indent=2)
-    print()
+    beir_out.write(a.out, corpus, kept, negatives, source, lambda rows: {
+        "sections": len({by_label[q["excluded_ids"][0]]["section"] for _, q, _ in rows}),
+        "neighbourhoods": len({chunk_of[q["_id"]] for _, q, _ in rows})})
 
 
 if __name__ == "__main__":

@@ -71,13 +71,13 @@ def names(text):
     return {w.rstrip(".") for w in WORD.findall(text) if len(w) > 2}
 
 
-def diagnose(r, seeds, corpus_ids, gold_of, query_text):
-    """Own reasoning vs bare after stage 3 (and 2), per query, against features of the reasoning."""
+def diagnose(r, seeds, runs, corpus_ids, gold_of, query_text):
+    """Own reasoning vs bare after stage 3 (and 2), per query, against features of the reasoning;
+    `runs`: the per-query nDCG@10 already read, by (seed, stage, view)."""
     rows = []
     for s in seeds:
         for st_ in ("s2", "s3"):
-            gen = per_query(r, f"eval-{st_}-seed{s}-generated")
-            bare = per_query(r, f"eval-{st_}-seed{s}-bare")
+            gen, bare = runs[(s, st_, "generated")], runs[(s, st_, "bare")]
             path = report(r, f"eval-{st_}-seed{s}-generated") + ".reasoning.jsonl"
             for line in open(path):
                 x = json.loads(line)
@@ -187,7 +187,7 @@ def main():
     table = "\n".join(out) + "\n"
     open(os.path.join(r, "table.md"), "w").write(table)
 
-    rows = diagnose(r, seeds, corpus_ids, gold_of, query_text)
+    rows = diagnose(r, seeds, runs, corpus_ids, gold_of, query_text)
     s3 = [x for x in rows if x["stage"] == "s3"]
     d = ["# Where own reasoning loses to the bare query (after stage 3, all seeds)\n",
          f"{len(s3)} (query, seed) pairs; Δ = own-reasoning nDCG@10 − bare nDCG@10 of the same model.\n",
