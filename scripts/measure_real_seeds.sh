@@ -8,8 +8,9 @@
 # 1. stage 1 once (configs/<set>-smollm2-stage1.toml, seed 42): supervised reasoning from
 #    SmolLM2-135M-Instruct;
 # 2. per seed (SEEDS, default "42 7 1234"): stage 2 from that model, then stage 3 from the seed's
-#    stage-2 model, the configs as shipped but for run.seed and no in-run dev evaluation (last
-#    checkpoints are evaluated, so no dev-set model selection either);
+#    stage-2 model, the configs as shipped but for run.seed and no dev evaluation at all
+#    (train.eval_at_end = false: the last checkpoints are evaluated on test, so no dev-set model
+#    selection either);
 # 3. every seed's stage-2 and stage-3 model on the test split: bare, with its own greedy reasoning,
 #    and mixed (the two unit vectors added); BM25 bare and with the gold reasoning;
 # 4. a Markdown table (runs/real-seeds/<set>/table.md): per seed and mean ± sd, and per seed the
@@ -22,6 +23,7 @@
 #
 # BB=1 adds stage 3 with the beats_bare reward (reciprocal rank, weight W, default 0.5) from the
 # same stage-2 models, evaluated bare and with own reasoning (the table then compares it).
+# LONG=N adds the stage-3 models evaluated with an N-token reasoning budget (the configs say 64).
 # T1=path/to/t1-train reuses a build. Stage-1 seed fixed: it only orders the SFT batches; the
 # variance that matters is stage 2's and 3's (negatives, sampling). Each model is evaluated with
 # `eval --views … --latency-queries 0`: one document index for its views, per-query reports.
@@ -39,7 +41,8 @@ SEEDS=${SEEDS:-42 7 1234}
 R=$PWD/runs/real-seeds/$SET
 q() { printf '"%s"' "$1"; }
 last() { ls -d "$1"/checkpoints/step-* | sort | tail -1; }  # zero-padded step numbers
-common=(--set run.output_dir="$(q "$R")" --set train.eval_every=0 --set logging.progress='"never"')
+common=(--set run.output_dir="$(q "$R")" --set train.eval_every=0 --set train.eval_at_end=false
+  --set logging.progress='"never"')
 train() { # stage config name model seed [more --set arguments]
   local steps
   steps=$(sed -n 's/^steps = \([0-9]*\).*/\1/p' "$2" | head -1)
@@ -55,11 +58,11 @@ ev() { # name model view: BM25 (no model needed beyond its tokenizer)
     --set model.path="$(q "$2")" --set eval.query_view="\"$3\"" --set eval.retriever='"bm25"' \
     > "$R/$1.log" 2>&1
 }
-evd() { # name model views: dense, one document index for all views, no timing
+evd() { # name model views [more --set arguments]: dense, one document index for all views, no timing
   [ -f "$R/$1/eval/views.json" ] && return
   "$T1" eval --config "$C-stage3.toml" "${common[@]}" --set run.name="$(q "$1")" \
     --set model.path="$(q "$2")" --set eval.retriever='"dense"' --views "$3" --latency-queries 0 \
-    > "$R/$1.log" 2>&1
+    "${@:4}" > "$R/$1.log" 2>&1
 }
 mkdir -p "$R"
 train stage1 "$C-stage1.toml" s1 "" 42
@@ -74,6 +77,12 @@ if [ "${BB:-0}" = 1 ]; then # issue 27 item 3: stage 3 with the beats_bare rewar
   for s in $SEEDS; do
     train stage3 "$C-stage3.toml" "s3bb-seed$s" "$(last "$R/s2-seed$s")" "$s" --set "stage3.rewards=$rewards"
     evd "eval-s3bb-seed$s" "$(last "$R/s3bb-seed$s")" bare,generated
+  done
+fi
+if [ -n "${LONG:-}" ]; then # issue 27 item 3: the stage-3 models with a longer reasoning budget
+  for s in $SEEDS; do         # at evaluation (LONG tokens instead of the config's 64)
+    evd "eval-s3long-seed$s" "$(last "$R/s3-seed$s")" bare,generated,mixed \
+      --set model.max_reasoning_tokens="$LONG"
   done
 fi
 ev eval-bm25-bare "$(last "$R/s1")" bare

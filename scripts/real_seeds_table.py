@@ -140,10 +140,17 @@ def main():
     bb = all(have(f"eval-s3bb-seed{s}-{v}") for s in seeds for v in ("bare", "generated"))
     if bb:  # BB=1: stage 3 with the beats_bare reward
         cells += [("s3bb", "bare"), ("s3bb", "generated")]
+    long_ = all(have(f"eval-s3long-seed{s}-{v}") for s in seeds for v in ("bare", "generated", "mixed"))
+    if long_:  # LONG=N: the stage-3 models with an N-token reasoning budget at evaluation
+        tokens = lambda run: re.search(r"^max_reasoning_tokens = (\d+)", open(os.path.join(
+            r, run, "config.resolved.toml")).read(), re.M).group(1)
+        budget, base = tokens(f"eval-s3long-seed{seeds[0]}"), tokens(f"s3-seed{seeds[0]}")
+        cells += [("s3long", "generated"), ("s3long", "mixed")]
     runs = {(s,) + c: per_query(r, f"eval-{c[0]}-seed{s}-{c[1]}") for s in seeds for c in cells}
     n = len(bm_bare)
     label = {"bare": "bare", "generated": "own reasoning", "mixed": "mixed"}
-    stage = {"s2": "after stage 2", "s3": "after stage 3", "s3bb": "after stage 3 + beats_bare"}
+    stage = {"s2": "after stage 2", "s3": "after stage 3", "s3bb": "after stage 3 + beats_bare",
+             "s3long": f"after stage 3, {budget if long_ else '?'}-token reasoning"}
     out = [f"Test split, {n} queries; nDCG@10 (trec_eval's); last checkpoints; seeds {', '.join(seeds)}.",
            f"BM25: bare {mean(bm_bare):.4f}, with the gold reasoning (oracle) {mean(bm_gold):.4f}.\n",
            "| model | query | " + " | ".join(f"seed {x}" for x in seeds) + " | mean ± sd |",
@@ -171,6 +178,10 @@ def main():
     if bb:
         comps += [("stage 3 + beats_bare vs stage 3, own reasoning", ("s3bb", "generated"), ("s3", "generated")),
                   ("own reasoning vs bare, after stage 3 + beats_bare", ("s3bb", "generated"), ("s3bb", "bare"))]
+    if long_:
+        comps += [(f"{budget}-token vs {base}-token own reasoning, after stage 3", ("s3long", "generated"), ("s3", "generated")),
+                  (f"{budget}-token own reasoning vs bare, after stage 3", ("s3long", "generated"), ("s3", "bare")),
+                  (f"{budget}-token mixed vs bare, after stage 3", ("s3long", "mixed"), ("s3", "bare"))]
     summary = {"queries": n, "seeds": seeds, "bm25_bare": mean(bm_bare), "bm25_gold": mean(bm_gold),
                "per_seed": {s: {f"{a}_{b}": mean(runs[(s, a, b)]) for a, b in cells} for s in seeds},
                "paired": {}}

@@ -52,7 +52,11 @@ fn report_stage(stage: &str, s: &t1_train::train::common::StageSummary) {
         .iter()
         .map(|(k, v)| format!("{k} {v:.4}"))
         .collect();
-    println!("{stage}: {} steps; last dev: {}", s.steps, dev.join(", "));
+    if dev.is_empty() {
+        println!("{stage}: {} steps; no dev evaluation", s.steps);
+    } else {
+        println!("{stage}: {} steps; last dev: {}", s.steps, dev.join(", "));
+    }
     if let Some((metric, value, step)) = &s.best {
         println!(
             "best dev {metric} {value:.4} at step {step}: {}",

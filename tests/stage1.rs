@@ -128,3 +128,41 @@ fn killed_with_sigkill_resumes_from_the_last_checkpoint_to_the_same_end() {
         "{ea:?} vs {eb:?}"
     );
 }
+
+#[test]
+fn eval_at_end_false_skips_the_final_dev_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &dir.path().join("runs"), "s1", 4, "");
+    let run = |name: &str, at_end: &str| {
+        let o = t1(&[
+            "stage1",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            &format!("run.name=\"{name}\""),
+            "--set",
+            "train.eval_every=0",
+            "--set",
+            &format!("train.eval_at_end={at_end}"),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        (dir.path().join("runs").join(name), stdout)
+    };
+    // the default: one dev evaluation, after the last step, which writes best/
+    let (with, said) = run("with", "true");
+    assert_eq!(scalar(&with, "stage1/dev/loss").len(), 1);
+    assert!(said.contains("last dev: "), "{said}");
+    assert!(with.join("best/config.json").exists());
+    // eval_at_end = false with eval_every = 0: none, no best/, the last checkpoint still saved
+    let (without, said) = run("without", "false");
+    assert!(scalar(&without, "stage1/dev/loss").is_empty());
+    assert!(said.contains("4 steps; no dev evaluation"), "{said}");
+    assert!(!without.join("best").exists());
+    assert!(without.join("checkpoints/step-000004/state.json").exists());
+    // the same training either way
+    assert_eq!(
+        scalar(&with, "stage1/loss"),
+        scalar(&without, "stage1/loss")
+    );
+}

@@ -238,6 +238,7 @@ mod tests {
             ("stage3.loss_type", "| `dapo` |"),
             // left out of the resolved config at its default, still shown here
             ("train.max_nonfinite_steps", "| integer | 3 |"),
+            ("train.eval_at_end", "| bool | true |"),
             ("lora.base_dtype", "| `f32` |"),
             ("lora.target_modules", "`q_proj`, `k_proj`"),
             ("model.path", "| unset |"),

@@ -29,6 +29,10 @@ fn is_default_max_nonfinite(n: &u64) -> bool {
     *n == DEFAULT_MAX_NONFINITE
 }
 
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -76,9 +80,17 @@ pub struct TrainSection {
     /// is logged either way).
     #[serde_inline_default(1.0)]
     pub max_grad_norm: f64,
-    /// Evaluate on the dev split every N optimizer steps (and at the end). 0 = only at the end.
+    /// Evaluate on the dev split every N optimizer steps, and at the end (see `eval_at_end`).
+    /// 0 = only at the end.
     #[serde_inline_default(50)]
     pub eval_every: u64,
+    /// Evaluate on the dev split after the last step too (what writes `best/` when `eval_every`
+    /// is 0). false: only every `eval_every` steps, e.g. for a sweep that evaluates the last
+    /// checkpoint on the test split itself. May change on resume.
+    #[serde_inline_default(true)]
+    #[serde(skip_serializing_if = "is_true")]
+    #[schemars(skip_serializing_if = "never")]
+    pub eval_at_end: bool,
     /// Checkpoint every N optimizer steps (and at the end).
     #[serde_inline_default(50)]
     pub save_every: u64,

@@ -43,7 +43,7 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 }
 
 /// SHA-256 of what a run means: the resolved config minus what may change on resume
-/// (`train.steps` can grow, `train.max_nonfinite_steps`, `[logging]`) and minus where the run
+/// (`train.steps` can grow, `train.max_nonfinite_steps`, `train.eval_at_end`, `[logging]`) and minus where the run
 /// folder is (`run.output_dir`: a moved run folder is the same run); the paths it reads (dataset,
 /// model, tokenizer, index, reward scripts) canonicalised, so neither the working directory nor
 /// the spelling of the config path changes it.
@@ -57,6 +57,7 @@ pub fn config_hash(cfg: &Config) -> Result<String> {
     raw.train.steps = 0;
     raw.train.max_nonfinite_steps = crate::config::TrainSection::default().max_nonfinite_steps;
     raw.train.gradient_checkpointing = false; // the same losses and gradients either way
+    raw.train.eval_at_end = true; // what is evaluated, not what is trained
     raw.logging = Default::default();
     raw.run.output_dir = None;
     canonical(&mut raw.data.dataset);
@@ -164,7 +165,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     return Err(Error::Config {
                         location: cfg.source.display().to_string(),
                         message: format!(
-                            "the config differs from the one {} was trained with (only train.steps, train.max_nonfinite_steps, train.gradient_checkpointing and [logging] may change on resume)",
+                            "the config differs from the one {} was trained with (only train.steps, train.max_nonfinite_steps, train.gradient_checkpointing, train.eval_at_end and [logging] may change on resume)",
                             dir.display()
                         ),
                     });
@@ -543,12 +544,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         )))
     }
 
-    /// Whether periodic eval / checkpoint is due after this step.
     /// Whether a dev evaluation is due after this step (on rank 0 alone: it records the
     /// result and writes `best/` while the other workers wait at the next exchange).
     pub fn eval_due(&self) -> bool {
         let e = self.cfg.raw.train.eval_every;
-        crate::dist::world().is_main() && (!self.running() || (e > 0 && self.state.step % e == 0))
+        let at_end = !self.running() && self.cfg.raw.train.eval_at_end;
+        crate::dist::world().is_main() && (at_end || (e > 0 && self.state.step % e == 0))
     }
 
     pub fn save_due(&self) -> bool {

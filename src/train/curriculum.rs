@@ -305,7 +305,8 @@ pub fn run<B: AutodiffBackend>(
         }
         if !kept {
             return Err(Error::Runtime(format!(
-                "{}: {} kept no best model (set train.eval_every > 0 in {})",
+                "{}: {} kept no best model (keep train.eval_at_end = true or set train.eval_every > 0 in {}; \
+                 a non-finite dev metric is never kept)",
                 dir.display(),
                 s.kind.name(),
                 s.config.display()
