@@ -6,6 +6,9 @@
 Reads each run's `eval/test.json` (trec_eval-exact per-query metrics) and, for the generated
 view, `eval/test.reasoning.jsonl`; writes `table.md`, `diagnosis.md` and `summary.json` into the
 folder and prints table.md. Python 3 standard library only.
+
+METRIC=recall_at_100 (or recall_at_10, mrr_at_10) makes the same tables on that per-query metric
+instead of nDCG@10, into `table-<metric>.md` and `summary-<metric>.json` (no diagnosis).
 """
 
 import json
@@ -16,6 +19,12 @@ import statistics as st
 import sys
 
 DRAWS = 100_000
+METRIC = os.environ.get("METRIC", "ndcg_at_10")
+SHOW = {"ndcg_at_10": "nDCG@10", "recall_at_10": "Recall@10", "recall_at_100": "Recall@100",
+        "mrr_at_10": "MRR@10"}
+if METRIC not in SHOW:
+    sys.exit(f"METRIC={METRIC}: one of {', '.join(SHOW)}")
+M = SHOW[METRIC]
 
 
 def report(r, name):
@@ -29,7 +38,7 @@ def report(r, name):
 
 def per_query(r, name):
     j = json.load(open(report(r, name) + ".json"))
-    return {q: m["ndcg_at_10"] for q, m in j["per_query"].items()}
+    return {q: m[METRIC] for q, m in j["per_query"].items()}
 
 
 def mean(x):
@@ -151,7 +160,7 @@ def main():
     label = {"bare": "bare", "generated": "own reasoning", "mixed": "mixed"}
     stage = {"s2": "after stage 2", "s3": "after stage 3", "s3bb": "after stage 3 + beats_bare",
              "s3long": f"after stage 3, {budget if long_ else '?'}-token reasoning"}
-    out = [f"Test split, {n} queries; nDCG@10 (trec_eval's); last checkpoints; seeds {', '.join(seeds)}.",
+    out = [f"Test split, {n} queries; {M} (trec_eval's); last checkpoints; seeds {', '.join(seeds)}.",
            f"BM25: bare {mean(bm_bare):.4f}, with the gold reasoning (oracle) {mean(bm_gold):.4f}.\n",
            "| model | query | " + " | ".join(f"seed {x}" for x in seeds) + " | mean ± sd |",
            "|---" * (len(seeds) + 3) + "|"]
@@ -159,8 +168,8 @@ def main():
         v = [mean(runs[(s, a, b)]) for s in seeds]
         out.append(f"| {stage[a]} | {label[b]} | " + " | ".join(f"{x:.4f}" for x in v)
                    + f" | {st.mean(v):.4f} ± {sd(v):.4f} |")
-    out += ["", "Paired, per query (Δ = first − second). Per seed: Δ nDCG@10 (two-sided paired "
-            f"randomisation p, {DRAWS:,} sign flips). Seed mean: the same on each query's nDCG@10 "
+    out += ["", f"Paired, per query (Δ = first − second). Per seed: Δ {M} (two-sided paired "
+            f"randomisation p, {DRAWS:,} sign flips). Seed mean: the same on each query's {M} "
             "averaged over the seeds, with wins / losses / ties and the test queries a paired "
             "test would need to detect that Δ at α = 0.05 with 80 % power (from the per-query "
             "spread).\n",
@@ -196,6 +205,11 @@ def main():
         summary["paired"][f"{label_} / seed mean"] = c
         out.append("| " + " | ".join(row) + f" | {fmt_p(c)} |")
     table = "\n".join(out) + "\n"
+    if METRIC != "ndcg_at_10":
+        open(os.path.join(r, f"table-{METRIC}.md"), "w").write(table)
+        json.dump(summary, open(os.path.join(r, f"summary-{METRIC}.json"), "w"), indent=2)
+        print(table)
+        return
     open(os.path.join(r, "table.md"), "w").write(table)
 
     rows = diagnose(r, seeds, runs, corpus_ids, gold_of, query_text)
