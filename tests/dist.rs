@@ -78,7 +78,10 @@ fn assert_same_stage(one: &Path, two: &Path, steps: u64, tags: &[&str]) {
     }
     let last = format!("checkpoints/step-{steps:06}");
     let worst = max_param_diff(&weights(&one.join(&last)), &weights(&two.join(&last)));
-    assert!(worst <= 1e-5, "final weights differ by {worst}");
+    // float summation order only (the all-reduce adds the two halves' gradients, one worker sums
+    // the whole batch): 1.05e-5 measured for the latent stage on an AMD EPYC machine (2026-12-07),
+    // where every other stage here stays below 1e-5
+    assert!(worst <= 2e-5, "final weights differ by {worst}");
 }
 
 #[test]
