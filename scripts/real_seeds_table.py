@@ -158,8 +158,9 @@ def main():
     runs = {(s,) + c: per_query(r, f"eval-{c[0]}-seed{s}-{c[1]}") for s in seeds for c in cells}
     n = len(bm_bare)
     label = {"bare": "bare", "generated": "own reasoning", "mixed": "mixed"}
-    stage = {"s2": "after stage 2", "s3": "after stage 3", "s3bb": "after stage 3 + beats_bare",
-             "s3long": f"after stage 3, {budget if long_ else '?'}-token reasoning"}
+    stage = {"s2": "after stage 2", "s3": "after stage 3", "s3bb": "after stage 3 + beats_bare"}
+    if long_:
+        stage["s3long"] = f"after stage 3, {budget}-token reasoning"
     out = [f"Test split, {n} queries; {M} (trec_eval's); last checkpoints; seeds {', '.join(seeds)}.",
            f"BM25: bare {mean(bm_bare):.4f}, with the gold reasoning (oracle) {mean(bm_gold):.4f}.\n",
            "| model | query | " + " | ".join(f"seed {x}" for x in seeds) + " | mean ± sd |",

@@ -43,10 +43,11 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 }
 
 /// SHA-256 of what a run means: the resolved config minus what may change on resume
-/// (`train.steps` can grow, `train.max_nonfinite_steps`, `train.eval_at_end`, `[logging]`) and minus where the run
-/// folder is (`run.output_dir`: a moved run folder is the same run); the paths it reads (dataset,
-/// model, tokenizer, index, reward scripts) canonicalised, so neither the working directory nor
-/// the spelling of the config path changes it.
+/// (`train.steps` can grow, `train.max_nonfinite_steps`, `train.gradient_checkpointing`,
+/// `train.eval_at_end`, `[logging]`) and minus where the run folder is (`run.output_dir`: a moved
+/// run folder is the same run); the paths it reads (dataset, model, tokenizer, index, reward
+/// scripts) canonicalised, so neither the working directory nor the spelling of the config path
+/// changes it.
 pub fn config_hash(cfg: &Config) -> Result<String> {
     fn canonical(p: &mut PathBuf) {
         if let Ok(c) = std::fs::canonicalize(&*p) {
