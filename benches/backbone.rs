@@ -167,6 +167,7 @@ fn decode<BK: Backend>(dir: &Path, reps: usize, sh: &Shapes, group: usize, sampl
         pad: 0,
         seed: 0,
         first_stream: 0,
+        repetition_penalty: 1.0,
     };
     let secs = time(reps, || {
         let r = generate(&model, &p, &opts, |_| {}).unwrap();
@@ -235,6 +236,7 @@ fn grpo<BK: Backend>(
             pad: 0,
             seed: step as u64,
             first_stream: 0,
+            repetition_penalty: 1.0,
         };
         let rollouts = generate(&model.valid(), &p, &opts, |_| {}).unwrap();
         assert!(rollouts.iter().all(|r| r.tokens.len() == sh.new));

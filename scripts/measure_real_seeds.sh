@@ -24,6 +24,8 @@
 # BB=1 adds stage 3 with the beats_bare reward (reciprocal rank, weight W, default 0.5) from the
 # same stage-2 models, evaluated bare and with own reasoning (the table then compares it).
 # LONG=N adds the stage-3 models evaluated with an N-token reasoning budget (the configs say 64).
+# RP=r adds the stage-3 models evaluated with model.repetition_penalty = r (HF's; the configs
+# leave it at 1, off): the greedy reasoning then avoids tokens it has already written.
 # T1=path/to/t1-train reuses a build. Stage-1 seed fixed: it only orders the SFT batches; the
 # variance that matters is stage 2's and 3's (negatives, sampling). Each model is evaluated with
 # `eval --views … --latency-queries 0`: one document index for its views, per-query reports.
@@ -71,6 +73,12 @@ for s in $SEEDS; do
   train stage3 "$C-stage3.toml" "s3-seed$s" "$(last "$R/s2-seed$s")" "$s"
   for st in s2 s3; do evd "eval-$st-seed$s" "$(last "$R/$st-seed$s")" bare,generated,mixed; done
 done
+if [ -n "${RP:-}" ]; then # issue 27 item 3: the stage-3 models' reasoning with a repetition penalty
+  for s in $SEEDS; do
+    evd "eval-s3rp-seed$s" "$(last "$R/s3-seed$s")" generated,mixed \
+      --set model.repetition_penalty="$RP"
+  done
+fi
 if [ "${BB:-0}" = 1 ]; then # issue 27 item 3: stage 3 with the beats_bare reward added (weight W)
   W=${W:-0.5}
   rewards="[{name=\"reciprocal_rank\",weight=1.0},{name=\"format\",weight=0.1},{name=\"beats_bare\",metric=\"reciprocal_rank\",weight=$W}]"

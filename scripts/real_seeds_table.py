@@ -80,6 +80,12 @@ def names(text):
     return {w.rstrip(".") for w in WORD.findall(text) if len(w) > 2}
 
 
+def loops(text):
+    """Whether a reasoning says one sentence 3 or more times."""
+    sents = [x.strip() for x in re.split(r"[.;]", text) if x.strip()]
+    return int(max((sents.count(x) for x in set(sents)), default=0) >= 3)
+
+
 def diagnose(r, seeds, runs, corpus_ids, gold_of, query_text):
     """Own reasoning vs bare after stage 3 (and 2), per query, against features of the reasoning;
     `runs`: the per-query nDCG@10 already read, by (seed, stage, view)."""
@@ -95,15 +101,13 @@ def diagnose(r, seeds, runs, corpus_ids, gold_of, query_text):
                 qn = names(query_text[qid])
                 # a Coq id is qualified (Arith.PeanoNat.Nat.sub_0_r), reasoning says sub_0_r
                 gold = {g.split(".")[-1] for g in gold_of.get(qid, set())}
-                sents = [x.strip() for x in re.split(r"[.;]", text) if x.strip()]
-                top = max((sents.count(x) for x in set(sents)), default=0)
                 rows.append({
                     "seed": s, "stage": st_, "qid": qid, "reasoning": text, "gold_reasoning": x.get("gold_reasoning", ""),
                     "delta": gen[qid] - bare[qid], "gen": gen[qid], "bare": bare[qid],
                     "words": len(text.split()),
                     "gold_named": len(ns & gold), "gold": len(gold),
                     "corpus_named": len((ns & corpus_ids) - gold),
-                    "loops": int(top >= 3),
+                    "loops": loops(text),
                     "invented": len({n for n in ns - corpus_ids - qn
                                      if re.search(r"[0-9_]|[a-z][A-Z]|^[a-z]+$", n) and len(n) > 3}),
                     "query_overlap": len(ns & qn) / max(1, len(ns)),
@@ -155,12 +159,19 @@ def main():
             r, run, "config.resolved.toml")).read(), re.M).group(1)
         budget, base = tokens(f"eval-s3long-seed{seeds[0]}"), tokens(f"s3-seed{seeds[0]}")
         cells += [("s3long", "generated"), ("s3long", "mixed")]
+    rp = all(have(f"eval-s3rp-seed{s}-{v}") for s in seeds for v in ("generated", "mixed"))
+    if rp:  # RP=r: the stage-3 models' reasoning with a repetition penalty
+        penalty = re.search(r"^repetition_penalty = ([\d.]+)", open(os.path.join(
+            r, f"eval-s3rp-seed{seeds[0]}", "config.resolved.toml")).read(), re.M).group(1)
+        cells += [("s3rp", "generated"), ("s3rp", "mixed")]
     runs = {(s,) + c: per_query(r, f"eval-{c[0]}-seed{s}-{c[1]}") for s in seeds for c in cells}
     n = len(bm_bare)
     label = {"bare": "bare", "generated": "own reasoning", "mixed": "mixed"}
     stage = {"s2": "after stage 2", "s3": "after stage 3", "s3bb": "after stage 3 + beats_bare"}
     if long_:
         stage["s3long"] = f"after stage 3, {budget}-token reasoning"
+    if rp:
+        stage["s3rp"] = f"after stage 3, repetition penalty {penalty}"
     out = [f"Test split, {n} queries; {M} (trec_eval's); last checkpoints; seeds {', '.join(seeds)}.",
            f"BM25: bare {mean(bm_bare):.4f}, with the gold reasoning (oracle) {mean(bm_gold):.4f}.\n",
            "| model | query | " + " | ".join(f"seed {x}" for x in seeds) + " | mean ± sd |",
@@ -187,11 +198,16 @@ def main():
                   ("mixed vs bare, after stage 2", ("s2", "mixed"), ("s2", "bare"))]
     if bb:
         comps += [("stage 3 + beats_bare vs stage 3, own reasoning", ("s3bb", "generated"), ("s3", "generated")),
+                  ("stage 3 + beats_bare vs stage 2, own reasoning", ("s3bb", "generated"), ("s2", "generated")),
                   ("own reasoning vs bare, after stage 3 + beats_bare", ("s3bb", "generated"), ("s3bb", "bare"))]
     if long_:
         comps += [(f"{budget}-token vs {base}-token own reasoning, after stage 3", ("s3long", "generated"), ("s3", "generated")),
                   (f"{budget}-token own reasoning vs bare, after stage 3", ("s3long", "generated"), ("s3", "bare")),
                   (f"{budget}-token mixed vs bare, after stage 3", ("s3long", "mixed"), ("s3", "bare"))]
+    if rp:
+        comps += [(f"repetition penalty {penalty} vs none, own reasoning, after stage 3", ("s3rp", "generated"), ("s3", "generated")),
+                  (f"repetition penalty {penalty}, own reasoning vs bare, after stage 3", ("s3rp", "generated"), ("s3", "bare")),
+                  (f"repetition penalty {penalty}, mixed vs bare, after stage 3", ("s3rp", "mixed"), ("s3", "bare"))]
     summary = {"queries": n, "seeds": seeds, "bm25_bare": mean(bm_bare), "bm25_gold": mean(bm_gold),
                "per_seed": {s: {f"{a}_{b}": mean(runs[(s, a, b)]) for a, b in cells} for s in seeds},
                "paired": {}}
@@ -228,6 +244,11 @@ def main():
              f"{st.mean(x['words'] for x in s3):.1f} words a reasoning; it names "
              f"{tot('gold_named')} gold labels of {tot('gold')} ({tot('gold_named') / max(1, tot('gold')):.1%}), "
              f"{tot('corpus_named')} non-gold corpus labels and {tot('invented')} invented ones.\n")
+    if rp:  # how often the reasoning loops with the penalty, on the same (query, seed) pairs
+        texts = [json.loads(l)["reasoning"] for s in seeds for l in open(
+            report(r, f"eval-s3rp-seed{s}-generated") + ".reasoning.jsonl")]
+        d.append(f"With repetition penalty {penalty}: {sum(map(loops, texts))} of {len(texts)} "
+                 f"reasonings loop; {st.mean(len(t.split()) for t in texts):.1f} words a reasoning.\n")
     worst = sorted((x for x in s3 if x["delta"] < 0), key=lambda x: x["delta"])[:4]
     best = sorted((x for x in s3 if x["delta"] > 0), key=lambda x: -x["delta"])[:2]
     for title, xs in (("Largest losses", worst), ("Largest wins", best)):

@@ -363,6 +363,8 @@ pub struct GenerateRequest {
     pub max_new_tokens: usize,
     pub num_samples: usize,
     pub seed: u64,
+    /// Hugging Face's repetition penalty (1 = off).
+    pub repetition_penalty: f32,
 }
 
 /// One printed sample.
@@ -459,6 +461,7 @@ pub fn generate<B: Backend>(req: &GenerateRequest, device: &B::Device) -> Result
         pad: tok.pad,
         seed: req.seed,
         first_stream: 0,
+        repetition_penalty: req.repetition_penalty,
     };
     let prompts = vec![ids.clone(); req.num_samples];
     let bar = progress_bar(prompts.len() as u64, "generate", ProgressMode::Auto);
@@ -632,6 +635,7 @@ pub fn search<B: Backend>(
         &texts,
         meta.max_query_tokens,
         meta.max_reasoning_tokens,
+        meta.repetition_penalty,
         64,
     )?;
     let top = crate::index::top_k(&index, qv, &ids, k, 64, &[])?;

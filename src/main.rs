@@ -253,6 +253,10 @@ enum Command {
         /// Keep only the k most likely tokens before sampling.
         #[arg(long)]
         top_k: Option<usize>,
+        /// Hugging Face's repetition penalty: tokens already in the prompt or the sample have
+        /// their logits divided by it (multiplied when negative); 1 = off.
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
         /// Samples to draw (decoded together as one batch).
         #[arg(short = 'n', long, default_value_t = 1)]
         num_samples: usize,
@@ -554,9 +558,16 @@ fn run(cli: Cli) -> Result<(), Error> {
             temperature,
             top_p,
             top_k,
+            repetition_penalty,
             num_samples,
             seed,
         } => {
+            if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
+                return Err(Error::Config {
+                    location: "--repetition-penalty".into(),
+                    message: format!("must be finite and > 0 (1 = off), got {repetition_penalty}"),
+                });
+            }
             let req = commands::GenerateRequest {
                 model,
                 prompt,
@@ -565,6 +576,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 max_new_tokens,
                 num_samples,
                 seed,
+                repetition_penalty,
             };
             let samples = commands::generate::<Compute>(&req, &Default::default())?;
             let n = samples.len();

@@ -67,6 +67,8 @@ pub struct RolloutOptions {
     /// from the run's RNG; `first_stream` is this data-parallel worker's first row in the step).
     pub seed: u64,
     pub first_stream: u64,
+    /// `model.repetition_penalty` (1 = off).
+    pub repetition_penalty: f32,
 }
 
 /// Samples `group` rollouts for each query: the query view's prompt, sampling until `</think>`
@@ -97,6 +99,7 @@ pub fn sample<B: Backend>(
         pad: tok.pad,
         seed: o.seed,
         first_stream: o.first_stream,
+        repetition_penalty: o.repetition_penalty,
     };
     let rollouts = generate(model, &prompts, &opts, |_| {})?;
     let d = model.config().hidden_size;
@@ -314,6 +317,7 @@ mod tests {
             pad: 0,
             seed: 9,
             first_stream: 0,
+            repetition_penalty: 1.0,
         };
         let rollouts = generate(&model.valid(), &prompts, &opts, |_| {}).unwrap();
         let rows: Vec<usize> = (0..prompts.len()).collect();

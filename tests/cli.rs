@@ -273,6 +273,22 @@ fn generate_without_a_model_folder_is_a_usage_error() {
     let o = t1(&["generate", "--model", ".", "--prompt", "hi", "--top-p", "0"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--top-p"), "{}", stderr(&o));
+    for bad in ["0", "-1", "nan", "inf"] {
+        let o = t1(&[
+            "generate",
+            "--model",
+            ".",
+            "--prompt",
+            "hi",
+            &format!("--repetition-penalty={bad}"),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("--repetition-penalty"),
+            "{}",
+            stderr(&o)
+        );
+    }
 }
 
 /// A config reads a dataset made by a fetch script (`dataset = "../assets/NAME"`, git-ignored)

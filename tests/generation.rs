@@ -163,6 +163,7 @@ fn opts(sampler: Sampler, seed: u64, stop: Vec<u32>, embed: Option<Embed>) -> Ge
         pad: 0,
         seed,
         first_stream: 0,
+        repetition_penalty: 1.0,
     }
 }
 
@@ -272,6 +273,67 @@ fn check_rollouts_against_full(
     println!("max |logprob - full| = {worst_lp:.3e}, max |emb - full| = {worst_h:.3e}");
     assert!(worst_lp <= 1e-4 && worst_h <= 1e-4, "{worst_lp} {worst_h}");
     rollouts
+}
+
+/// With a repetition penalty each greedy step takes the first maximum of Hugging Face's
+/// penalised logits of the uncached forward (the row's prompt and its tokens so far divided by r,
+/// or multiplied when negative); the log-probs returned stay the model's own log-softmax.
+#[test]
+fn greedy_with_a_repetition_penalty_follows_the_penalised_uncached_logits() {
+    let m = model("qwen2_untied");
+    let vocab = m.config().vocab_size;
+    let prompts = sequences(&[5, 3, 8], vocab, 21);
+    let r = 1.8f32;
+    let mut o = opts(Sampler::Greedy, 0, vec![], None);
+    let plain = generate(&m, &prompts, &o, |_| {}).unwrap();
+    o.repetition_penalty = r;
+    let pen = generate(&m, &prompts, &o, |_| {}).unwrap();
+    assert!(
+        plain.iter().zip(&pen).any(|(a, b)| a.tokens != b.tokens),
+        "the penalty changed nothing"
+    );
+    let (mut worst_lp, mut margin) = (0f64, f32::MAX);
+    for (row, ro) in pen.iter().enumerate() {
+        assert_eq!(ro.tokens.len(), o.max_new_tokens);
+        let mut seq = prompts[row].clone();
+        for (j, (&tok, &lp)) in ro.tokens.iter().zip(&ro.logprobs).enumerate() {
+            let (logits, _, s) = full_forward(&m, std::slice::from_ref(&seq));
+            let last = &logits[(s - 1) * vocab..s * vocab];
+            let z: Vec<f32> = last
+                .iter()
+                .enumerate()
+                .map(|(t, &x)| match seq.contains(&(t as u32)) {
+                    true if x < 0.0 => x * r,
+                    true => x / r,
+                    false => x,
+                })
+                .collect();
+            let best = (0..vocab).fold(0, |b, t| if z[t] > z[b] { t } else { b });
+            assert_eq!(tok as usize, best, "row {row}, step {j}");
+            let second = (0..vocab)
+                .filter(|&t| t != best)
+                .map(|t| z[t])
+                .fold(f32::MIN, f32::max);
+            margin = margin.min(z[best] - second);
+            let mx = last.iter().fold(f64::MIN, |a, &x| a.max(x as f64));
+            let lse = last
+                .iter()
+                .map(|&x| (x as f64 - mx).exp())
+                .sum::<f64>()
+                .ln()
+                + mx;
+            worst_lp = worst_lp.max((lp as f64 - (last[tok as usize] as f64 - lse)).abs());
+            seq.push(tok);
+        }
+    }
+    println!("max |logprob - full| = {worst_lp:.3e}; smallest penalised top-2 gap {margin:.3e}");
+    assert!(worst_lp <= 1e-4, "{worst_lp}");
+    // a penalty must be finite and positive
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        o.repetition_penalty = bad;
+        let e = generate(&m, &prompts, &o, |_| {}).unwrap_err().to_string();
+        assert!(e.contains("repetition penalty"), "{e}");
+    }
 }
 
 #[test]
@@ -402,6 +464,7 @@ fn rollout_groups_share_prompts_differ_in_samples_and_carry_embeddings() {
         max_new_tokens: 10,
         seed: 5,
         first_stream: 0,
+        repetition_penalty: 1.0,
     };
     let batch = t1_train::rollout::sample(&m, &tok, &qs, &o).unwrap();
     assert_eq!(batch.rollouts.len(), 6);

@@ -80,6 +80,69 @@ fn metamath_converter_refuses_an_unknown_start_label() {
     );
 }
 
+/// `model.repetition_penalty` reaches the evaluation's greedy reasoning: the untrained tiny
+/// model's reasoning (which repeats itself) changes, repeats fewer of its own tokens with the
+/// penalty, and the bare view is untouched.
+#[test]
+fn the_repetition_penalty_reaches_the_greedy_reasoning_of_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = support::config(
+        dir.path(),
+        dir.path(),
+        "rp",
+        4,
+        "[eval]\nretriever = \"dense\"\n",
+    );
+    let run = |name: &str, penalty: &str| {
+        let o = support::t1(&[
+            "eval",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--set",
+            &format!("run.name=\"{name}\""),
+            "--set",
+            &format!("model.repetition_penalty={penalty}"),
+            "--views",
+            "bare,generated",
+            "--latency-queries",
+            "0",
+        ]);
+        assert!(o.status.success(), "{}", support::stderr(&o));
+        let eval = dir.path().join(name).join("eval");
+        let text = std::fs::read_to_string(eval.join("test-generated.reasoning.jsonl")).unwrap();
+        let reasoning: Vec<String> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["reasoning"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let bare = std::fs::read_to_string(eval.join("test-bare.run")).unwrap();
+        (reasoning, bare)
+    };
+    let (plain, bare_plain) = run("plain", "1.0");
+    let (pen, bare_pen) = run("penalised", "3.0");
+    assert_eq!(plain.len(), pen.len());
+    assert_ne!(plain, pen, "the penalty changed no reasoning");
+    assert_eq!(bare_plain, bare_pen, "the bare view does not generate");
+    // the share of words a reasoning says more than once
+    let repeats = |xs: &[String]| {
+        let (mut rep, mut all) = (0usize, 0usize);
+        for x in xs {
+            let w: Vec<&str> = x.split_whitespace().collect();
+            let distinct: std::collections::HashSet<&str> = w.iter().copied().collect();
+            rep += w.len() - distinct.len();
+            all += w.len();
+        }
+        rep as f64 / all.max(1) as f64
+    };
+    let (a, b) = (repeats(&plain), repeats(&pen));
+    println!("repeated words: {a:.3} without the penalty, {b:.3} with it");
+    assert!(b < a, "{a} → {b}");
+}
+
 /// `mixed` = unit bare vector + unit own-reasoning vector, so each document's cosine under it is
 /// the sum of its two cosines divided by one per-query constant |b̂ + ĝ|: checked on the three
 /// views' TREC runs (the whole 378-document corpus ranked, an untrained tiny model).

@@ -129,6 +129,7 @@ fn smollm2_logits_greedy_and_chat_template_match_transformers() {
         pad: tok.pad,
         seed: 0,
         first_stream: 0,
+        repetition_penalty: 1.0,
     };
     let r = generate(&model, &[ids], &opts, |_| {}).unwrap();
     assert_eq!(r[0].stop, StopReason::Length);

@@ -143,6 +143,7 @@ mod on_wgpu {
             pad: 0,
             seed: 0,
             first_stream: 0,
+            repetition_penalty: 1.0,
         };
         let read = sampling_bytes_read();
         let rg = generate(&gpu, &prompts, &opts, |_| {}).unwrap();

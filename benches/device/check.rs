@@ -307,6 +307,7 @@ mod on_gpu {
             pad: 0,
             seed: 0,
             first_stream: 0,
+            repetition_penalty: 1.0,
         };
         let before = sampling_bytes_read();
         let r = generate(&gpu, &prompts, &opts, |_| {}).unwrap();

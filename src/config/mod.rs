@@ -311,6 +311,7 @@ mod tests {
         let knobs = [
             "eval.bm25_k1",
             "eval.bm25_b",
+            "model.repetition_penalty",
             "train.lr",
             "train.min_lr_ratio",
             "train.weight_decay",

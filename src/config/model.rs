@@ -35,6 +35,13 @@ pub struct ModelSection {
     /// Reasoning tokens kept when teacher forcing, and generated at most.
     #[serde_inline_default(128)]
     pub max_reasoning_tokens: usize,
+    /// Hugging Face's `repetition_penalty` wherever the model writes its reasoning: stage-3
+    /// rollouts and the greedy reasoning of evaluation and `search`. Before each token is chosen,
+    /// the logit of every token already in the prompt or the reasoning so far is divided by it
+    /// (multiplied when negative), so values above 1 discourage repeats and loops. 1 = off. The
+    /// log-probs the GRPO loss uses stay the model's own (before the penalty), as in TRL.
+    #[serde_inline_default(1.0)]
+    pub repetition_penalty: f32,
     /// Title + text tokens kept in the document view (longer documents are cut and counted in
     /// the log).
     #[serde_inline_default(256)]
@@ -42,8 +49,10 @@ pub struct ModelSection {
 }
 
 impl ModelSection {
-    /// Exactly one of `path` and `preset`; paths resolved; budgets ≥ 1.
+    /// Exactly one of `path` and `preset`; paths resolved; budgets ≥ 1; a finite, positive
+    /// repetition penalty.
     pub(super) fn validate(&mut self, c: &Ctx) -> Result<()> {
+        c.positive(&[("model.repetition_penalty", self.repetition_penalty)])?;
         match (&self.path, &self.preset) {
             (Some(_), Some(_)) | (None, None) => {
                 return Err(c.err(

@@ -91,6 +91,7 @@ pub fn query_vectors<B: Backend>(
         &texts,
         m.max_query_tokens,
         m.max_reasoning_tokens,
+        m.repetition_penalty,
         batch_size,
     )?;
     Ok((vectors, Some(reasoning)))
@@ -111,6 +112,7 @@ pub fn greedy_reasoning<B: Backend>(
     texts: &[&str],
     max_query_tokens: usize,
     max_reasoning_tokens: usize,
+    repetition_penalty: f32,
     batch_size: usize,
 ) -> Result<(Tensor<B, 2>, Vec<String>)> {
     let opts = GenerateOptions {
@@ -124,6 +126,7 @@ pub fn greedy_reasoning<B: Backend>(
         pad: tok.pad,
         seed: 0,
         first_stream: 0,
+        repetition_penalty: repetition_penalty,
     };
     let d = model.config().hidden_size;
     let mut flat = Vec::with_capacity(texts.len() * d);

@@ -223,6 +223,9 @@ pub struct IndexMeta {
     /// Query-side lengths of the model section, so `search` embeds queries as training did.
     pub max_query_tokens: usize,
     pub max_reasoning_tokens: usize,
+    /// `model.repetition_penalty` of the greedy reasoning (absent in older indexes: 1, off).
+    #[serde(default = "no_penalty")]
+    pub repetition_penalty: f32,
     pub num_docs: usize,
     pub dim: usize,
     /// SHA-256 of the little-endian f32 vectors and the document ids in order (detects a
@@ -230,6 +233,10 @@ pub struct IndexMeta {
     pub vectors_sha256: String,
     /// `t1-train` version that wrote it.
     pub written_by: String,
+}
+
+fn no_penalty() -> f32 {
+    1.0
 }
 
 /// SHA-256 of a corpus's content: every document's id, title and text in file order (so a
@@ -322,6 +329,7 @@ impl IndexMeta {
             max_doc_tokens: m.max_doc_tokens,
             max_query_tokens: m.max_query_tokens,
             max_reasoning_tokens: m.max_reasoning_tokens,
+            repetition_penalty: m.repetition_penalty,
             num_docs: 0,
             dim: 0,
             vectors_sha256: String::new(),

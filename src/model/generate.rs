@@ -18,13 +18,16 @@
 //! `generate`: temperature → top-k → top-p, then an inverse-CDF draw in token-id order. The
 //! log-prob returned for each generated token is `log_softmax(logits / temperature)[token]` over
 //! the **full** vocabulary (before top-k/top-p truncation) — the same quantity the GRPO loss
-//! recomputes, as TRL does. For greedy decoding the temperature is taken as 1.
+//! recomputes, as TRL does. For greedy decoding the temperature is taken as 1. A repetition
+//! penalty (HF's `RepetitionPenaltyLogitsProcessor`, before the temperature) changes which token
+//! is chosen, not the log-prob and entropy returned: those of the model's own distribution, as
+//! TRL's loss recomputes them.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -108,6 +111,10 @@ pub struct GenerateOptions {
     /// Row `i` draws from ChaCha8 stream `first_stream + i` of this seed.
     pub seed: u64,
     pub first_stream: u64,
+    /// Hugging Face's `repetition_penalty` (1 = off): before each draw, the logit of every token
+    /// already in the row (its prompt and what it has sampled) is divided by it, or multiplied
+    /// when negative. The returned log-probs and entropies stay those of the unpenalised model.
+    pub repetition_penalty: f32,
 }
 
 /// Why a row stopped sampling.
@@ -165,33 +172,57 @@ const BISECT_STEPS: usize = 48;
 /// - The draw: the first kept token (in id order) whose cumulative mass exceeds `u · total`,
 ///   the cumulative sums taken in blocks of ~√V (the block, then the token inside it), since
 ///   cubecl's `cumsum` costs O(length²) per row.
-pub(crate) fn draw<B: Backend>(logits: Tensor<B, 2>, sampler: &Sampler, u: &[f32]) -> Tensor<B, 2> {
+///
+/// `penalty`: `(seen [n, V], r)` — the tokens already in each row and the repetition penalty;
+/// the token is chosen from the penalised logits, the log-prob and entropy are the unpenalised
+/// ones.
+pub(crate) fn draw<B: Backend>(
+    logits: Tensor<B, 2>,
+    sampler: &Sampler,
+    u: &[f32],
+    penalty: Option<(Tensor<B, 2, Bool>, f32)>,
+) -> Tensor<B, 2> {
     let [n, v] = logits.dims();
     let dev = logits.device();
     // x / 1 is x exactly: no pass over [n, V] at temperature 1 (greedy included)
     let t = sampler.temperature();
-    let z = if t == 1.0 {
-        logits
-    } else {
-        logits.div_scalar(t)
-    };
+    let temper = |x: Tensor<B, 2>| if t == 1.0 { x } else { x.div_scalar(t) };
+    // HF: a seen token's logit x becomes x / r, or x · r when negative, before the temperature
+    let penalised = penalty.map(|(seen, r)| {
+        let scaled = logits
+            .clone()
+            .div_scalar(r)
+            .mask_where(logits.clone().lower_elem(0.0), logits.clone().mul_scalar(r));
+        temper(logits.clone().mask_where(seen, scaled))
+    });
+    let z = temper(logits);
     let m = z.clone().max_dim(1); // [n, 1]
     let e = (z.clone() - m.clone().expand([n, v])).exp();
     let sum = e.clone().sum_dim(1);
     let lse = sum.clone().log() + m.clone();
     let p = e / sum.expand([n, v]);
     let entropy = (lse.clone() - (p.clone() * z.clone()).sum_dim(1)).clamp_min(0.0);
+    // what the token is chosen from: the penalised logits, their max and softmax
+    let (zc, mc, pc) = match penalised {
+        None => (z.clone(), m, p),
+        Some(zp) => {
+            let mp = zp.clone().max_dim(1);
+            let ep = (zp.clone() - mp.clone().expand([n, v])).exp();
+            let pp = ep.clone() / ep.sum_dim(1).expand([n, v]);
+            (zp, mp, pp)
+        }
+    };
     let token = match sampler {
         Sampler::Greedy => iota::<B>(n, v, &dev)
-            .mask_fill(z.clone().lower(m.expand([n, v])), v as i64)
+            .mask_fill(zc.lower(mc.expand([n, v])), v as i64)
             .min_dim(1),
         Sampler::Random { top_k, top_p, .. } => {
-            let mut q = p;
+            let mut q = pc;
             if let Some(k) = top_k.filter(|&k| k < v) {
-                let lo = z.clone().min_dim(1);
-                let keep = z
+                let lo = zc.clone().min_dim(1);
+                let keep = zc
                     .clone()
-                    .greater_equal(bisect(&z, lo, m + 1.0, k as f32, false));
+                    .greater_equal(bisect(&zc, lo, mc + 1.0, k as f32, false));
                 q = q.mask_fill(keep.bool_not(), 0.0);
             }
             if *top_p < 1.0 {
@@ -330,6 +361,12 @@ pub fn generate<B: Backend>(
     if opts.max_new_tokens == 0 {
         return Err(Error::Runtime("max_new_tokens must be at least 1".into()));
     }
+    let penalty = opts.repetition_penalty;
+    if !(penalty > 0.0 && penalty.is_finite()) {
+        return Err(Error::Runtime(format!(
+            "the repetition penalty must be finite and > 0, got {penalty}"
+        )));
+    }
     let vocab = model.config().vocab_size;
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
         return Err(Error::Runtime(format!("prompt {i} is empty")));
@@ -406,6 +443,17 @@ pub fn generate<B: Backend>(
     let int2 =
         |v: Vec<i64>, s: usize| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [n, s]), &device);
     let head = model.head_matrix(); // [d, V], made once (a tied head would be transposed per step)
+    // the repetition penalty's tokens already in each row: its prompt, then each draw added
+    let mut seen = (penalty != 1.0).then(|| {
+        let mut m = vec![false; n * vocab];
+        for (i, prompt) in prompts.iter().enumerate() {
+            for &t in prompt {
+                m[i * vocab + t as usize] = true;
+            }
+        }
+        Tensor::<B, 2, Bool>::from_data(TensorData::new(m, [n, vocab]), &device)
+    });
+    let ids_of_vocab = seen.as_ref().map(|_| iota::<B>(n, vocab, &device));
     let mut fed: Vec<Option<u32>> = vec![None; n]; // what each row consumed in the last step
 
     loop {
@@ -448,12 +496,26 @@ pub fn generate<B: Backend>(
                     u[i] = (rows[i].rng.random::<f64>() as f32).min(1.0 - f32::EPSILON);
                 }
             }
-            let drawn = draw(logits, &opts.sampler, &u)
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .map_err(|e| Error::Runtime(format!("cannot read the sampled tokens: {e:?}")))?;
+            let drawn = draw(
+                logits,
+                &opts.sampler,
+                &u,
+                seen.clone().map(|m| (m, penalty)),
+            )
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| Error::Runtime(format!("cannot read the sampled tokens: {e:?}")))?;
             HOST_BYTES.with(|b| b.set(b.get() + 4 * drawn.len() as u64));
+            if let (Some(m), Some(ids)) = (seen.take(), &ids_of_vocab) {
+                // each drawing row's new token joins its seen set (−1 matches nothing)
+                let mut t = vec![-1i64; n];
+                for &i in &drawing {
+                    t[i] = drawn[3 * i] as i64;
+                }
+                let hit = ids.clone().equal(int2(t, 1).expand([n, vocab]));
+                seen = Some(m.bool_or(hit));
+            }
             for &i in &drawing {
                 let (t, lp, h) = (drawn[3 * i] as usize, drawn[3 * i + 1], drawn[3 * i + 2]);
                 if t >= vocab || !(lp.is_finite() && h.is_finite()) {
@@ -533,8 +595,91 @@ mod tests {
             TensorData::new(logits.repeat(rows), [rows, v]),
             &Default::default(),
         );
-        let out = draw(x, sampler, &u).into_data().to_vec::<f32>().unwrap();
+        let out = draw(x, sampler, &u, None)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         out.chunks(3).map(|c| (c[0] as usize, c[1], c[2])).collect()
+    }
+
+    /// `draw` with a repetition penalty `r` on the tokens `seen` of every row.
+    fn penalised(
+        logits: &[f32],
+        sampler: &Sampler,
+        rows: usize,
+        seen: &[usize],
+        r: f32,
+    ) -> Vec<(usize, f32, f32)> {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let u: Vec<f32> = (0..rows).map(|_| rng.random::<f64>() as f32).collect();
+        let v = logits.len();
+        let dev = Default::default();
+        let x = Tensor::<Flex, 2>::from_data(TensorData::new(logits.repeat(rows), [rows, v]), &dev);
+        let mask: Vec<bool> = (0..v).map(|t| seen.contains(&t)).collect();
+        let m =
+            Tensor::<Flex, 2, Bool>::from_data(TensorData::new(mask.repeat(rows), [rows, v]), &dev);
+        let out = draw(x, sampler, &u, Some((m, r)))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        out.chunks(3).map(|c| (c[0] as usize, c[1], c[2])).collect()
+    }
+
+    #[test]
+    fn the_repetition_penalty_chooses_from_hf_penalised_logits_and_returns_the_model_logprob() {
+        let lsm = |x: &[f32], i: usize| {
+            let lse = x.iter().map(|v| v.exp()).sum::<f32>().ln();
+            x[i] - lse
+        };
+        // positive: 2.0 / 1.25 = 1.6 falls below 1.9, so token 1
+        let x = [2.0f32, 1.9, -1.0];
+        let (t, lp, h) = penalised(&x, &Sampler::Greedy, 1, &[0], 1.25)[0];
+        assert_eq!(t, 1);
+        assert!(
+            (lp - lsm(&x, 1)).abs() < 1e-6,
+            "{lp}: the unpenalised log-prob"
+        );
+        let (_, _, h0) = draws(&x, &Sampler::Greedy, 1)[0];
+        assert!(
+            (h - h0).abs() < 1e-6,
+            "the unpenalised entropy: {h} vs {h0}"
+        );
+        // penalising an unchosen token changes nothing; r = 1 is the plain draw
+        assert_eq!(penalised(&x, &Sampler::Greedy, 1, &[2], 1.25)[0].0, 0);
+        assert_eq!(penalised(&x, &Sampler::Greedy, 1, &[0], 1.0)[0].0, 0);
+        // negative logits are multiplied: −1.0 · 1.25 = −1.25 falls below −1.1
+        assert_eq!(
+            penalised(&[-1.0, -1.1], &Sampler::Greedy, 1, &[0], 1.25)[0].0,
+            1
+        );
+        assert_eq!(
+            penalised(&[-1.0, -1.1], &Sampler::Greedy, 1, &[1], 1.25)[0].0,
+            0
+        );
+        // r < 1 favours the seen token: 1.9 / 0.9 ≈ 2.11 beats 2.0
+        assert_eq!(penalised(&x, &Sampler::Greedy, 1, &[1], 0.9)[0].0, 1);
+        // sampling draws from softmax(penalised / T): logits [ln 4, ln 2, ln 2] with token 0
+        // penalised by r = 2 are [ln 2, ln 2, ln 2], uniform at any temperature (unpenalised,
+        // token 0 would take 1/2 at T = 1 and 2/3 at T = 0.5); the log-probs stay the model's
+        let l = [4f32.ln(), 2f32.ln(), 2f32.ln()];
+        let n = 30_000;
+        for temperature in [1.0, 0.5] {
+            let mut c = [0usize; 3];
+            for (t, lp, _) in penalised(&l, &random(temperature, None, 1.0), n, &[0], 2.0) {
+                c[t] += 1;
+                let z: Vec<f32> = l.iter().map(|v| v / temperature).collect();
+                assert!((lp - lsm(&z, t)).abs() < 1e-5);
+            }
+            for k in c {
+                assert!(
+                    (k as f64 / n as f64 - 1.0 / 3.0).abs() < 0.015,
+                    "T {temperature}: {c:?}"
+                );
+            }
+        }
+        // top-k acts on the penalised logits: token 0 (4 → 2 after r = 2) drops out of the top 1
+        let c = penalised(&[4.0, 3.0, 1.0], &random(1.0, Some(1), 1.0), 200, &[0], 2.0);
+        assert!(c.iter().all(|&(t, _, _)| t == 1), "{c:?}");
     }
 
     fn counts(logits: &[f32], sampler: &Sampler, rows: usize) -> Vec<usize> {

@@ -131,6 +131,7 @@ pub fn rollout_options(seed: u64) -> GenerateOptions {
         pad: 0,
         seed,
         first_stream: 0,
+        repetition_penalty: 1.0,
     }
 }
 

@@ -201,6 +201,7 @@ impl<B: AutodiffBackend> Grpo<'_, B> {
             seed: self.tr.rng.random::<u64>(),
             // a rollout draws from the stream of its row in the whole step
             first_stream: (own.start * self.s3.group_size) as u64,
+            repetition_penalty: self.m.repetition_penalty,
         };
         let rollouts = sample(&self.tr.model.valid(), &self.tr.tok, &queries, &opts)?;
         Ok(Sampled { picked, rollouts })
