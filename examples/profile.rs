@@ -78,6 +78,7 @@ fn decode() {
         pad: 0,
         seed: 0,
         first_stream: 0,
+        repetition_penalty: 1.0,
     };
     let prefill = GenerateOptions {
         max_new_tokens: 1,
@@ -110,6 +111,7 @@ fn steps() {
         pad: 0,
         seed: 0,
         first_stream: 0,
+        repetition_penalty: 1.0,
     };
     for _ in 0..3 {
         let t0 = Instant::now();
@@ -181,6 +183,7 @@ fn grpo() {
             pad: 0,
             seed: step,
             first_stream: 0,
+            repetition_penalty: 1.0,
         };
         let rollouts = generate(&model.valid(), &prompts, &opts, |_| {}).unwrap();
         lap("sample", &mut t);
@@ -321,6 +324,7 @@ fn bandwidth() {
         pad: 0,
         seed: 0,
         first_stream: 0,
+        repetition_penalty: 1.0,
     };
     let mut step = f64::INFINITY;
     for _ in 0..3 {
