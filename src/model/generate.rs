@@ -202,14 +202,14 @@ pub(crate) fn draw<B: Backend>(
     let lse = sum.clone().log() + m.clone();
     let p = e / sum.expand([n, v]);
     let entropy = (lse.clone() - (p.clone() * z.clone()).sum_dim(1)).clamp_min(0.0);
-    // what the token is chosen from: the penalised logits, their max and softmax
-    let (zc, mc, pc) = match penalised {
-        None => (z.clone(), m, p),
+    // what the token is chosen from: the penalised logits and their max (their softmax only
+    // when sampling)
+    let pen = penalised.is_some();
+    let (zc, mc) = match penalised {
+        None => (z.clone(), m),
         Some(zp) => {
             let mp = zp.clone().max_dim(1);
-            let ep = (zp.clone() - mp.clone().expand([n, v])).exp();
-            let pp = ep.clone() / ep.sum_dim(1).expand([n, v]);
-            (zp, mp, pp)
+            (zp, mp)
         }
     };
     let token = match sampler {
@@ -217,7 +217,12 @@ pub(crate) fn draw<B: Backend>(
             .mask_fill(zc.lower(mc.expand([n, v])), v as i64)
             .min_dim(1),
         Sampler::Random { top_k, top_p, .. } => {
-            let mut q = pc;
+            let mut q = if pen {
+                let ep = (zc.clone() - mc.clone().expand([n, v])).exp();
+                ep.clone() / ep.sum_dim(1).expand([n, v])
+            } else {
+                p
+            };
             if let Some(k) = top_k.filter(|&k| k < v) {
                 let lo = zc.clone().min_dim(1);
                 let keep = zc
@@ -588,18 +593,7 @@ mod tests {
 
     /// `draw` on rows of the same logits, one uniform each from a ChaCha stream: `[(token, logp, H)]`.
     fn draws(logits: &[f32], sampler: &Sampler, rows: usize) -> Vec<(usize, f32, f32)> {
-        let mut rng = ChaCha8Rng::seed_from_u64(9);
-        let u: Vec<f32> = (0..rows).map(|_| rng.random::<f64>() as f32).collect();
-        let v = logits.len();
-        let x = Tensor::<Flex, 2>::from_data(
-            TensorData::new(logits.repeat(rows), [rows, v]),
-            &Default::default(),
-        );
-        let out = draw(x, sampler, &u, None)
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        out.chunks(3).map(|c| (c[0] as usize, c[1], c[2])).collect()
+        draw_rows(logits, sampler, rows, None)
     }
 
     /// `draw` with a repetition penalty `r` on the tokens `seen` of every row.
@@ -610,15 +604,26 @@ mod tests {
         seen: &[usize],
         r: f32,
     ) -> Vec<(usize, f32, f32)> {
+        draw_rows(logits, sampler, rows, Some((seen, r)))
+    }
+
+    fn draw_rows(
+        logits: &[f32],
+        sampler: &Sampler,
+        rows: usize,
+        penalty: Option<(&[usize], f32)>,
+    ) -> Vec<(usize, f32, f32)> {
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         let u: Vec<f32> = (0..rows).map(|_| rng.random::<f64>() as f32).collect();
         let v = logits.len();
         let dev = Default::default();
         let x = Tensor::<Flex, 2>::from_data(TensorData::new(logits.repeat(rows), [rows, v]), &dev);
-        let mask: Vec<bool> = (0..v).map(|t| seen.contains(&t)).collect();
-        let m =
-            Tensor::<Flex, 2, Bool>::from_data(TensorData::new(mask.repeat(rows), [rows, v]), &dev);
-        let out = draw(x, sampler, &u, Some((m, r)))
+        let penalty = penalty.map(|(seen, r)| {
+            let mask: Vec<bool> = (0..v).map(|t| seen.contains(&t)).collect();
+            let m = TensorData::new(mask.repeat(rows), [rows, v]);
+            (Tensor::<Flex, 2, Bool>::from_data(m, &dev), r)
+        });
+        let out = draw(x, sampler, &u, penalty)
             .into_data()
             .to_vec::<f32>()
             .unwrap();
