@@ -24,8 +24,10 @@
 # BB=1 adds stage 3 with the beats_bare reward (reciprocal rank, weight W, default 0.5) from the
 # same stage-2 models, evaluated bare and with own reasoning (the table then compares it).
 # LONG=N adds the stage-3 models evaluated with an N-token reasoning budget (the configs say 64).
-# RP=r adds the stage-3 models evaluated with model.repetition_penalty = r (HF's; the configs
-# leave it at 1, off): the greedy reasoning then avoids tokens it has already written.
+# RP=r adds the stage-2 and stage-3 models evaluated with model.repetition_penalty = r (HF's; the
+# configs leave it at 1, off): the greedy reasoning then avoids tokens it has already written.
+# RPT=1 (with RP) adds stage 3 trained with that penalty (its rollouts' draws) from the same
+# stage-2 models, evaluated with it: bare, own reasoning, mixed.
 # T1=path/to/t1-train reuses a build. Stage-1 seed fixed: it only orders the SFT batches; the
 # variance that matters is stage 2's and 3's (negatives, sampling). Each model is evaluated with
 # `eval --views … --latency-queries 0`: one document index for its views, per-query reports.
@@ -68,31 +70,32 @@ evd() { # name model views [more --set arguments]: dense, one document index for
 }
 mkdir -p "$R"
 train stage1 "$C-stage1.toml" s1 "" 42
-for s in $SEEDS; do
+ev eval-bm25-bare "$(last "$R/s1")" bare
+ev eval-bm25-gold "$(last "$R/s1")" gold_reasoning
+rewards="[{name=\"reciprocal_rank\",weight=1.0},{name=\"format\",weight=0.1},{name=\"beats_bare\",metric=\"reciprocal_rank\",weight=${W:-0.5}}]"
+for s in $SEEDS; do # a seed's runs all finish before the next seed starts
   train stage2 "$C-stage2.toml" "s2-seed$s" "$(last "$R/s1")" "$s"
   train stage3 "$C-stage3.toml" "s3-seed$s" "$(last "$R/s2-seed$s")" "$s"
   for st in s2 s3; do evd "eval-$st-seed$s" "$(last "$R/$st-seed$s")" bare,generated,mixed; done
-done
-if [ -n "${RP:-}" ]; then # issue 27 item 3: the stage-3 models' reasoning with a repetition penalty
-  for s in $SEEDS; do
-    evd "eval-s3rp-seed$s" "$(last "$R/s3-seed$s")" generated,mixed \
-      --set model.repetition_penalty="$RP"
-  done
-fi
-if [ "${BB:-0}" = 1 ]; then # issue 27 item 3: stage 3 with the beats_bare reward added (weight W)
-  W=${W:-0.5}
-  rewards="[{name=\"reciprocal_rank\",weight=1.0},{name=\"format\",weight=0.1},{name=\"beats_bare\",metric=\"reciprocal_rank\",weight=$W}]"
-  for s in $SEEDS; do
+  if [ -n "${RP:-}" ]; then # issue 27 item 3: the reasoning with a repetition penalty
+    for st in s2 s3; do
+      evd "eval-${st}rp-seed$s" "$(last "$R/$st-seed$s")" generated,mixed \
+        --set model.repetition_penalty="$RP"
+    done
+    if [ "${RPT:-0}" = 1 ]; then # stage 3 trained with it too (its rollouts), evaluated with it
+      train stage3 "$C-stage3.toml" "s3rpt-seed$s" "$(last "$R/s2-seed$s")" "$s" \
+        --set model.repetition_penalty="$RP"
+      evd "eval-s3rpt-seed$s" "$(last "$R/s3rpt-seed$s")" bare,generated,mixed \
+        --set model.repetition_penalty="$RP"
+    fi
+  fi
+  if [ "${BB:-0}" = 1 ]; then # issue 27 item 3: stage 3 with the beats_bare reward added (weight W)
     train stage3 "$C-stage3.toml" "s3bb-seed$s" "$(last "$R/s2-seed$s")" "$s" --set "stage3.rewards=$rewards"
     evd "eval-s3bb-seed$s" "$(last "$R/s3bb-seed$s")" bare,generated
-  done
-fi
-if [ -n "${LONG:-}" ]; then # issue 27 item 3: the stage-3 models with a longer reasoning budget
-  for s in $SEEDS; do         # at evaluation (LONG tokens instead of the config's 64)
+  fi
+  if [ -n "${LONG:-}" ]; then # issue 27 item 3: the stage-3 models with a longer reasoning budget
     evd "eval-s3long-seed$s" "$(last "$R/s3-seed$s")" bare,generated,mixed \
-      --set model.max_reasoning_tokens="$LONG"
-  done
-fi
-ev eval-bm25-bare "$(last "$R/s1")" bare
-ev eval-bm25-gold "$(last "$R/s1")" gold_reasoning
+      --set model.max_reasoning_tokens="$LONG"  # at evaluation (LONG tokens instead of the config's 64)
+  fi
+done
 python3 scripts/real_seeds_table.py "$R" $SEEDS

@@ -164,6 +164,12 @@ def main():
         penalty = re.search(r"^repetition_penalty = ([\d.]+)", open(os.path.join(
             r, f"eval-s3rp-seed{seeds[0]}", "config.resolved.toml")).read(), re.M).group(1)
         cells += [("s3rp", "generated"), ("s3rp", "mixed")]
+    rp2 = rp and all(have(f"eval-s2rp-seed{s}-{v}") for s in seeds for v in ("generated", "mixed"))
+    if rp2:  # RP=r: the stage-2 models' reasoning with the penalty too
+        cells += [("s2rp", "generated"), ("s2rp", "mixed")]
+    rpt = rp and all(have(f"eval-s3rpt-seed{s}-{v}") for s in seeds for v in ("bare", "generated", "mixed"))
+    if rpt:  # RPT=1: stage 3 trained with the penalty, evaluated with it
+        cells += [("s3rpt", "bare"), ("s3rpt", "generated"), ("s3rpt", "mixed")]
     runs = {(s,) + c: per_query(r, f"eval-{c[0]}-seed{s}-{c[1]}") for s in seeds for c in cells}
     n = len(bm_bare)
     label = {"bare": "bare", "generated": "own reasoning", "mixed": "mixed"}
@@ -172,6 +178,8 @@ def main():
         stage["s3long"] = f"after stage 3, {budget}-token reasoning"
     if rp:
         stage["s3rp"] = f"after stage 3, repetition penalty {penalty}"
+        stage["s2rp"] = f"after stage 2, repetition penalty {penalty}"
+        stage["s3rpt"] = f"after stage 3 trained with repetition penalty {penalty} (and evaluated with it)"
     out = [f"Test split, {n} queries; {M} (trec_eval's); last checkpoints; seeds {', '.join(seeds)}.",
            f"BM25: bare {mean(bm_bare):.4f}, with the gold reasoning (oracle) {mean(bm_gold):.4f}.\n",
            "| model | query | " + " | ".join(f"seed {x}" for x in seeds) + " | mean ± sd |",
@@ -208,6 +216,15 @@ def main():
         comps += [(f"repetition penalty {penalty} vs none, own reasoning, after stage 3", ("s3rp", "generated"), ("s3", "generated")),
                   (f"repetition penalty {penalty}, own reasoning vs bare, after stage 3", ("s3rp", "generated"), ("s3", "bare")),
                   (f"repetition penalty {penalty}, mixed vs bare, after stage 3", ("s3rp", "mixed"), ("s3", "bare"))]
+    if rp2:
+        comps += [(f"stage 3 vs stage 2, own reasoning, both with repetition penalty {penalty}", ("s3rp", "generated"), ("s2rp", "generated")),
+                  (f"repetition penalty {penalty}, own reasoning vs bare, after stage 2", ("s2rp", "generated"), ("s2", "bare"))]
+    if rpt:
+        comps += [(f"stage 3 trained with vs without repetition penalty {penalty}, own reasoning (evaluated with it)", ("s3rpt", "generated"), ("s3rp", "generated")),
+                  (f"own reasoning vs bare, after stage 3 trained with repetition penalty {penalty}", ("s3rpt", "generated"), ("s3rpt", "bare")),
+                  (f"mixed vs bare, after stage 3 trained with repetition penalty {penalty}", ("s3rpt", "mixed"), ("s3rpt", "bare"))]
+    if rpt and rp2:
+        comps += [(f"stage 3 trained with repetition penalty {penalty} vs stage 2, own reasoning (both evaluated with it)", ("s3rpt", "generated"), ("s2rp", "generated"))]
     summary = {"queries": n, "seeds": seeds, "bm25_bare": mean(bm_bare), "bm25_gold": mean(bm_gold),
                "per_seed": {s: {f"{a}_{b}": mean(runs[(s, a, b)]) for a, b in cells} for s in seeds},
                "paired": {}}
@@ -244,11 +261,15 @@ def main():
              f"{st.mean(x['words'] for x in s3):.1f} words a reasoning; it names "
              f"{tot('gold_named')} gold labels of {tot('gold')} ({tot('gold_named') / max(1, tot('gold')):.1%}), "
              f"{tot('corpus_named')} non-gold corpus labels and {tot('invented')} invented ones.\n")
-    if rp:  # how often the reasoning loops with the penalty, on the same (query, seed) pairs
+    def loop_line(what, run):  # how often a run's reasonings loop, on the same (query, seed) pairs
         texts = [json.loads(l)["reasoning"] for s in seeds for l in open(
-            report(r, f"eval-s3rp-seed{s}-generated") + ".reasoning.jsonl")]
-        d.append(f"With repetition penalty {penalty}: {sum(map(loops, texts))} of {len(texts)} "
-                 f"reasonings loop; {st.mean(len(t.split()) for t in texts):.1f} words a reasoning.\n")
+            report(r, f"eval-{run}-seed{s}-generated") + ".reasoning.jsonl")]
+        return (f"{what}: {sum(map(loops, texts))} of {len(texts)} reasonings loop; "
+                f"{st.mean(len(t.split()) for t in texts):.1f} words a reasoning.\n")
+    if rp:
+        d.append(loop_line(f"With repetition penalty {penalty}", "s3rp"))
+    if rpt:
+        d.append(loop_line(f"Stage 3 trained and evaluated with repetition penalty {penalty}", "s3rpt"))
     worst = sorted((x for x in s3 if x["delta"] < 0), key=lambda x: x["delta"])[:4]
     best = sorted((x for x in s3 if x["delta"] > 0), key=lambda x: -x["delta"])[:2]
     for title, xs in (("Largest losses", worst), ("Largest wins", best)):

@@ -190,13 +190,25 @@ struct SquaredNorm<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            let sq = g.powi_scalar(2).sum();
+            let sq = squared_sum(g);
             self.total = Some(match self.total.take() {
                 Some(t) => t + sq,
                 None => sq,
             });
         }
     }
+}
+
+/// `Σ g²` of one tensor, in the same order every time: per row of its last dimension, then over
+/// the rows. A whole-tensor `sum` of 4 Mi elements or more (SmolLM2's embedding gradient has 28 Mi)
+/// is a rayon reduction on the CPU backend whose tree follows work stealing, so its last bits
+/// changed from run to run; with clipping on, that scaled every gradient by another factor, and
+/// stage 3's sampling turned the difference into another run (issue 27: the same seed gave other
+/// stage-3 results). Row sums and a sum of the (fewer) rows are sequential.
+pub fn squared_sum<B: Backend, const D: usize>(g: Tensor<B, D>) -> Tensor<B, 1> {
+    let n = g.shape().num_elements();
+    let last = g.dims()[D - 1].max(1);
+    g.powi_scalar(2).reshape([n / last, last]).sum_dim(1).sum()
 }
 
 /// Multiplies every gradient by a factor.
@@ -331,6 +343,75 @@ mod tests {
         let (f2, _) = opt.step_fused(1e-3, f1, g.clone(), Some(s1)).ok().unwrap();
         let (o2, _) = opt.step_ops(1e-3, o1, g, Some(r1));
         assert_eq!(f2.into_data(), o2.into_data());
+    }
+
+    /// The global norm of a SmolLM2-sized gradient (a 576 × 49,152 weight: 28 Mi entries, above
+    /// the CPU backend's 4 Mi threshold for a rayon whole-tensor sum, whose tree follows the
+    /// thread count and work stealing) is the same bits whatever the pool's size and however
+    /// busy it is, and so is the clipped gradient; the norm matches an f64 sum on the host.
+    #[test]
+    fn the_global_norm_is_the_same_bits_whatever_the_thread_pool() {
+        let device = Default::default();
+        let model = LinearConfig::new(576, 49_152)
+            .with_bias(false)
+            .init::<AD>(&device);
+        let x = Tensor::<AD, 2>::random([2, 576], Distribution::Normal(0.0, 1.0), &device);
+        let grads = || {
+            let g = model.forward(x.clone()).powi_scalar(2).sum().backward();
+            GradientsParams::from_grads(g, &model)
+        };
+        let want: f64 = {
+            let g = grads().get::<Flex, 2>(model.weight.id).unwrap();
+            let v = g.into_data().to_vec::<f32>().unwrap();
+            v.iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let mut norms = std::collections::BTreeSet::new();
+        let mut clipped = std::collections::BTreeSet::new();
+        // pools of 1, 2, 3 and 8 threads (a whole-tensor sum splits by the thread count), each
+        // with one thread busy for a varying time first (so work is stolen at other points)
+        for i in 0..32u64 {
+            let threads = [1, 2, 3, 8][i as usize % 4];
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let busy = move || {
+                let t = std::time::Instant::now();
+                while t.elapsed().as_micros() < u128::from(i * 137 % 3000) {}
+            };
+            let (_, (g, norm)) =
+                pool.install(|| rayon::join(busy, || clip_global_norm(&model, grads(), Some(1.0))));
+            norms.insert(norm.to_bits());
+            let w = g.get::<Flex, 2>(model.weight.id).unwrap();
+            clipped.insert(
+                w.slice([0..1, 0..8])
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect::<Vec<_>>(),
+            );
+            assert!(
+                (norm - want).abs() <= 1e-5 * want,
+                "{norm} vs the f64 sum {want}"
+            );
+        }
+        assert_eq!(
+            norms.len(),
+            1,
+            "the norm took {} values over 32 calls",
+            norms.len()
+        );
+        assert_eq!(
+            clipped.len(),
+            1,
+            "the clipped gradient took {} values",
+            clipped.len()
+        );
     }
 
     #[test]
