@@ -208,8 +208,17 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
 pub fn squared_sum<B: Backend, const D: usize>(g: Tensor<B, D>) -> Tensor<B, 1> {
     let n = g.shape().num_elements();
     let last = g.dims()[D - 1].max(1);
-    g.powi_scalar(2).reshape([n / last, last]).sum_dim(1).sum()
+    let rows = g.powi_scalar(2).reshape([n / last, last]).sum_dim(1); // [rows, 1]
+    if n / last < PARALLEL_SUM_MIN {
+        rows.sum()
+    } else {
+        // as many rows as the parallel threshold (a huge first dimension): one more row sum
+        rows.reshape([1, n / last]).sum_dim(1).reshape([1])
+    }
 }
+
+/// burn-flex 0.21: a whole-tensor f32 `sum` of this many elements or more runs on rayon.
+const PARALLEL_SUM_MIN: usize = 4 * 1024 * 1024;
 
 /// Multiplies every gradient by a factor.
 struct Scale<'a, B: AutodiffBackend> {
@@ -412,6 +421,28 @@ mod tests {
             "the clipped gradient took {} values",
             clipped.len()
         );
+    }
+
+    /// A gradient with as many rows as the parallel threshold (a last dimension of 1) is summed
+    /// in the same order in a 1-thread and an 8-thread pool too.
+    #[test]
+    fn a_squared_sum_over_millions_of_rows_is_the_same_bits_whatever_the_pool() {
+        let g = Tensor::<Flex, 2>::random(
+            [PARALLEL_SUM_MIN + 8, 1],
+            Distribution::Normal(0.0, 1.0),
+            &Default::default(),
+        );
+        let bits = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| squared_sum(g.clone()).into_scalar().to_bits())
+        };
+        let one = bits(1);
+        for threads in [2, 3, 8, 8] {
+            assert_eq!(bits(threads), one, "{threads} threads");
+        }
     }
 
     #[test]
