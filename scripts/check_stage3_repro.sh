@@ -20,6 +20,7 @@ done
 rm -rf "$R"
 mkdir -p "$R"
 pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT  # a failed run does not leave the other running
 for r in a b; do
   "$T1" stage3 --config configs/metamath-smollm2-stage3.toml --set run.output_dir="\"$R\"" \
     --set run.name="\"run-$r\"" --set model.path="\"$PWD/assets/smollm2-135m-instruct\"" \

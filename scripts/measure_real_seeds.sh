@@ -44,7 +44,9 @@ fi
 SEEDS=${SEEDS:-42 7 1234}
 R=$PWD/runs/real-seeds/$SET
 q() { printf '"%s"' "$1"; }
-last() { ls -d "$1"/checkpoints/step-* | sort | tail -1; }  # zero-padded step numbers
+# the last checkpoint (zero-padded step numbers); none: a path that does not exist, so the run
+# that reads it stops naming it (an empty one would drop model.path and train the config's model)
+last() { ls -d "$1"/checkpoints/step-* 2>/dev/null | sort | tail -1 | grep . || echo "$1/checkpoints/none"; }
 common=(--set run.output_dir="$(q "$R")" --set train.eval_every=0 --set train.eval_at_end=false
   --set logging.progress='"never"')
 train() { # stage config name model seed [more --set arguments]

@@ -164,6 +164,16 @@ def main():
         penalty = re.search(r"^repetition_penalty = ([\d.]+)", open(os.path.join(
             r, f"eval-s3rp-seed{seeds[0]}", "config.resolved.toml")).read(), re.M).group(1)
         cells += [("s3rp", "generated"), ("s3rp", "mixed")]
+        # every run the penalty rows name used that one value (RP rerun with another keeps the
+        # finished runs of the first)
+        for run in [f"eval-{x}-seed{s}" for x in ("s3rp", "s2rp", "s3rpt") for s in seeds] + \
+                [f"s3rpt-seed{s}" for s in seeds]:
+            cfg_ = os.path.join(r, run, "config.resolved.toml")
+            if os.path.exists(cfg_):
+                got = re.search(r"^repetition_penalty = ([\d.]+)", open(cfg_).read(), re.M).group(1)
+                if float(got) != float(penalty):
+                    sys.exit(f"{run} used repetition_penalty {got}, eval-s3rp-seed{seeds[0]} {penalty}: "
+                             "remove the runs of the other value and rerun")
     rp2 = rp and all(have(f"eval-s2rp-seed{s}-{v}") for s in seeds for v in ("generated", "mixed"))
     if rp2:  # RP=r: the stage-2 models' reasoning with the penalty too
         cells += [("s2rp", "generated"), ("s2rp", "mixed")]
