@@ -205,7 +205,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
 /// changed from run to run; with clipping on, that scaled every gradient by another factor, and
 /// stage 3's sampling turned the difference into another run (issue 27: the same seed gave other
 /// stage-3 results). Row sums and a sum of the (fewer) rows are sequential.
-pub fn squared_sum<B: Backend, const D: usize>(g: Tensor<B, D>) -> Tensor<B, 1> {
+fn squared_sum<B: Backend, const D: usize>(g: Tensor<B, D>) -> Tensor<B, 1> {
     let n = g.shape().num_elements();
     let last = g.dims()[D - 1].max(1);
     let rows = g.powi_scalar(2).reshape([n / last, last]).sum_dim(1); // [rows, 1]
@@ -213,6 +213,7 @@ pub fn squared_sum<B: Backend, const D: usize>(g: Tensor<B, D>) -> Tensor<B, 1> 
         rows.sum()
     } else {
         // as many rows as the parallel threshold (a huge first dimension): one more row sum
+        // (below it `sum` is sequential already, and keeping it keeps measured runs' bits)
         rows.reshape([1, n / last]).sum_dim(1).reshape([1])
     }
 }
@@ -354,6 +355,13 @@ mod tests {
         assert_eq!(f2.into_data(), o2.into_data());
     }
 
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a rayon pool")
+    }
+
     /// The global norm of a SmolLM2-sized gradient (a 576 × 49,152 weight: 28 Mi entries, above
     /// the CPU backend's 4 Mi threshold for a rayon whole-tensor sum, whose tree follows the
     /// thread count and work stealing) is the same bits whatever the pool's size and however
@@ -383,10 +391,7 @@ mod tests {
         // with one thread busy for a varying time first (so work is stolen at other points)
         for i in 0..32u64 {
             let threads = [1, 2, 3, 8][i as usize % 4];
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = pool(threads);
             let busy = move || {
                 let t = std::time::Instant::now();
                 while t.elapsed().as_micros() < u128::from(i * 137 % 3000) {}
@@ -433,10 +438,7 @@ mod tests {
             &Default::default(),
         );
         let bits = |threads| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = pool(threads);
             pool.install(|| squared_sum(g.clone()).into_scalar().to_bits())
         };
         let one = bits(1);
